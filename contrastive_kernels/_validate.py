@@ -1,0 +1,77 @@
+"""Input checks shared by every public loss: clear errors that name the argument."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def features(x, name: str, ndims=(2,)) -> None:
+    """x must be a floating tensor of one of the given ranks with no empty dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has feature dimension D = 0")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): the loss is undefined")
+
+
+def same_kind(ref, ref_name: str, other, other_name: str) -> None:
+    """Same dtype, device and feature width D."""
+    if other.device != ref.device:
+        raise ValueError(f"{other_name} is on {other.device} but {ref_name} is on {ref.device}")
+    if other.dtype != ref.dtype:
+        raise TypeError(f"{other_name} has dtype {other.dtype} but {ref_name} has {ref.dtype}")
+    if other.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"{other_name} has D = {other.shape[-1]} but {ref_name} has "
+                         f"D = {ref.shape[-1]}")
+
+
+def same_rows(ref, ref_name: str, other, other_name: str) -> None:
+    if other.shape[0] != ref.shape[0]:
+        raise ValueError(f"{other_name} has {other.shape[0]} rows but {ref_name} has "
+                         f"{ref.shape[0]}: they must be paired row by row")
+
+
+def labels(y, name: str, n: int, device) -> None:
+    """y must be a 1-D integer tensor of length n on the features' device."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{name} must have an integer dtype, got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+    if y.device != device:
+        raise ValueError(f"{name} is on {y.device} but the features are on {device}")
+
+
+def scalar(value, name: str, device, *, positive: bool = False) -> None:
+    """A Python number or a 0-dim floating tensor on the features' device."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"{name} must be a float or a 0-dim tensor, got shape "
+                             f"{tuple(value.shape)}")
+        if not value.dtype.is_floating_point:
+            raise TypeError(f"{name} tensor must be floating point, got {value.dtype}")
+        if value.device != device and value.device.type != "cpu":
+            raise ValueError(f"{name} is on {value.device} but the features are on {device}")
+        number = float(value.detach())
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
+    if positive and not number > 0:
+        raise ValueError(f"{name} must be > 0, got {number}")
+
+
+def reduction(value) -> None:
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")

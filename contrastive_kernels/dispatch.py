@@ -1,0 +1,115 @@
+"""The one place that decides which backend computes a loss.
+
+Loss code asks :func:`select` for a kernel engine; it gets ``None`` for the pure-PyTorch
+reference (``"torch"``) or a module implementing the tiled engine interface
+(``inverse_norms``/``forward``/``backward``, see ``ops/triton_engine.py``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
+ENV_VAR = "CONTRASTIVE_KERNELS_BACKEND"
+
+# Losses whose tiled kernels exist on each kernel backend. The pairwise losses (SigLIP,
+# triplet, contrastive) get theirs in a later milestone; until then "auto" gives them the
+# reference and asking for a kernel backend explicitly is an error.
+ENGINE_LOSSES = frozenset({"info_nce", "nt_xent_loss", "clip_loss", "simcse_unsup_loss",
+                           "simcse_sup_loss", "supcon_loss", "n_pair_loss"})
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend is known but cannot run this loss on this input here."""
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - triton ships with CUDA torch wheels
+        return False, f"triton is not importable: {exc}"
+    return True, ""
+
+
+def _triton_runs_on(device: torch.device) -> tuple[bool, str]:
+    built, why = _triton_status()
+    if not built:
+        return False, why
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu" and _interpreting():
+        return True, ""
+    return False, (f"triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
+                   f"got a {device.type} tensor")
+
+
+def _extension_status(name: str) -> tuple[bool, str]:
+    return False, (f"the C++ {name} extension is not built in this version "
+                   f"(contrastive_kernels._C_{name} is missing)")
+
+
+def backend_info() -> dict:
+    """For each backend: {"built": bool, "available": bool, "reason": str}.
+
+    "built" means the code for it is installed; "available" means it can run here (on this
+    machine's default device: CUDA when present, else CPU); "reason" explains a False.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = {"torch": {"built": True, "available": True, "reason": ""}}
+    t_built, t_why = _triton_status()
+    t_ok, t_reason = _triton_runs_on(device) if t_built else (False, t_why)
+    info["triton"] = {"built": t_built, "available": t_ok, "reason": t_reason}
+    for name in ("cuda", "cpu"):
+        built, why = _extension_status(name)
+        info[name] = {"built": built, "available": False, "reason": why}
+    auto = _auto_backend(device)
+    info["auto"] = {"built": True, "available": True,
+                    "reason": f"resolves to {auto!r} for {device.type} tensors"}
+    return info
+
+
+def _auto_backend(device: torch.device) -> str:
+    forced = os.environ.get(ENV_VAR)
+    if forced:
+        if forced not in BACKENDS or forced == "auto":
+            raise ValueError(f"{ENV_VAR}={forced!r} is not one of {BACKENDS[1:]}")
+        return forced
+    if _triton_runs_on(device)[0]:
+        return "triton"
+    return "torch"
+
+
+def resolve(backend: str, device: torch.device, loss: str) -> str:
+    """The concrete backend name for this loss on this device (validates ``backend``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    name = _auto_backend(device) if backend == "auto" else backend
+    if name != "torch" and loss not in ENGINE_LOSSES:
+        if backend == "auto" and not os.environ.get(ENV_VAR):
+            return "torch"
+        raise BackendUnavailableError(f"{loss} has no {name!r} kernel yet; use "
+                                      f"backend='torch' (or 'auto')")
+    return name
+
+
+def select(backend: str, device: torch.device, loss: str) -> ModuleType | None:
+    """The engine module for the chosen backend, or None for the PyTorch reference."""
+    name = resolve(backend, device, loss)
+    if name == "torch":
+        return None
+    if name == "triton":
+        ok, why = _triton_runs_on(device)
+        if not ok:
+            raise BackendUnavailableError(f"backend 'triton' cannot run here: {why}")
+        from .ops import triton_engine
+        return triton_engine
+    _, why = _extension_status(name)
+    raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")

@@ -1,0 +1,214 @@
+"""The public functional API: validate, pick the backend in one place, compute.
+
+Every function accepts ``backend`` ∈ {"auto", "torch", "triton", "cuda", "cpu"}; "torch"
+is the reference that materializes the N×M logits, every other backend runs the tiled
+kernels and never holds an N×M tensor. Half-precision inputs return a float32 loss;
+float64 inputs return float64; gradients come back in the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _validate as check
+from . import dispatch, reference
+from .ops import clip as clip_ops
+from .ops import info_nce as info_nce_ops
+from .ops import n_pair as n_pair_ops
+from .ops import nt_xent as nt_xent_ops
+from .ops import simcse as simcse_ops
+from .ops import supcon as supcon_ops
+
+
+def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean",
+             normalize=True, backend="auto"):
+    """InfoNCE (info-nce-pytorch, ``negative_mode="unpaired"``).
+
+    query (N, D), positive_key (N, D), negative_keys (K, D) or None; temperature > 0.
+    No negatives: in-batch, row i's candidates are all N keys, target i. With negatives:
+    candidates are positive_key[i] and the K negatives. Returns a scalar, or (N,) for
+    reduction="none".
+    """
+    check.features(query, "query")
+    check.features(positive_key, "positive_key")
+    check.same_kind(query, "query", positive_key, "positive_key")
+    check.same_rows(query, "query", positive_key, "positive_key")
+    if negative_keys is not None:
+        check.features(negative_keys, "negative_keys")
+        check.same_kind(query, "query", negative_keys, "negative_keys")
+    check.scalar(temperature, "temperature", query.device, positive=True)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, query.device, "info_nce")
+    if impl is None:
+        return reference.info_nce(query, positive_key, negative_keys, temperature, reduction,
+                                  normalize)
+    return info_nce_ops.info_nce(query, positive_key, negative_keys, temperature, reduction,
+                                 normalize, impl)
+
+
+def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto"):
+    """SimCLR NT-Xent. z1, z2 (N, D): two views, row i of z1 pairs with row i of z2.
+
+    Over z = cat(z1, z2) (2N rows) with the own row excluded, target (i + N) mod 2N.
+    Returns a scalar (mean over 2N rows), or (2N,) for reduction="none".
+    """
+    check.features(z1, "z1")
+    check.features(z2, "z2")
+    check.same_kind(z1, "z1", z2, "z2")
+    check.same_rows(z1, "z1", z2, "z2")
+    check.scalar(temperature, "temperature", z1.device, positive=True)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, z1.device, "nt_xent_loss")
+    if impl is None:
+        return reference.nt_xent_loss(z1, z2, temperature, reduction, normalize)
+    return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl)
+
+
+def clip_loss(image_features, text_features, logit_scale, reduction="mean", normalize=False,
+              backend="auto"):
+    """Symmetric CLIP loss (open_clip ``ClipLoss()(img, txt, logit_scale)``).
+
+    image_features, text_features (N, D); logit_scale: float or 0-dim tensor, already
+    exponentiated. Returns ½(mean row CE + mean column CE), or (N,) ½(row_i + col_i) for
+    reduction="none".
+    """
+    check.features(image_features, "image_features")
+    check.features(text_features, "text_features")
+    check.same_kind(image_features, "image_features", text_features, "text_features")
+    check.same_rows(image_features, "image_features", text_features, "text_features")
+    check.scalar(logit_scale, "logit_scale", image_features.device)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, image_features.device, "clip_loss")
+    if impl is None:
+        return reference.clip_loss(image_features, text_features, logit_scale, reduction,
+                                   normalize)
+    return clip_ops.clip_loss(image_features, text_features, logit_scale, reduction, normalize,
+                              impl)
+
+
+def siglip_loss(image_features, text_features, logit_scale, logit_bias, reduction="mean",
+                normalize=False, backend="auto"):
+    """SigLIP pairwise sigmoid loss (open_clip ``SigLipLoss()`` on one process).
+
+    image_features (N, D), text_features (N, D); logit_scale, logit_bias floats or 0-dim
+    tensors. Returns (1/N)·Σ_ij −log σ(z_ij(logit_scale·⟨I_i,T_j⟩ + logit_bias)), or the
+    (N,) row sums for reduction="none".
+    """
+    check.features(image_features, "image_features")
+    check.features(text_features, "text_features")
+    check.same_kind(image_features, "image_features", text_features, "text_features")
+    check.same_rows(image_features, "image_features", text_features, "text_features")
+    check.scalar(logit_scale, "logit_scale", image_features.device)
+    check.scalar(logit_bias, "logit_bias", image_features.device)
+    check.reduction(reduction)
+    dispatch.select(backend, image_features.device, "siglip_loss")
+    return reference.siglip_loss(image_features, text_features, logit_scale, logit_bias,
+                                 reduction, normalize)
+
+
+def simcse_unsup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
+    """Unsupervised SimCSE. y_pred (N, D), N even: rows 2k and 2k+1 are two dropout views
+    of one sentence. Cosine / lamda with the own row excluded. Returns a scalar (mean over
+    N rows), or (N,) for reduction="none"."""
+    check.features(y_pred, "y_pred")
+    if y_pred.shape[0] % 2:
+        raise ValueError(f"y_pred must have an even number of rows (pairs 2k, 2k+1), got "
+                         f"{y_pred.shape[0]}")
+    check.scalar(lamda, "lamda", y_pred.device, positive=True)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, y_pred.device, "simcse_unsup_loss")
+    if impl is None:
+        return reference.simcse_unsup_loss(y_pred, lamda, reduction)
+    return simcse_ops.simcse_unsup_loss(y_pred, lamda, reduction, impl)
+
+
+def simcse_sup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
+    """Supervised SimCSE. y_pred (3B, D) as triplets (anchor 3k, positive 3k+1, hard
+    negative 3k+2). Anchors against every non-anchor row; target of anchor k is column 2k.
+    Returns a scalar (mean over B anchors), or (B,) for reduction="none"."""
+    check.features(y_pred, "y_pred")
+    if y_pred.shape[0] % 3:
+        raise ValueError(f"y_pred must have a multiple of 3 rows (anchor, positive, hard "
+                         f"negative), got {y_pred.shape[0]}")
+    check.scalar(lamda, "lamda", y_pred.device, positive=True)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, y_pred.device, "simcse_sup_loss")
+    if impl is None:
+        return reference.simcse_sup_loss(y_pred, lamda, reduction)
+    return simcse_ops.simcse_sup_loss(y_pred, lamda, reduction, impl)
+
+
+def supcon_loss(features, labels=None, temperature=0.07, base_temperature=0.07,
+                reduction="mean", normalize=False, backend="auto"):
+    """Supervised contrastive loss (Khosla et al. L_out; SupContrast ``contrast_mode="all"``).
+
+    features (N, D) or (B, V, D) (views flattened view-major); labels (N,) / (B,) integers,
+    or None (each sample its own class). Anchors without a positive are left out of the
+    mean (0 if no anchor has one). Returns a scalar, or (N,) / (V·B,) for "none" (0 for
+    anchors without a positive). Features are used as given unless normalize=True.
+    """
+    check.features(features, "features", ndims=(2, 3))
+    if labels is not None:
+        check.labels(labels, "labels", features.shape[0], features.device)
+    check.scalar(temperature, "temperature", features.device, positive=True)
+    check.scalar(base_temperature, "base_temperature", features.device, positive=True)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, features.device, "supcon_loss")
+    if impl is None:
+        return reference.supcon_loss(features, labels, temperature, base_temperature,
+                                     reduction, normalize)
+    return supcon_ops.supcon_loss(features, labels, temperature, base_temperature, reduction,
+                                  normalize, impl)
+
+
+def n_pair_loss(anchors, positives, l2_reg=0.0, reduction="mean", backend="auto"):
+    """Sohn's multi-class N-pair loss. anchors, positives (N, D); raw dot products, CE with
+    targets arange, plus l2_reg·mean_i(‖a_i‖² + ‖p_i‖²). Returns a scalar, or (N,) for
+    reduction="none" (CE_i + l2_reg·(‖a_i‖² + ‖p_i‖²))."""
+    check.features(anchors, "anchors")
+    check.features(positives, "positives")
+    check.same_kind(anchors, "anchors", positives, "positives")
+    check.same_rows(anchors, "anchors", positives, "positives")
+    check.scalar(l2_reg, "l2_reg", anchors.device)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, anchors.device, "n_pair_loss")
+    if impl is None:
+        return reference.n_pair_loss(anchors, positives, l2_reg, reduction)
+    return n_pair_ops.n_pair_loss(anchors, positives, l2_reg, reduction, impl)
+
+
+def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squared=False,
+                        normalize=False, reduction="mean", backend="auto"):
+    """Batch-hard triplet loss (Hermans et al.). embeddings (N, D), labels (N,) integers.
+    Per anchor with a positive and a negative: relu(max d(a,p) − min d(a,n) + margin).
+    Returns a scalar (mean over valid anchors), or (N,) for reduction="none"."""
+    check.features(embeddings, "embeddings")
+    check.labels(labels, "labels", embeddings.shape[0], embeddings.device)
+    check.scalar(margin, "margin", embeddings.device)
+    _non_negative(margin, "margin")
+    if mining != "batch_hard":
+        raise ValueError(f"mining must be 'batch_hard', got {mining!r}")
+    check.reduction(reduction)
+    dispatch.select(backend, embeddings.device, "triplet_margin_loss")
+    return reference.triplet_margin_loss(embeddings, labels, margin, mining, squared,
+                                         normalize, reduction)
+
+
+def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="auto"):
+    """Pairwise margin contrastive loss (Hadsell et al.). embeddings (N, D), N ≥ 2; labels
+    (N,) integers. Mean over ordered pairs i≠j of d² (same label) or relu(margin − d)².
+    Returns a scalar, or (N,) per-anchor means for reduction="none"."""
+    check.features(embeddings, "embeddings")
+    if embeddings.shape[0] < 2:
+        raise ValueError("embeddings needs at least 2 rows: the loss is over pairs i≠j")
+    check.labels(labels, "labels", embeddings.shape[0], embeddings.device)
+    check.scalar(margin, "margin", embeddings.device)
+    _non_negative(margin, "margin")
+    check.reduction(reduction)
+    dispatch.select(backend, embeddings.device, "contrastive_loss")
+    return reference.contrastive_loss(embeddings, labels, margin, reduction)
+
+
+def _non_negative(value, name):
+    number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not number >= 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")

@@ -1,0 +1,198 @@
+"""Ahead-of-time compilation of every Triton kernel variant the launcher can pick.
+
+No GPU is needed: ``triton.compile`` lowers each variant to PTX and cubin for a target
+compute capability, and the cubin is read with the ``cuobjdump``/``nvdisasm`` that ship in
+the triton wheel. This keeps the GPU path honest on machines without a GPU, since the
+interpreter accepts kernels that the GPU compiler rejects.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_engine as te
+
+ARCHES = (80, 90)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# One feature width per tile class the launcher distinguishes (see tile_config).
+REPRESENTATIVE_D = (1, 17, 33, 65, 129)
+
+_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
+        torch.float64: "*fp64"}
+
+# Flag sets the losses can request (ops/<loss>.py): plain, MoCo bank, self-similarity, CLIP.
+FWD_FLAGS = (
+    dict(MASK_DIAG=False, HAS_EXTRA=False, NEED_COL=False),
+    dict(MASK_DIAG=False, HAS_EXTRA=True, NEED_COL=False),
+    dict(MASK_DIAG=True, HAS_EXTRA=False, NEED_COL=False),
+    dict(MASK_DIAG=False, HAS_EXTRA=False, NEED_COL=True),
+)
+# Backward passes: one-pass with atomics, and the two passes of the deterministic mode.
+BWD_PASSES = (
+    dict(TRANSPOSED=False, ATOMIC_B=True, WRITE_DSCALE=True),
+    dict(TRANSPOSED=False, ATOMIC_B=False, WRITE_DSCALE=True),
+    dict(TRANSPOSED=True, ATOMIC_B=False, WRITE_DSCALE=False),
+)
+BWD_MASKS = (dict(MASK_DIAG=False, HAS_COL=False), dict(MASK_DIAG=True, HAS_COL=False),
+             dict(MASK_DIAG=False, HAS_COL=True))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kernel: str  # attribute of triton_engine (a name, so variants pickle to workers)
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    dtype: torch.dtype
+    is_mma: bool  # contains a tile product that should use tensor cores
+
+
+def _acc(dtype):
+    return "*fp64" if dtype == torch.float64 else "*fp32"
+
+
+def _precisions(dtype) -> tuple[str, ...]:
+    return ("ieee", "tf32") if dtype == torch.float32 else ("ieee",)
+
+
+def _fwd_signature(dtype):
+    x, a = _PTR[dtype], _acc(dtype)
+    return {"Q": x, "K": x, "RQ": a, "RK": a, "SCALE": a, "ROW_KEY": "*i64",
+            "COL_KEY": "*i64", "EXTRA": a, "LSE": a, "POS": a, "COL_M": a, "COL_L": a,
+            "N": "i32", "M": "i32", "D": "i32", "stride_q": "i64", "stride_k": "i64"}
+
+
+def _bwd_signature(dtype):
+    x, a = _PTR[dtype], _acc(dtype)
+    return {"A": x, "B": x, "RA": a, "RB": a, "SCALE": a, "ROW_KEY": "*i64", "COL_KEY": "*i64",
+            "LSE": a, "G_LSE": a, "G_POS": a, "CLSE": a, "G_CLSE": a, "DA": a, "DB": a,
+            "DSCALE": a, "NA": "i32", "NB": "i32", "D": "i32", "stride_a": "i64",
+            "stride_b": "i64", "stride_da": "i64", "stride_db": "i64"}
+
+
+def _with_constexprs(sig: dict, constexprs: dict) -> dict:
+    out = dict(sig)
+    out.update({k: "constexpr" for k in constexprs})
+    return out
+
+
+def _tile_configs(dtype) -> list[te.TileConfig]:
+    seen = []
+    for d in REPRESENTATIVE_D:
+        cfg = te.tile_config(d, dtype, interpret=False)
+        if cfg not in seen:
+            seen.append(cfg)
+    return seen
+
+
+def engine_variants() -> Iterator[Variant]:
+    """Every (kernel, dtype, tile, flag) combination the launcher can launch."""
+    for dtype in DTYPES:
+        acc = te._tl_dtype(dtype)
+        for cfg in _tile_configs(dtype):
+            tiles = dict(BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk, ACC=acc, UPCAST=False)
+            tag = f"{str(dtype)[6:]}_k{cfg.block_k}{'' if cfg.one_chunk else 'c'}"
+            for prec in _precisions(dtype):
+                for flags in FWD_FLAGS:
+                    ce = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, **tiles,
+                              **flags)
+                    fl = "".join(k[0] for k, v in flags.items() if v) or "-"
+                    yield Variant(f"fwd_{tag}_{prec}_{fl}", "_softmax_fwd_kernel",
+                                  _with_constexprs(_fwd_signature(dtype), ce), ce,
+                                  cfg.num_warps, cfg.num_stages, dtype, True)
+                for mode in BWD_PASSES:
+                    for masks in BWD_MASKS:
+                        ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
+                                  **tiles, **mode, **masks)
+                        fl = "".join(k[0] for k, v in {**mode, **masks}.items() if v) or "-"
+                        yield Variant(f"bwd_{tag}_{prec}_{fl}", "_softmax_bwd_kernel",
+                                      _with_constexprs(_bwd_signature(dtype), ce), ce,
+                                      cfg.num_warps, cfg.num_stages, dtype, True)
+        yield from _row_kernel_variants(dtype)
+
+
+def _row_kernel_variants(dtype) -> Iterator[Variant]:
+    x, a, acc = _PTR[dtype], _acc(dtype), te._tl_dtype(dtype)
+    tag = str(dtype)[6:]
+    widths = sorted({te._row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
+    for block_r, block_d in widths:
+        ce = dict(EPS_C=te.EPS, BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
+        sig = {"X": x, "R": a, "N": "i32", "D": "i32", "stride_x": "i64"}
+        yield Variant(f"inv_norm_{tag}_r{block_r}d{block_d}", "_inv_norm_kernel",
+                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False)
+        for normalize in (False, True):
+            ce2 = dict(ce, NORMALIZE=normalize)
+            sig = {"X": x, "R": a, "G": a, "SCALE": a, "DX": x, "N": "i32", "D": "i32",
+                   "stride_x": "i64", "stride_g": "i64", "stride_dx": "i64"}
+            yield Variant(f"norm_bwd_{tag}_r{block_r}d{block_d}_n{int(normalize)}",
+                          "_norm_backward_kernel", _with_constexprs(sig, ce2), ce2, 4, 1,
+                          dtype, False)
+    ce = dict(BLOCK=128, ACC=acc)
+    sig = {"COL_M": a, "COL_L": a, "CLSE": a, "P": "i32", "M": "i32"}
+    yield Variant(f"merge_col_{tag}", "_merge_col_kernel", _with_constexprs(sig, ce), ce,
+                  4, 1, dtype, False)
+
+
+@dataclass
+class CompileReport:
+    name: str
+    arch: int
+    registers: int
+    shared_bytes: int
+    spill_bytes: int   # per-thread stack + local memory (0 when nothing spills)
+    local_insts: int   # STL/LDL instructions in the SASS
+    mma_count: int
+    dtype: str
+    is_mma: bool
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+_MMA_RE = re.compile(r"\b(HMMA|HGMMA|DMMA|IMMA)\b")
+
+
+_LOCAL_RE = re.compile(r"\b(STL|LDL)(\.[A-Z0-9.]+)?\b")
+
+
+def _cubin_stats(cubin: bytes) -> dict:
+    """Registers, stack/local bytes, local-memory and tensor-core instruction counts."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        res = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True,
+                             text=True, check=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True,
+                              text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
+    if usage is None:
+        raise RuntimeError(f"cannot read cuobjdump -res-usage output: {res!r}")
+    regs, stack, _, local = (int(g) for g in usage.groups())
+    return dict(registers=regs, stack=stack, local=local,
+                local_insts=len(_LOCAL_RE.findall(sass)), mma=len(_MMA_RE.findall(sass)))
+
+
+def compile_variant(v: Variant, arch: int) -> "CompileReport":
+    """Compile one variant for sm_<arch> and read its resource usage from the cubin."""
+    src = ASTSource(fn=getattr(te, v.kernel), signature=v.signature, constexprs=v.constexprs)
+    opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    st = _cubin_stats(compiled.asm["cubin"])
+    return CompileReport(v.name, arch, st["registers"], compiled.metadata.shared,
+                         st["stack"] + st["local"], st["local_insts"], st["mma"],
+                         str(v.dtype)[6:], v.is_mma)
