@@ -35,6 +35,10 @@ def supcon_loss(features, labels, temperature, base_temperature, reduction, norm
     _, inverse, counts = torch.unique(flat_labels, return_inverse=True, return_counts=True)
     n_pos = (counts[inverse] - 1).to(lse.dtype)
     valid = n_pos > 0
+    # Excluded anchors may have lse = -inf (no candidate at all, N = 1): zero their inputs
+    # before the arithmetic, or where()'s backward would meet 0·inf = NaN.
+    lse = torch.where(valid, lse, torch.zeros_like(lse))
+    pos = torch.where(valid, pos, torch.zeros_like(pos))
     rows = -(tau / as_tensor(base_temperature, flat)) * (pos / n_pos.clamp_min(1) - lse)
     rows = torch.where(valid, rows, torch.zeros_like(rows))
     return reduce_rows(rows, reduction, valid)

@@ -228,8 +228,13 @@ def _softmax_bwd_kernel(
         else:
             dots = _dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
                              BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
+        # S is rounded exactly as the forward rounded it (same factors, same grouping), so
+        # P = exp(S - lse) sums to 1 over each row as the forward's lse implies.
+        if TRANSPOSED:
+            s = dots * (scale * rb)[None, :] * ra[:, None]
+        else:
+            s = dots * (scale * ra)[:, None] * rb[None, :]
         cos = dots * ra[:, None] * rb[None, :]
-        s = scale * cos
         valid = a_ok[:, None] & b_ok[None, :]
         if MASK_DIAG:
             valid = valid & (offs_a[:, None] != offs_b[None, :])
@@ -320,6 +325,20 @@ _INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile bounda
 _INTERPRET_CHUNK_K = 16
 
 
+POISON_ENV = "CONTRASTIVE_KERNELS_POISON"
+
+
+def _out(shape, dtype, device) -> torch.Tensor:
+    """An output buffer every element of which a kernel must write.
+
+    With CONTRASTIVE_KERNELS_POISON=1 (the test suite sets it) it starts as NaN, so an
+    element a kernel forgot to write shows up as NaN instead of stale memory.
+    """
+    if os.environ.get(POISON_ENV) == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -373,7 +392,7 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     acc = acc_dtype(x.dtype)
     if not normalize:
         return torch.ones(n, dtype=acc, device=x.device)
-    r = torch.empty(n, dtype=acc, device=x.device)
+    r = _out((n,), acc, x.device)
     if n == 0:
         return r
     block_r, block_d = _row_block(d)
@@ -401,8 +420,8 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     m = k.shape[0]
     acc = acc_dtype(q.dtype)
     cfg = tile_config(d, q.dtype)
-    lse = torch.empty(n, dtype=acc, device=q.device)
-    pos = torch.empty(n, dtype=acc, device=q.device)
+    lse = _out((n,), acc, q.device)
+    pos = _out((n,), acc, q.device)
     n_row_blocks = triton.cdiv(n, cfg.block_m)
     if need_col:
         progs = _col_programs(n_row_blocks, q.device)
@@ -420,7 +439,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
         PREC=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not need_col:
         return lse, pos, lse.new_empty(0)
-    clse = torch.empty(m, dtype=acc, device=q.device)
+    clse = _out((m,), acc, q.device)
     block = 128
     _merge_col_kernel[(triton.cdiv(m, block),)](col_m, col_l, clse, progs, m,
                                                  BLOCK=block, ACC=_tl_dtype(q.dtype))
@@ -443,7 +462,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
 
 def _finish_grad(x, r, g_acc, scale, normalize):
     n, d = x.shape
-    dx = torch.empty_like(x)
+    dx = _out(x.shape, x.dtype, x.device)
     if n == 0:
         return dx
     block_r, block_d = _row_block(d)
@@ -468,7 +487,7 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     has_col = clse.numel() > 0
     dq_acc = torch.zeros((n, d), dtype=acc, device=q.device)
     dk_acc = torch.zeros((m, d), dtype=acc, device=q.device)
-    dscale_rows = torch.empty(n, dtype=acc, device=q.device)
+    dscale_rows = _out((n,), acc, q.device)
     g_clse = g_clse if has_col else g_lse
     common = dict(mask_diag=mask_diag, has_col=has_col)
     _launch_grad(q, k, rq, rk, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
