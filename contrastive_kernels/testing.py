@@ -46,7 +46,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 
     if not finite.any():
         return 0.0
     diff = (a[finite] - e[finite]).abs().max().item()
-    scale = max(e[finite].abs().max().item(), floor)
+    scale = max(e[finite].abs().max().item(), floor, _FLOOR)
     return diff / scale
 
 
