@@ -87,38 +87,51 @@ def _with_constexprs(sig: dict, constexprs: dict) -> dict:
     return out
 
 
-def _tile_configs(dtype) -> list[te.TileConfig]:
+def _tile_configs(dtype) -> list[tuple[te.TileConfig, te.TileConfig]]:
     seen = []
     for d in REPRESENTATIVE_D:
-        cfg = te.tile_config(d, dtype, interpret=False)
-        if cfg not in seen:
-            seen.append(cfg)
+        cfgs = te.tile_config(d, dtype, interpret=False)
+        if cfgs not in seen:
+            seen.append(cfgs)
     return seen
 
 
+def _tiles(cfg: te.TileConfig, acc) -> dict:
+    return dict(BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk, ACC=acc, UPCAST=False)
+
+
+def _tag(dtype, cfg: te.TileConfig) -> str:
+    chunk = "" if cfg.one_chunk else "c"
+    return (f"{str(dtype)[6:]}_{cfg.block_m}x{cfg.block_n}k{cfg.block_k}{chunk}"
+            f"w{cfg.num_warps}")
+
+
+def _flag_tag(flags: dict) -> str:
+    return "".join(k[0] for k, v in flags.items() if v is True) or "-"
+
+
 def engine_variants() -> Iterator[Variant]:
-    """Every (kernel, dtype, tile, flag) combination the launcher can launch."""
+    """Every (kernel, dtype, tile, warps, precision, flag set) the launcher can launch."""
     for dtype in DTYPES:
         acc = te._tl_dtype(dtype)
-        for cfg in _tile_configs(dtype):
-            tiles = dict(BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk, ACC=acc, UPCAST=False)
-            tag = f"{str(dtype)[6:]}_k{cfg.block_k}{'' if cfg.one_chunk else 'c'}"
+        for fwd_cfg, bwd_cfg in _tile_configs(dtype):
             for prec in _precisions(dtype):
                 for flags in FWD_FLAGS:
-                    ce = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, **tiles,
-                              **flags)
-                    fl = "".join(k[0] for k, v in flags.items() if v) or "-"
-                    yield Variant(f"fwd_{tag}_{prec}_{fl}", "_softmax_fwd_kernel",
+                    ce = dict(BLOCK_M=fwd_cfg.block_m, BLOCK_N=fwd_cfg.block_n, PREC=prec,
+                              **_tiles(fwd_cfg, acc), **flags)
+                    yield Variant(f"fwd_{_tag(dtype, fwd_cfg)}_{prec}_{_flag_tag(flags)}",
+                                  "_softmax_fwd_kernel",
                                   _with_constexprs(_fwd_signature(dtype), ce), ce,
-                                  cfg.num_warps, cfg.num_stages, dtype, True)
+                                  fwd_cfg.num_warps, fwd_cfg.num_stages, dtype, True)
                 for mode in BWD_PASSES:
                     for masks in BWD_MASKS:
-                        ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
-                                  **tiles, **mode, **masks)
-                        fl = "".join(k[0] for k, v in {**mode, **masks}.items() if v) or "-"
-                        yield Variant(f"bwd_{tag}_{prec}_{fl}", "_softmax_bwd_kernel",
+                        flags = {**mode, **masks}
+                        ce = dict(BLOCK_A=bwd_cfg.block_m, BLOCK_B=bwd_cfg.block_n,
+                                  PREC=prec, **_tiles(bwd_cfg, acc), **flags)
+                        yield Variant(f"bwd_{_tag(dtype, bwd_cfg)}_{prec}_{_flag_tag(flags)}",
+                                      "_softmax_bwd_kernel",
                                       _with_constexprs(_bwd_signature(dtype), ce), ce,
-                                      cfg.num_warps, cfg.num_stages, dtype, True)
+                                      bwd_cfg.num_warps, bwd_cfg.num_stages, dtype, True)
         yield from _row_kernel_variants(dtype)
 
 
@@ -155,6 +168,7 @@ class CompileReport:
     mma_count: int
     dtype: str
     is_mma: bool
+    mma_kinds: str = "-"   # which tensor-core instructions appear (HMMA, HGMMA, DMMA)
 
 
 def _tool(name: str) -> str:
@@ -183,8 +197,10 @@ def _cubin_stats(cubin: bytes) -> dict:
     if usage is None:
         raise RuntimeError(f"cannot read cuobjdump -res-usage output: {res!r}")
     regs, stack, _, local = (int(g) for g in usage.groups())
+    kinds = sorted(set(_MMA_RE.findall(sass)))
     return dict(registers=regs, stack=stack, local=local,
-                local_insts=len(_LOCAL_RE.findall(sass)), mma=len(_MMA_RE.findall(sass)))
+                local_insts=len(_LOCAL_RE.findall(sass)), mma=len(_MMA_RE.findall(sass)),
+                mma_kinds="+".join(kinds) or "-")
 
 
 def compile_variant(v: Variant, arch: int) -> "CompileReport":
@@ -195,4 +211,38 @@ def compile_variant(v: Variant, arch: int) -> "CompileReport":
     st = _cubin_stats(compiled.asm["cubin"])
     return CompileReport(v.name, arch, st["registers"], compiled.metadata.shared,
                          st["stack"] + st["local"], st["local_insts"], st["mma"],
-                         str(v.dtype)[6:], v.is_mma)
+                         str(v.dtype)[6:], v.is_mma, st["mma_kinds"])
+
+
+def _compile_job(job: tuple[Variant, int]) -> CompileReport | str:
+    variant, arch = job
+    try:
+        return compile_variant(variant, arch)
+    except Exception as exc:  # reported per variant, so one failure names itself
+        return f"{variant.name} sm_{arch}: {type(exc).__name__}: {exc}"
+
+
+def compile_all(workers: int | None = None, arches=ARCHES) -> list[CompileReport | str]:
+    """Compile every launcher variant for every arch; a str entry is a compile failure."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(v, arch) for v in engine_variants() for arch in arches]
+    workers = workers or max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_compile_job, jobs, chunksize=4))
+
+
+def problems(reports: list[CompileReport | str]) -> list[str]:
+    """Every violation of the GPU-path contract: a failed compile, a spill, or a
+    half-precision tile product without tensor-core instructions."""
+    out = []
+    for r in reports:
+        if isinstance(r, str):
+            out.append(r)
+            continue
+        if r.spill_bytes or r.local_insts:
+            out.append(f"{r.name} sm_{r.arch}: spills ({r.spill_bytes} B stack/local, "
+                       f"{r.local_insts} STL/LDL)")
+        if r.is_mma and r.dtype in ("float16", "bfloat16") and r.mma_count == 0:
+            out.append(f"{r.name} sm_{r.arch}: no tensor-core (HMMA/HGMMA) instruction")
+    return out

@@ -318,9 +318,28 @@ class TileConfig:
     num_stages: int
 
 
-# Largest D kept as one register tile; above it D is streamed in BLOCK_K chunks.
-ONE_CHUNK_MAX_D = 128
-CHUNK_K = 64
+# Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
+# backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
+# next_pow2(D), num_warps). Chosen by benchmarks/tile_search.py as the largest tiles that
+# spill nothing on sm_80 and sm_90 for the heaviest flag set; the backward holds more
+# live tiles (S, dS, two accumulators), hence its smaller blocks. Above the last class
+# D is streamed in BLOCK_K chunks. Not yet tuned by timing on a GPU.
+_TILE_TABLE = {
+    "half": ((16, (128, 64, None, 8), (64, 64, None, 8)),
+             (32, (128, 64, None, 8), (64, 64, None, 8)),
+             (64, (64, 64, None, 8), (64, 32, None, 8)),
+             (128, (64, 64, None, 8), (32, 64, None, 8)),
+             (None, (128, 64, 32, 8), (64, 128, 32, 8))),
+    "fp32": ((16, (128, 64, None, 8), (64, 64, None, 8)),
+             (32, (32, 32, None, 8), (32, 32, None, 4)),
+             (64, (64, 32, None, 8), (64, 32, None, 8)),
+             (128, (32, 32, None, 8), (32, 32, None, 8)),
+             (None, (64, 32, 32, 8), (64, 32, 32, 8))),
+    "fp64": ((16, (32, 32, None, 4), (32, 32, None, 4)),
+             (32, (32, 16, None, 4), (32, 16, None, 4)),
+             (None, (32, 32, 32, 4), (32, 32, 32, 4))),
+}
+_NUM_STAGES = 2
 _INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
 _INTERPRET_CHUNK_K = 16
 
@@ -343,21 +362,28 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None) -> TileConfig:
-    """Tiles for feature width D and input dtype (the launcher's only source of tiles)."""
-    interpret = interpreting() if interpret is None else interpret
-    if interpret:
-        kk = max(16, triton.next_power_of_2(D))
-        if kk <= 32:
-            return TileConfig(_INTERPRET_BLOCK, _INTERPRET_BLOCK, kk, True, 4, 1)
-        return TileConfig(_INTERPRET_BLOCK, _INTERPRET_BLOCK, _INTERPRET_CHUNK_K, False, 4, 1)
-    kk = max(16, triton.next_power_of_2(D))
+def _dtype_class(dtype: torch.dtype) -> str:
     if dtype == torch.float64:
-        # fp64 is the gradcheck path: small tiles keep the wide accumulators in registers.
-        return TileConfig(32, 32, min(kk, 32), kk <= 32, 4, 2)
-    if kk <= ONE_CHUNK_MAX_D:
-        return TileConfig(64, 64, kk, True, 4, 2)
-    return TileConfig(64, 64, CHUNK_K, False, 4, 2)
+        return "fp64"
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None
+                ) -> tuple[TileConfig, TileConfig]:
+    """(forward, backward) tiles for feature width D and input dtype: the launcher's only
+    source of tile sizes."""
+    interpret = interpreting() if interpret is None else interpret
+    d_pow2 = max(16, triton.next_power_of_2(D))
+    if interpret:
+        one = d_pow2 <= 32  # exercise both the one-tile and the D-streaming paths
+        cfg = TileConfig(_INTERPRET_BLOCK, _INTERPRET_BLOCK,
+                         d_pow2 if one else _INTERPRET_CHUNK_K, one, 4, 1)
+        return cfg, cfg
+    for max_d, fwd, bwd in _TILE_TABLE[_dtype_class(dtype)]:
+        if max_d is None or d_pow2 <= max_d:
+            return tuple(TileConfig(bm, bn, bk or d_pow2, bk is None, warps, _NUM_STAGES)
+                         for bm, bn, bk, warps in (fwd, bwd))
+    raise AssertionError("the tile table ends with a catch-all class")
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -419,7 +445,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     n, d = q.shape
     m = k.shape[0]
     acc = acc_dtype(q.dtype)
-    cfg = tile_config(d, q.dtype)
+    cfg = tile_config(d, q.dtype)[0]
     lse = _out((n,), acc, q.device)
     pos = _out((n,), acc, q.device)
     n_row_blocks = triton.cdiv(n, cfg.block_m)
@@ -449,7 +475,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
 def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
                  da, db, dscale, *, transposed, mask_diag, has_col, atomic_b, write_dscale):
     na, d = a.shape
-    cfg = tile_config(d, a.dtype)
+    cfg = tile_config(d, a.dtype)[1]
     _softmax_bwd_kernel[(triton.cdiv(na, cfg.block_m),)](
         a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
         da, db, dscale, na, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0),
