@@ -246,3 +246,8 @@ def problems(reports: list[CompileReport | str]) -> list[str]:
         if r.is_mma and r.dtype in ("float16", "bfloat16") and r.mma_count == 0:
             out.append(f"{r.name} sm_{r.arch}: no tensor-core (HMMA/HGMMA) instruction")
     return out
+
+
+def toolchain_available() -> bool:
+    """True when triton's bundled ptxas and cuobjdump exist (they ship in the wheel)."""
+    return all(os.path.exists(_tool(t)) for t in ("ptxas", "cuobjdump"))

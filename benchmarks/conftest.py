@@ -1,0 +1,74 @@
+"""Shared benchmark machinery (pytest-benchmark).
+
+Providers are the reference (``torch``) and every kernel backend that runs *compiled* on
+this device (the Triton interpreter is a correctness tool, never timed). Each benchmark
+synchronizes CUDA inside the timed call and records peak memory in ``extra_info``:
+``torch.cuda.max_memory_allocated`` on CUDA, peak resident set size on CPU.
+
+    python -m pytest benchmarks -q --benchmark-json=benchmarks/.results/run.json
+"""
+import os
+import resource
+
+import pytest
+import torch
+
+from contrastive_kernels import backend_info
+from contrastive_kernels.problems import make_problem
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def providers() -> list[str]:
+    info = backend_info()
+    kernels = [b for b in ("triton", "cuda", "cpu") if info[b]["available"]
+               and not (b == "triton" and (INTERPRETED or DEVICE.type != "cuda"))]
+    return ["torch"] + kernels
+
+
+def sizes() -> list[tuple[int, int, torch.dtype]]:
+    if DEVICE.type == "cuda":
+        return [(4096, 256, torch.bfloat16), (16384, 256, torch.bfloat16),
+                (16384, 128, torch.float32)]
+    return [(1024, 64, torch.float32), (4096, 256, torch.float32)]
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _peak_bytes() -> int:
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(DEVICE)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_benchmark(benchmark, loss: str, provider: str, n: int, d: int, dtype,
+                  mode: str) -> None:
+    """Time forward (mode "fwd") or forward+backward ("fwd_bwd") of one problem."""
+    run, leaves = make_problem(loss, n, d, dtype, DEVICE)
+
+    def step():
+        out = run(provider)
+        if mode == "fwd_bwd":
+            torch.autograd.grad(out, leaves)
+        _sync()
+
+    step()  # warm-up: Triton compilation, allocator
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(loss=loss, provider=provider, n=n, d=d,
+                                dtype=str(dtype)[6:], mode=mode, device=str(DEVICE),
+                                peak_bytes=_peak_bytes())
+
+
+def pytest_generate_tests(metafunc):
+    if "provider" in metafunc.fixturenames:
+        metafunc.parametrize("provider", providers())
+    if "size" in metafunc.fixturenames:
+        metafunc.parametrize("size", sizes(), ids=lambda s: f"N{s[0]}-D{s[1]}-{str(s[2])[6:]}")
+    if "mode" in metafunc.fixturenames:
+        metafunc.parametrize("mode", ["fwd", "fwd_bwd"])
