@@ -1,76 +1,72 @@
 """Choose the Triton tile table from compiler resource usage, without a GPU.
 
-For each input dtype and feature-width class, compile the heaviest flag set of the forward
-and backward kernels for sm_80 and sm_90 over candidate tiles, and keep the candidates that
-spill nothing on either arch. Ranking among the spill-free ones prefers larger tiles (fewer
-recomputed loads per FLOP). The chosen rows are copied into ``tile_config`` by hand; the
-AOT test then proves every launched variant compiles without spills.
+For each dtype class and feature-width class, walk candidate tiles from the largest down
+and keep the first one whose *every* launchable variant (all flag sets, both precisions
+for fp32, all backward passes) compiles for sm_80 and sm_90 without spilling. The result
+is printed as the ``_TILE_TABLE`` literal of ops/triton_engine.py; tests/test_aot.py then
+re-proves the whole launcher set. Larger tiles first because they reload less per FLOP;
+no timing is involved (that needs a GPU).
 
-    python benchmarks/tile_search.py > /tmp/tiles.txt
+    python benchmarks/tile_search.py                      # every class: ~1 h on 2 cores
+    python benchmarks/tile_search.py fp32:64 fp64:None --pairs 32x32 16x32
+                                                          # some classes, given tiles only
 """
 from __future__ import annotations
 
+import argparse
 import itertools
-import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
 from contrastive_kernels.ops import aot
 from contrastive_kernels.ops import triton_engine as te
 
-
-BLOCK_PAIRS = ((64, 64), (64, 32), (32, 64), (32, 32), (128, 64), (64, 128))
+PAIRS = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 FP64_PAIRS = ((32, 32), (32, 16), (16, 32), (16, 16))
+CLASSES = {"half": (16, 32, 64, 128, None), "fp32": (16, 32, 64, 128, None),
+           "fp64": (16, 32, None)}
+DTYPES = {"half": (torch.float16, torch.bfloat16), "fp32": (torch.float32,),
+          "fp64": (torch.float64,)}
 
 
-def _candidates(dtype, d_pow2):
-    """Tiles worth trying: one register tile up to D=128, D streamed in chunks above."""
-    pairs = FP64_PAIRS if dtype == torch.float64 else BLOCK_PAIRS
-    for (bm, bn), warps in itertools.product(pairs, (4, 8)):
-        if d_pow2 <= (32 if dtype == torch.float64 else 128):
-            yield bm, bn, d_pow2, True, warps
-        else:
-            for bk in (16, 32) if dtype == torch.float64 else (32, 64):
-                yield bm, bn, bk, False, warps
+def _candidates(cls: str, max_d, pairs=None):
+    pairs = pairs or (FP64_PAIRS if cls == "fp64" else PAIRS)
+    chunks = (None,) if max_d is not None else ((32, 16) if cls == "fp64" else (64, 32))
+    for (bm, bn), warps, bk in itertools.product(pairs, (8, 4), chunks):
+        yield bm, bn, bk, warps
 
 
-def _variants(dtype, bm, bn, bk, one, warps):
-    acc = te._tl_dtype(dtype)
-    tiles = dict(BLOCK_K=bk, ONE_CHUNK=one, ACC=acc, UPCAST=False, PREC="ieee")
-    bwd = dict(BLOCK_A=bm, BLOCK_B=bn, TRANSPOSED=False, ATOMIC_B=True, WRITE_DSCALE=True,
-               MASK_DIAG=True, HAS_COL=True, **tiles)
-    fwd = dict(BLOCK_M=bm, BLOCK_N=bn, MASK_DIAG=True, HAS_EXTRA=False, NEED_COL=True, **tiles)
-    return [aot.Variant("bwd", "_softmax_bwd_kernel",
-                        aot._with_constexprs(aot._bwd_signature(dtype), bwd), bwd, warps, 2,
-                        dtype, True),
-            aot.Variant("fwd", "_softmax_fwd_kernel",
-                        aot._with_constexprs(aot._fwd_signature(dtype), fwd), fwd, warps, 2,
-                        dtype, True)]
-
-
-def _stack(job):
-    v, arch = job
-    try:
-        rep = aot.compile_variant(v, arch)
-        return rep.spill_bytes, rep.registers
-    except Exception as exc:  # a tile the compiler rejects is simply not a candidate
-        return 10**9, str(exc)[:60]
+def _clean(cls, max_d, kind, cand) -> bool:
+    bm, bn, bk, warps = cand
+    d_pow2 = max_d if max_d is not None else None
+    cfg = te.TileConfig(bm, bn, bk or d_pow2, bk is None, warps, te._NUM_STAGES)
+    variants = [v for dt in DTYPES[cls] for v in aot.kernel_variants(kind, dt, cfg)]
+    return not aot.problems(aot.compile_all(variants=variants))
 
 
 def main():
-    dtypes = [getattr(torch, a) for a in (sys.argv[1:] or ["bfloat16", "float32", "float64"])]
-    jobs, keys = [], []
-    for dtype in dtypes:
-        for d_pow2 in ((16, 32, 64) if dtype == torch.float64 else (16, 32, 64, 128, 256)):
-            for cand in _candidates(dtype, d_pow2):
-                for v in _variants(dtype, *cand):
-                    for arch in aot.ARCHES:
-                        jobs.append((v, arch))
-                        keys.append((str(dtype), d_pow2, cand, v.name, arch))
-    with ProcessPoolExecutor(2) as ex:
-        for key, (spill, regs) in zip(keys, ex.map(_stack, jobs, chunksize=4)):
-            print(*key, "spill", spill, "regs", regs, flush=True)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("classes", nargs="*", help="dtype:maxD, e.g. fp32:64 or fp64:None")
+    parser.add_argument("--pairs", nargs="*", help="BLOCK_MxBLOCK_N tiles to try, in order")
+    args = parser.parse_args()
+    wanted = [tuple(c.split(":")) for c in args.classes]
+    pairs = [tuple(map(int, p.split("x"))) for p in args.pairs] if args.pairs else None
+    table = {}
+    for cls, classes in CLASSES.items():
+        for max_d in classes:
+            if wanted and (cls, str(max_d)) not in wanted:
+                continue
+            picks = []
+            for kind in ("fwd", "bwd"):
+                pick = next((c for c in _candidates(cls, max_d, pairs)
+                             if _clean(cls, max_d, kind, c)), None)
+                print(f"{cls} D<={max_d} {kind}: {pick}", flush=True)
+                picks.append(pick)
+            table.setdefault(cls, []).append((max_d, *picks))
+    print("_TILE_TABLE = {")
+    for cls, rows in table.items():
+        print(f"    {cls!r}: (" + ",\n             ".join(map(str, rows)) + "),")
+    print("}")
 
 
 if __name__ == "__main__":

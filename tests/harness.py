@@ -119,8 +119,9 @@ def gradcheck(case: LossCase, backend: str, n: int, d: int, reduction: str,
                                     rtol=1e-5, fast_mode=fast)
 
 
-def loss_tests(case: LossCase):
-    """The standard tests for one loss, to assign to module-level test_* names."""
+def loss_tests(case: LossCase, prefix: str = "") -> dict:
+    """The standard tests for one loss as {test name: function}; a test module collects
+    them with ``globals().update(loss_tests(CASE))`` (``prefix`` names a second case)."""
     backends = pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 
     @backends
@@ -184,9 +185,11 @@ def loss_tests(case: LossCase):
         for leaf in _grad_leaves(args):
             assert torch.isfinite(leaf.grad).all()
 
-    return (test_matches_reference_none, test_matches_reference_reduced, test_dtypes,
-            test_gradcheck, test_deterministic_two_pass_backward, test_nan_propagates,
-            test_zero_row_is_finite)
+    tests = (test_matches_reference_none, test_matches_reference_reduced, test_dtypes,
+             test_gradcheck, test_deterministic_two_pass_backward, test_nan_propagates,
+             test_zero_row_is_finite)
+    tag = f"test_{prefix}_" if prefix else "test_"
+    return {tag + t.__name__[len("test_"):]: t for t in tests}
 
 
 def _grads_of(case, backend, gen):

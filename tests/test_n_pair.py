@@ -13,9 +13,7 @@ def _pairs(n, d, dtype, gen):
 
 CASE = LossCase(ck.n_pair_loss, _pairs, scalar_names=("l2_reg",), normalizes=False)
 
-(test_matches_reference_none, test_matches_reference_reduced, test_dtypes, test_gradcheck,
- test_deterministic_two_pass_backward, test_nan_propagates,
- test_zero_row_is_finite) = loss_tests(CASE)
+globals().update(loss_tests(CASE))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

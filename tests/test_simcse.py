@@ -16,13 +16,9 @@ def _sup(n, d, dtype, gen):
 UNSUP = LossCase(ck.simcse_unsup_loss, _unsup, scalar_names=("lamda",))
 SUP = LossCase(ck.simcse_sup_loss, _sup, scalar_names=("lamda",))
 
-(test_unsup_matches_reference_none, test_unsup_matches_reference_reduced, test_unsup_dtypes,
- test_unsup_gradcheck, test_unsup_deterministic_two_pass_backward, test_unsup_nan_propagates,
- test_unsup_zero_row_is_finite) = loss_tests(UNSUP)
+globals().update(loss_tests(UNSUP, "unsup"))
 
-(test_sup_matches_reference_none, test_sup_matches_reference_reduced, test_sup_dtypes,
- test_sup_gradcheck, test_sup_deterministic_two_pass_backward, test_sup_nan_propagates,
- test_sup_zero_row_is_finite) = loss_tests(SUP)
+globals().update(loss_tests(SUP, "sup"))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

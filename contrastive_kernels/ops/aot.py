@@ -110,28 +110,34 @@ def _flag_tag(flags: dict) -> str:
     return "".join(k[0] for k, v in flags.items() if v is True) or "-"
 
 
+def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
+    """Every flag/precision variant of one engine kernel ("fwd" or "bwd") at one tile."""
+    acc = te._tl_dtype(dtype)
+    for prec in _precisions(dtype):
+        if kind == "fwd":
+            for flags in FWD_FLAGS:
+                ce = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec,
+                          **_tiles(cfg, acc), **flags)
+                yield Variant(f"fwd_{_tag(dtype, cfg)}_{prec}_{_flag_tag(flags)}",
+                              "_softmax_fwd_kernel", _with_constexprs(_fwd_signature(dtype), ce),
+                              ce, cfg.num_warps, cfg.num_stages, dtype, True)
+            continue
+        for mode in BWD_PASSES:
+            for masks in BWD_MASKS:
+                flags = {**mode, **masks}
+                ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
+                          **_tiles(cfg, acc), **flags)
+                yield Variant(f"bwd_{_tag(dtype, cfg)}_{prec}_{_flag_tag(flags)}",
+                              "_softmax_bwd_kernel", _with_constexprs(_bwd_signature(dtype), ce),
+                              ce, cfg.num_warps, cfg.num_stages, dtype, True)
+
+
 def engine_variants() -> Iterator[Variant]:
     """Every (kernel, dtype, tile, warps, precision, flag set) the launcher can launch."""
     for dtype in DTYPES:
-        acc = te._tl_dtype(dtype)
         for fwd_cfg, bwd_cfg in _tile_configs(dtype):
-            for prec in _precisions(dtype):
-                for flags in FWD_FLAGS:
-                    ce = dict(BLOCK_M=fwd_cfg.block_m, BLOCK_N=fwd_cfg.block_n, PREC=prec,
-                              **_tiles(fwd_cfg, acc), **flags)
-                    yield Variant(f"fwd_{_tag(dtype, fwd_cfg)}_{prec}_{_flag_tag(flags)}",
-                                  "_softmax_fwd_kernel",
-                                  _with_constexprs(_fwd_signature(dtype), ce), ce,
-                                  fwd_cfg.num_warps, fwd_cfg.num_stages, dtype, True)
-                for mode in BWD_PASSES:
-                    for masks in BWD_MASKS:
-                        flags = {**mode, **masks}
-                        ce = dict(BLOCK_A=bwd_cfg.block_m, BLOCK_B=bwd_cfg.block_n,
-                                  PREC=prec, **_tiles(bwd_cfg, acc), **flags)
-                        yield Variant(f"bwd_{_tag(dtype, bwd_cfg)}_{prec}_{_flag_tag(flags)}",
-                                      "_softmax_bwd_kernel",
-                                      _with_constexprs(_bwd_signature(dtype), ce), ce,
-                                      bwd_cfg.num_warps, bwd_cfg.num_stages, dtype, True)
+            yield from kernel_variants("fwd", dtype, fwd_cfg)
+            yield from kernel_variants("bwd", dtype, bwd_cfg)
         yield from _row_kernel_variants(dtype)
 
 
@@ -222,11 +228,14 @@ def _compile_job(job: tuple[Variant, int]) -> CompileReport | str:
         return f"{variant.name} sm_{arch}: {type(exc).__name__}: {exc}"
 
 
-def compile_all(workers: int | None = None, arches=ARCHES) -> list[CompileReport | str]:
-    """Compile every launcher variant for every arch; a str entry is a compile failure."""
+def compile_all(workers: int | None = None, arches=ARCHES,
+                variants=None) -> list[CompileReport | str]:
+    """Compile every launcher variant (or the given ones) for every arch; a str entry is
+    a compile failure."""
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = [(v, arch) for v in engine_variants() for arch in arches]
+    variants = engine_variants() if variants is None else variants
+    jobs = [(v, arch) for v in variants for arch in arches]
     workers = workers or max(1, os.cpu_count() or 1)
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_compile_job, jobs, chunksize=4))

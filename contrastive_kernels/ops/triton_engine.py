@@ -13,6 +13,7 @@ The loss-specific parts (targets, weights, reductions) are O(N) torch code in op
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -320,24 +321,26 @@ class TileConfig:
 
 # Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
 # backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
-# next_pow2(D), num_warps). Chosen by benchmarks/tile_search.py as the largest tiles that
-# spill nothing on sm_80 and sm_90 for the heaviest flag set; the backward holds more
-# live tiles (S, dS, two accumulators), hence its smaller blocks. Above the last class
-# D is streamed in BLOCK_K chunks. Not yet tuned by timing on a GPU.
+# next_pow2(D), num_warps[, num_stages]). Chosen by benchmarks/tile_search.py: for each
+# class the largest tiles whose every launchable variant (all flag sets, precisions and
+# backward passes) compiles for sm_80 and sm_90 without spilling. The backward holds more
+# live tiles (S, dS, two accumulators), hence its smaller blocks; fp32 in IEEE mode is an
+# FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
+# 64. Above the last one-tile class D is streamed in BLOCK_K chunks. Not tuned by timing:
+# that needs a GPU.
 _TILE_TABLE = {
-    "half": ((16, (128, 64, None, 8), (64, 64, None, 8)),
-             (32, (128, 64, None, 8), (64, 64, None, 8)),
-             (64, (64, 64, None, 8), (64, 32, None, 8)),
-             (128, (64, 64, None, 8), (32, 64, None, 8)),
-             (None, (128, 64, 32, 8), (64, 128, 32, 8))),
-    "fp32": ((16, (128, 64, None, 8), (64, 64, None, 8)),
+    "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
+             (32, (128, 64, None, 8), (64, 32, None, 8)),
+             (64, (128, 64, None, 8), (64, 32, None, 8)),
+             (128, (64, 64, None, 4), (32, 32, None, 8)),
+             (None, (128, 64, 32, 8), (64, 64, 32, 8))),
+    "fp32": ((16, (32, 64, None, 4), (64, 64, None, 8)),
              (32, (32, 32, None, 8), (32, 32, None, 4)),
-             (64, (64, 32, None, 8), (64, 32, None, 8)),
-             (128, (32, 32, None, 8), (32, 32, None, 8)),
-             (None, (64, 32, 32, 8), (64, 32, 32, 8))),
-    "fp64": ((16, (32, 32, None, 4), (32, 32, None, 4)),
-             (32, (32, 16, None, 4), (32, 16, None, 4)),
-             (None, (32, 32, 32, 4), (32, 32, 32, 4))),
+             (64, (16, 32, None, 8), (16, 16, None, 4)),
+             (None, (32, 32, 64, 4), (16, 16, 16, 4, 1))),
+    "fp64": ((16, (32, 32, None, 8), (32, 32, None, 8)),
+             (32, (32, 32, None, 4), (32, 16, None, 8)),
+             (None, (32, 32, 32, 8), (32, 32, 32, 8))),
 }
 _NUM_STAGES = 2
 _INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
@@ -381,8 +384,8 @@ def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None
         return cfg, cfg
     for max_d, fwd, bwd in _TILE_TABLE[_dtype_class(dtype)]:
         if max_d is None or d_pow2 <= max_d:
-            return tuple(TileConfig(bm, bn, bk or d_pow2, bk is None, warps, _NUM_STAGES)
-                         for bm, bn, bk, warps in (fwd, bwd))
+            return tuple(TileConfig(t[0], t[1], t[2] or d_pow2, t[2] is None, t[3],
+                                    t[4] if len(t) > 4 else _NUM_STAGES) for t in (fwd, bwd))
     raise AssertionError("the tile table ends with a catch-all class")
 
 
@@ -407,9 +410,10 @@ def _upcast(dtype: torch.dtype) -> bool:
 
 
 def _row_block(D: int) -> tuple[int, int]:
-    block_d = min(triton.next_power_of_2(max(D, 1)), 256)
-    block_r = max(1, min(64, 4096 // block_d))
-    return block_r, max(block_d, 16)
+    """(rows, D chunk) of the row-wise kernels: 1024-element tiles, which compile without
+    spills for every dtype on sm_80/sm_90 (these kernels are memory-bound anyway)."""
+    block_d = max(16, min(triton.next_power_of_2(max(D, 1)), 256))
+    return max(1, 1024 // block_d), block_d
 
 
 def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -428,10 +432,18 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     return r
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _col_programs(n_row_blocks: int, device: torch.device) -> int:
+    """Persistent programs of a CLIP forward: enough to fill the GPU twice over; the
+    column partials cost [P, M], so P stays a small constant (4 under the interpreter,
+    small enough that the tests exercise programs owning several row blocks)."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(n_row_blocks, 2 * sms))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return max(1, min(n_row_blocks, 2 * _sm_count(index)))
     return max(1, min(n_row_blocks, 4))
 
 
