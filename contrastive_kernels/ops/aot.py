@@ -232,13 +232,25 @@ def compile_all(workers: int | None = None, arches=ARCHES,
                 variants=None) -> list[CompileReport | str]:
     """Compile every launcher variant (or the given ones) for every arch; a str entry is
     a compile failure."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     variants = engine_variants() if variants is None else variants
     jobs = [(v, arch) for v in variants for arch in arches]
     workers = workers or max(1, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_compile_job, jobs, chunksize=4))
+    # Fresh interpreters with the interpreter flag off: under TRITON_INTERPRET=1 (the CPU
+    # test session) the kernels in this process are interpreted and cannot be compiled.
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            return list(pool.map(_compile_job, jobs, chunksize=4))
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def problems(reports: list[CompileReport | str]) -> list[str]:
