@@ -6,30 +6,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .dispatch import backend_info
 from .problems import ENGINE_LOSSES, make_problem
-from .testing import relative_error, tolerance
-
-
-class _LargestTensor(TorchDispatchMode):
-    """Largest floating-point tensor (elements) any PyTorch operator produced while active.
-
-    (The Triton interpreter moves kernel arguments through byte views; those are O(N·D)
-    and not similarity values, so integer tensors are not counted here. The test suite's
-    detector counts every tensor.)"""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
-                self.largest = max(self.largest, t.numel())
-        return out
+from .testing import LargestTensor, relative_error, tolerance
 
 
 @dataclass
@@ -68,7 +48,7 @@ def _run(loss, backend, n, d, dtype, device, repeats):
     _sync(device)
     seconds = (time.perf_counter() - start) / repeats
     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-    with _LargestTensor() as mode:
+    with LargestTensor(floating_only=True) as mode:
         torch.autograd.grad(run(backend), leaves)
     return out, grads, seconds, peak, mode.largest
 

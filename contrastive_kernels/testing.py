@@ -7,6 +7,7 @@ so a gradient entry that is tiny by cancellation does not demand impossible digi
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # SPEC §4. float64 is the gradcheck dtype: kernels accumulate in fp64 there.
 TOLERANCES = {
@@ -67,3 +68,30 @@ def assert_close(actual, expected, dtype: torch.dtype, what: str,
     tol = tolerance(dtype, device)
     if not err <= tol:
         raise AssertionError(f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})")
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor (elements) any PyTorch operator produces while active,
+    and the operator that produced it: the detector behind the no-N×M memory claim.
+
+    ``floating_only`` skips integer tensors: the Triton interpreter moves kernel arguments
+    through O(N·D) byte views, which are no similarity values (the main job's display);
+    the memory test counts every tensor.
+    """
+
+    def __init__(self, floating_only: bool = False):
+        super().__init__()
+        self.floating_only = floating_only
+        self.largest = 0
+        self.op = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            if self.floating_only and not t.dtype.is_floating_point:
+                continue
+            if t.numel() > self.largest:
+                self.largest, self.op = t.numel(), str(func)
+        return out

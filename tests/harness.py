@@ -59,13 +59,13 @@ def _grad_leaves(values):
 
 
 def compare(case: LossCase, backend: str, n: int, d: int, dtype: torch.dtype,
-            reduction: str, gen: torch.Generator, scalar_tensors: bool = True) -> None:
-    """Fused (backend, dtype) vs the float64 reference on identical values."""
+            reduction: str, gen: torch.Generator) -> None:
+    """Fused (backend, dtype) vs the float64 reference on identical values; the scalar
+    parameters are passed as tensors so that their gradients are compared too."""
     args, kwargs = case.make(n, d, dtype, gen)
-    if scalar_tensors:
-        kwargs = {k: (torch.tensor(v, dtype=torch.float64, device=DEVICE)
-                      if k in case.scalar_names and not isinstance(v, torch.Tensor) else v)
-                  for k, v in kwargs.items()}
+    kwargs = {k: (torch.tensor(v, dtype=torch.float64, device=DEVICE)
+                  if k in case.scalar_names and not isinstance(v, torch.Tensor) else v)
+              for k, v in kwargs.items()}
     f_args = [_leaf(a) for a in args]
     f_kw = {k: _leaf(v) for k, v in kwargs.items()}
     r_args = [_leaf(a, torch.float64) for a in args]

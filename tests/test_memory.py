@@ -8,27 +8,13 @@ detector sees the reference's N×M logits.
 """
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import contrastive_kernels as ck
+from contrastive_kernels.testing import LargestTensor
 from harness import DEVICE, KERNEL_BACKENDS, generator, randn
 
 N = 256
 D = 8
-
-
-class LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-        self.op = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
-                self.largest, self.op = t.numel(), str(func)
-        return out
 
 
 def _losses(gen):
