@@ -1,14 +1,28 @@
 """Build and install contrastive_kernels.
 
-The Triton kernels need no build step. The C++ extensions in csrc/ (CPU always; CUDA when
-torch has CUDA and nvcc is present) are added here as they land; a machine without CUDA
-always gets a working install.
+Three kernel families: Triton (no build step), the C++ CPU engine (always built) and the
+CUDA C++ engine (built when torch has CUDA and nvcc is found). A machine without CUDA gets
+a clear message and a working CPU build, never a failure.
+
+Environment:
+  CONTRASTIVE_KERNELS_SKIP_CUDA=1   do not build the CUDA extension even where possible
+  TORCH_CUDA_ARCH_LIST              CUDA archs to build (default "8.0;9.0": Ampere, Hopper)
+  CUDA_HOME                         where nvcc lives (torch's own lookup otherwise)
 """
 import os
+import sys
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SKIP_CUDA_ENV = "CONTRASTIVE_KERNELS_SKIP_CUDA"
+DEFAULT_ARCHS = "8.0;9.0"
+BUILD_INFO = os.path.join(HERE, "contrastive_kernels", "_build_info.py")
+
+CPU_SOURCES = ["csrc/cpu/softmax_engine_cpu.cpp"]
+CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/softmax_engine_cuda.cu"]
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp-simd"]
+NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 
 
 def _long_description():
@@ -16,9 +30,78 @@ def _long_description():
         return f.read()
 
 
+def _say(msg):
+    print(f"[contrastive_kernels] {msg}", file=sys.stderr)
+
+
+def _cuda_plan():
+    """(build CUDA?, archs, reason when not)."""
+    if os.environ.get(SKIP_CUDA_ENV) == "1":
+        return False, "", f"skipped: {SKIP_CUDA_ENV}=1"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return False, "", "torch is not installed at build time"
+    if not torch.version.cuda:
+        return False, "", f"torch {torch.__version__} is a CPU-only build"
+    nvcc = os.path.join(CUDA_HOME or "", "bin", "nvcc")
+    if not CUDA_HOME or not os.path.exists(nvcc):
+        return False, "", "nvcc not found (set CUDA_HOME to a CUDA toolkit)"
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS
+    # torch's extension builder reads the variable; without it, it would target only the
+    # visible GPU (or every arch it knows on a machine without one).
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    return True, archs, ""
+
+
+def _write_build_info(cpu, cuda, archs, cuda_reason):
+    with open(BUILD_INFO, "w", encoding="utf-8") as f:
+        f.write('"""Written by setup.py: what this install built."""\n')
+        f.write(f"CPU_BUILT = {cpu!r}\nCUDA_BUILT = {cuda!r}\nCUDA_ARCHS = {archs!r}\n"
+                f"CUDA_REASON = {cuda_reason!r}\n")
+
+
+def _extensions():
+    """The extension modules and the build command class; ([], {}) without torch."""
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        _say("torch is not installed yet: building without the C++ extensions "
+             "(install torch first, then reinstall to get them)")
+        _write_build_info(False, False, "", "torch is not installed at build time")
+        return [], {}
+    include = [os.path.join(HERE, "csrc")]
+    exts = [CppExtension("contrastive_kernels._C_cpu", CPU_SOURCES, include_dirs=include,
+                         extra_compile_args=CXX_FLAGS)]
+    cuda, archs, reason = _cuda_plan()
+    if cuda:
+        _say(f"building the CUDA extension for TORCH_CUDA_ARCH_LIST={archs}")
+        arch_define = f'-DCK_CUDA_ARCHS="{archs}"'
+        exts.append(CUDAExtension(
+            "contrastive_kernels._C_cuda", CUDA_SOURCES, include_dirs=include,
+            extra_compile_args={"cxx": CXX_FLAGS + [arch_define],
+                                "nvcc": NVCC_FLAGS + [arch_define]}))
+    else:
+        _say(f"not building the CUDA extension ({reason}); the CPU extension and the "
+             "Triton kernels are built as usual")
+    _write_build_info(True, cuda, archs, reason)
+    return exts, {"build_ext": BuildExtension.with_options(use_ninja=_have_ninja())}
+
+
+def _have_ninja():
+    try:
+        from torch.utils.cpp_extension import is_ninja_available
+        return is_ninja_available()
+    except ImportError:
+        return False
+
+
+EXT_MODULES, CMDCLASS = _extensions()
+
 setup(
     name="contrastive_kernels",
-    version="0.1.0",
+    version="0.2.0",
     description="Fused, tiled contrastive losses (InfoNCE, NT-Xent, CLIP, SigLIP, SimCSE, "
                 "SupCon, N-pair, triplet, contrastive) that never materialize the N×N matrix",
     long_description=_long_description(),
@@ -28,6 +111,8 @@ setup(
     # torch's Linux CUDA wheels bring a matching triton; the CPU-only wheels do not.
     install_requires=["torch>=2.4", "numpy", "triton>=3.0; platform_system == 'Linux'"],
     extras_require={"test": ["pytest>=7", "pytest-benchmark>=4"]},
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     entry_points={"console_scripts": [
         "contrastive-kernels=contrastive_kernels.__main__:main"]},
 )

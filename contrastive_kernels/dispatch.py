@@ -7,6 +7,7 @@ reference (``"torch"``) or a module implementing the tiled engine interface
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from types import ModuleType
 
@@ -20,6 +21,12 @@ ENV_VAR = "CONTRASTIVE_KERNELS_BACKEND"
 # reference and asking for a kernel backend explicitly is an error.
 ENGINE_LOSSES = frozenset({"info_nce", "nt_xent_loss", "clip_loss", "simcse_unsup_loss",
                            "simcse_sup_loss", "supcon_loss", "n_pair_loss"})
+
+
+# "auto" on CUDA tensors: the first of these that can run. Triton leads until a GPU
+# measurement (benchmarks/gpu_check.sh, recorded in benchmarks/RESULTS.md) shows the CUDA
+# C++ engine faster; no GPU has been available to decide it yet.
+CUDA_PREFERENCE = ("triton", "cuda")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -51,9 +58,45 @@ def _triton_runs_on(device: torch.device) -> tuple[bool, str]:
                    f"got a {device.type} tensor")
 
 
+def _build_info():
+    try:
+        from . import _build_info as info
+    except ImportError:
+        return None
+    return info
+
+
+@functools.lru_cache(maxsize=None)
 def _extension_status(name: str) -> tuple[bool, str]:
-    return False, (f"the C++ {name} extension is not built in this version "
-                   f"(contrastive_kernels._C_{name} is missing)")
+    """(built, reason when not) for the C++ extension ``_C_<name>``."""
+    try:
+        importlib.import_module(f"contrastive_kernels._C_{name}")
+    except ImportError as exc:
+        info = _build_info()
+        if name == "cuda" and info is not None and not info.CUDA_BUILT:
+            return False, f"the CUDA extension was not built: {info.CUDA_REASON}"
+        if info is None:
+            return False, ("the C++ extensions are not built: install with "
+                           "`pip install --no-build-isolation -e .`")
+        return False, f"contrastive_kernels._C_{name} does not import: {exc}"
+    return True, ""
+
+
+def _extension_runs_on(name: str, device: torch.device) -> tuple[bool, str]:
+    built, why = _extension_status(name)
+    if not built:
+        return False, why
+    if device.type != name:
+        return False, f"the {name!r} backend needs {name.upper()} tensors; got {device.type}"
+    if name == "cuda" and not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    return True, ""
+
+
+def cuda_archs() -> str:
+    """The TORCH_CUDA_ARCH_LIST the CUDA extension was built for ('' when not built)."""
+    info = _build_info()
+    return info.CUDA_ARCHS if info is not None and info.CUDA_BUILT else ""
 
 
 def backend_info() -> dict:
@@ -69,7 +112,10 @@ def backend_info() -> dict:
     info["triton"] = {"built": t_built, "available": t_ok, "reason": t_reason}
     for name in ("cuda", "cpu"):
         built, why = _extension_status(name)
-        info[name] = {"built": built, "available": False, "reason": why}
+        ok, reason = _extension_runs_on(name, torch.device(name)) if built else (False, why)
+        info[name] = {"built": built, "available": ok, "reason": reason}
+    if info["cuda"]["built"]:
+        info["cuda"]["archs"] = cuda_archs()
     auto = _auto_backend(device)
     info["auto"] = {"built": True, "available": True,
                     "reason": f"resolves to {auto!r} for {device.type} tensors"}
@@ -82,8 +128,15 @@ def _auto_backend(device: torch.device) -> str:
         if forced not in BACKENDS or forced == "auto":
             raise ValueError(f"{ENV_VAR}={forced!r} is not one of {BACKENDS[1:]}")
         return forced
-    if _triton_runs_on(device)[0]:
-        return "triton"
+    if device.type == "cpu":
+        # The interpreter is for tests only: auto never picks Triton for CPU tensors.
+        return "cpu" if _extension_runs_on("cpu", device)[0] else "torch"
+    if device.type == "cuda":
+        for name in CUDA_PREFERENCE:
+            ok = (_triton_runs_on(device) if name == "triton"
+                  else _extension_runs_on(name, device))[0]
+            if ok:
+                return name
     return "torch"
 
 
@@ -111,5 +164,7 @@ def select(backend: str, device: torch.device, loss: str) -> ModuleType | None:
             raise BackendUnavailableError(f"backend 'triton' cannot run here: {why}")
         from .ops import triton_engine
         return triton_engine
-    _, why = _extension_status(name)
-    raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
+    ok, why = _extension_runs_on(name, device)
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
+    return importlib.import_module(f"contrastive_kernels.ops.{name}_engine")

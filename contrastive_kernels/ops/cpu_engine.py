@@ -1,0 +1,45 @@
+"""The C++ CPU engine (csrc/cpu): launch parameters and the engine interface.
+
+Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
+``ops/triton_engine.py`` on top of the ``contrastive_kernels._C_cpu`` extension. The tile
+sizes are chosen here, never in C++: a bm×bn tile of logits per thread is the only
+similarity-shaped storage, so memory stays O((N+M)·D + threads·(bm·bn + M)) at any N.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _C_cpu as _ext
+
+# (block_m, block_n) per accumulation dtype: a 64×256 fp32 tile (64 KiB, two of them in the
+# backward) stays in a core's L2 next to the K̂ block the BLAS streams, while the products
+# (64×256×D) are large enough for the BLAS to run near peak. fp64 halves the columns to keep
+# the same bytes. Chosen by benchmarks/bench_cpu_tiles.py on the 2-core dev machine.
+_TILES = {torch.float32: (64, 256), torch.float64: (64, 128)}
+
+
+def tile_config(dtype: torch.dtype) -> tuple[int, int]:
+    """(block_m, block_n) for input dtype (half inputs run in fp32)."""
+    return _TILES[torch.float64 if dtype == torch.float64 else torch.float32]
+
+
+def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """r (N,) in the accumulation dtype: 1/max(||x_i||, eps), or ones when not normalizing."""
+    return _ext.inverse_norms(x, normalize)
+
+
+def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool):
+    """q (N,D), k (M,D) contiguous; rq (N,), rk (M,); scale 0-dim; row_key (N,), col_key
+    (M,) int64; extra (N,) or None. Returns lse (N,), pos (N,), clse (M,) or empty."""
+    bm, bn = tile_config(q.dtype)
+    return tuple(_ext.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
+                              need_col, bm, bn))
+
+
+def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
+             mask_diag: bool, normalize: bool, deterministic: bool):
+    """dq (N,D), dk (M,D) in the input dtype, dscale 0-dim. Every CPU path is bitwise
+    reproducible for a fixed torch.get_num_threads(), so ``deterministic`` changes nothing."""
+    bm, bn = tile_config(q.dtype)
+    return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
+                               g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn))

@@ -1,0 +1,510 @@
+// The softmax-family engine on the CPU: tiled, BLAS-backed, parallel over row blocks.
+//
+// Same contract as ops/triton_engine.py (see ops/softmax_engine.py):
+//   lse_i  = log([e^{extra_i}] + Σ_{j valid} e^{S_ij}),  pos_i = Σ_{valid, keys match} S_ij,
+//   clse_j = log Σ_{i valid} e^{S_ij},                   S_ij = scale·<q̂_i, k̂_j>,
+// and the recomputing backward. Memory is O((N+M)·D + threads·(tile + M)): a bm×bn tile of
+// logits per thread is the only similarity-shaped storage.
+//
+// Layout of the work: the normalized features q̂, k̂ are formed once (O((N+M)·D), in the
+// accumulation dtype, which also upcasts half inputs); a tile's logits come from one BLAS
+// product into a thread-local buffer that stays in cache while its exp/max/sum work runs.
+// The backward per tile: recompute cos (product 1), form dS in place, dQ̂ += dS·K̂
+// (product 2), dK̂ += dSᵀ·Q̂ (product 3) into a per-partition accumulator. Partitions are a
+// fixed split of the row blocks, summed in a fixed order, so gradients are bitwise
+// reproducible for a given thread count. When threads × M × D accumulators would be large,
+// dK̂ is instead computed by a second pass over column blocks (one more product).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../tile_math.h"
+#include "blas.h"
+#include "vec_math.h"
+
+namespace ck_cpu {
+namespace {
+
+// Above this many accumulator elements (all partitions together) the backward switches
+// from per-partition dK̂ partials to the column-block second pass.
+constexpr int64_t kMaxPartialElements = int64_t(1) << 26;
+
+bool poison_outputs() {
+  const char* v = std::getenv("CONTRASTIVE_KERNELS_POISON");
+  return v != nullptr && std::string(v) == "1";
+}
+
+// An output every element of which the engine must write (NaN-filled under the test
+// suite's CONTRASTIVE_KERNELS_POISON=1, so an unwritten element cannot pass).
+at::Tensor output(at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (poison_outputs()) return at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts);
+  return at::empty(shape, opts);
+}
+
+at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_features(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 2, name, " must be 2-D (rows, D), got ", x.dim(), "-D");
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              name, " must be float32, float64, float16 or bfloat16, got ", t);
+  TORCH_CHECK(x.size(1) < (int64_t(1) << 31), name, " has D = ", x.size(1),
+              "; the BLAS tile products take 32-bit leading dimensions");
+}
+
+void check_vector(const at::Tensor& v, const char* name, int64_t n, at::ScalarType dtype) {
+  TORCH_CHECK(v.device().is_cpu(), name, " must be a CPU tensor, got ", v.device());
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == n, name, " must have shape (", n, "), got ",
+              v.sizes());
+  TORCH_CHECK(v.scalar_type() == dtype, name, " must be ", dtype, ", got ", v.scalar_type());
+  TORCH_CHECK(v.is_contiguous(), name, " must be contiguous");
+}
+
+void check_scale(const at::Tensor& s, at::ScalarType dtype) {
+  TORCH_CHECK(s.device().is_cpu() && s.numel() == 1, "scale must be a one-element CPU tensor");
+  TORCH_CHECK(s.scalar_type() == dtype, "scale must be ", dtype, ", got ", s.scalar_type());
+}
+
+void check_blocks(int64_t block_m, int64_t block_n) {
+  TORCH_CHECK(block_m > 0 && block_n > 0, "block_m and block_n must be positive, got ",
+              block_m, " and ", block_n);
+}
+
+// x̂ = r·x in the accumulation dtype (x itself when that is already it, unnormalized).
+at::Tensor hat(const at::Tensor& x, const at::Tensor& r, bool normalize) {
+  const auto acc = acc_type(x.scalar_type());
+  at::Tensor xa = x.scalar_type() == acc ? x : x.to(acc);
+  return normalize ? (xa * r.unsqueeze(1)).contiguous() : xa.contiguous();
+}
+
+struct Split {  // a fixed split of `blocks` tile blocks over `parts` partitions
+  int64_t blocks, parts;
+  int64_t begin(int64_t p) const { return blocks * p / parts; }
+  int64_t end(int64_t p) const { return blocks * (p + 1) / parts; }
+};
+
+Split split_blocks(int64_t n, int64_t block) {
+  const int64_t blocks = (n + block - 1) / block;
+  return {blocks, std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks))};
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+template <typename T>
+struct Fwd {
+  const T* qh;
+  const T* kh;
+  int64_t n, m, d, bm, bn;
+  T scale;
+  const int64_t* row_key;
+  const int64_t* col_key;
+  const T* extra;  // nullable
+  bool mask_diag, need_col;
+  T* lse;
+  T* pos;
+};
+
+// Σ_{j: keys match, j not the masked diagonal} s_j
+template <typename T>
+T positive_sum(const T* s, const int64_t* col_key, int64_t w, int64_t key, int64_t diag) {
+  T acc = 0;
+  for (int64_t c = 0; c < w; ++c) acc += (col_key[c] == key && c != diag) ? s[c] : T(0);
+  return acc;
+}
+
+// Online column statistics of one tile (bm_ rows × w columns) into (cm, cl).
+template <typename T>
+void update_columns(const T* tile, int64_t bm_, int64_t w, T* cm, T* cl, T* colmax, T* shift) {
+  std::copy(cm, cm + w, colmax);
+  for (int64_t r = 0; r < bm_; ++r) col_max(colmax, tile + r * w, w);
+  for (int64_t c = 0; c < w; ++c) {
+    shift[c] = ck::lse_shift(colmax[c]);
+    cl[c] = cl[c] * exp_approx(cm[c] - shift[c]);
+    cm[c] = colmax[c];
+  }
+  for (int64_t r = 0; r < bm_; ++r) col_sum_exp(cl, tile + r * w, shift, w);
+}
+
+// Rows [i0, i1) against every column; tile/colmax/shift are this partition's scratch and
+// cm/cl its column partials (unused unless need_col).
+template <typename T>
+void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, T* tile, T* row_m, T* row_l,
+                  T* cm, T* cl, T* colmax, T* shift) {
+  const int64_t bm_ = i1 - i0;
+  for (int64_t r = 0; r < bm_; ++r) {
+    row_m[r] = a.extra ? a.extra[i0 + r] : ck::neg_inf<T>();
+    row_l[r] = a.extra ? T(1) : T(0);
+    a.pos[i0 + r] = 0;
+  }
+  for (int64_t j0 = 0; j0 < a.m; j0 += a.bn) {
+    const int64_t w = std::min(a.bn, a.m - j0);
+    gemm_nt<T>(bm_, w, a.d, a.qh + i0 * a.d, a.d, a.kh + j0 * a.d, a.d, T(0), tile, w);
+    for (int64_t r = 0; r < bm_; ++r) {
+      const int64_t i = i0 + r;
+      T* s = tile + r * w;
+      scale_inplace(s, w, a.scale);
+      const int64_t diag = (a.mask_diag && i >= j0 && i < j0 + w) ? i - j0 : -1;
+      a.pos[i] += positive_sum(s, a.col_key + j0, w, a.row_key[i], diag);
+      if (diag >= 0) s[diag] = ck::neg_inf<T>();
+      const T tile_max = max_of(s, w);
+      const T m_new = row_m[r] > tile_max ? row_m[r] : tile_max;
+      const T sh = ck::lse_shift(m_new);
+      row_l[r] = row_l[r] * exp_approx(row_m[r] - sh) + sum_exp(s, w, sh);
+      row_m[r] = m_new;
+    }
+    if (a.need_col) update_columns(tile, bm_, w, cm + j0, cl + j0, colmax, shift);
+  }
+  for (int64_t r = 0; r < bm_; ++r) a.lse[i0 + r] = ck::finish_lse(row_m[r], row_l[r]);
+}
+
+// Scratch of one partition, allocated before the parallel region (as tensors, so that
+// allocation tracking sees them; one per partition, so none grows with the thread count).
+std::vector<at::Tensor> scratch(int64_t parts, int64_t elements, const at::TensorOptions& o) {
+  std::vector<at::Tensor> out;
+  for (int64_t p = 0; p < parts; ++p) out.push_back(at::empty({elements}, o));
+  return out;
+}
+
+template <typename T>
+void forward_impl(const Fwd<T>& a, T* clse, std::vector<at::Tensor>& work,
+                  std::vector<at::Tensor>& colstat, const Split& split) {
+  at::parallel_for(0, split.parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* tile = work[p].data_ptr<T>();
+      T* row_m = tile + a.bm * a.bn;
+      T* row_l = row_m + a.bm;
+      T* colmax = row_l + a.bm;
+      T* shift = colmax + a.bn;
+      T* cm = a.need_col ? colstat[p].data_ptr<T>() : nullptr;
+      T* cl = a.need_col ? cm + a.m : nullptr;
+      for (int64_t b = split.begin(p); b < split.end(p); ++b) {
+        const int64_t i0 = b * a.bm;
+        forward_rows(a, i0, std::min(a.n, i0 + a.bm), tile, row_m, row_l, cm, cl, colmax,
+                     shift);
+      }
+    }
+  });
+  if (!a.need_col) return;
+  // Column partials merged in partition order: deterministic for a given thread count.
+  at::parallel_for(0, a.m, 4096, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      T m = ck::neg_inf<T>(), l = 0;
+      for (int64_t p = 0; p < split.parts; ++p) {
+        const T* cm = colstat[p].data_ptr<T>();
+        ck::merge_lse(m, l, cm[j], cm[a.m + j]);
+      }
+      clse[j] = ck::finish_lse(m, l);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+template <typename T>
+struct Bwd {
+  const T* qh;
+  const T* kh;
+  int64_t n, m, d, bm, bn;
+  T scale;
+  const int64_t* row_key;
+  const int64_t* col_key;
+  const T* lse;
+  const T* g_lse;
+  const T* g_pos;
+  const T* clse;    // nullable (no column terms)
+  const T* g_clse;  // nullable
+  bool mask_diag;
+};
+
+// cos tile of rows [i0, i0+bm_) × columns [j0, j0+w) → dS tile (same layout) in `ds`.
+// Returns nothing; adds Σ_j dS_ij·cos_ij to dscale[r] when dscale is given.
+template <typename T>
+void grad_tile(const Bwd<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w, T* cos, T* ds,
+               T* dscale) {
+  gemm_nt<T>(bm_, w, a.d, a.qh + i0 * a.d, a.d, a.kh + j0 * a.d, a.d, T(0), cos, w);
+  const T* gc = a.g_clse ? a.g_clse + j0 : nullptr;
+  const T* cl = a.clse ? a.clse + j0 : nullptr;
+  for (int64_t r = 0; r < bm_; ++r) {
+    const int64_t i = i0 + r;
+    T* ds_r = ds + r * w;
+    softmax_grad_row(ds_r, cos + r * w, w, a.scale, a.g_lse[i], a.lse[i], gc, cl);
+    const int64_t key = a.row_key[i];
+    const T gp = a.g_pos[i];
+    for (int64_t c = 0; c < w; ++c) ds_r[c] += a.col_key[j0 + c] == key ? gp : T(0);
+    if (a.mask_diag && i >= j0 && i < j0 + w) ds_r[i - j0] = 0;
+    if (dscale) dscale[r] += dot(ds_r, cos + r * w, w);
+  }
+}
+
+// Pass over owned row blocks: dQ̂ rows (owned, plain accumulation), per-row dscale, and,
+// when dk_part is given, this partition's dK̂ partial.
+template <typename T>
+void grad_rows(const Bwd<T>& a, int64_t i0, int64_t i1, T* cos, T* ds, T* dq, T* dk_part,
+               T* dscale) {
+  const int64_t bm_ = i1 - i0;
+  std::fill(dscale + i0, dscale + i1, T(0));
+  for (int64_t j0 = 0; j0 < a.m; j0 += a.bn) {
+    const int64_t w = std::min(a.bn, a.m - j0);
+    grad_tile(a, i0, bm_, j0, w, cos, ds, dscale + i0);
+    gemm_nn<T>(bm_, a.d, w, ds, w, a.kh + j0 * a.d, a.d, T(1), dq + i0 * a.d, a.d);
+    if (dk_part)
+      gemm_tn<T>(w, a.d, bm_, ds, w, a.qh + i0 * a.d, a.d, T(1), dk_part + j0 * a.d, a.d);
+  }
+}
+
+// Pass over owned column blocks (the deterministic second pass): dK̂ rows only.
+template <typename T>
+void grad_cols(const Bwd<T>& a, int64_t j0, int64_t j1, T* cos, T* ds, T* dk) {
+  const int64_t w = j1 - j0;
+  for (int64_t i0 = 0; i0 < a.n; i0 += a.bm) {
+    const int64_t bm_ = std::min(a.bm, a.n - i0);
+    grad_tile(a, i0, bm_, j0, w, cos, ds, static_cast<T*>(nullptr));
+    gemm_tn<T>(w, a.d, bm_, ds, w, a.qh + i0 * a.d, a.d, T(1), dk + j0 * a.d, a.d);
+  }
+}
+
+template <typename T>
+void backward_impl(const Bwd<T>& a, T* dq, T* dk, T* dscale, std::vector<at::Tensor>& work,
+                   std::vector<at::Tensor>& dk_parts, const Split& rows, bool partials) {
+  at::parallel_for(0, rows.parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* cos = work[p].data_ptr<T>();
+      T* ds = cos + a.bm * a.bn;
+      // Partition 0 accumulates straight into dk; the others into their own partial.
+      T* dk_part = partials ? (p == 0 ? dk : dk_parts[p - 1].data_ptr<T>()) : nullptr;
+      for (int64_t b = rows.begin(p); b < rows.end(p); ++b) {
+        const int64_t i0 = b * a.bm;
+        grad_rows(a, i0, std::min(a.n, i0 + a.bm), cos, ds, dq, dk_part, dscale);
+      }
+    }
+  });
+  if (partials) {
+    const int64_t total = a.m * a.d;
+    at::parallel_for(0, total, 1 << 14, [&](int64_t e0, int64_t e1) {
+      for (int64_t p = 1; p < rows.parts; ++p) {
+        const T* src = dk_parts[p - 1].data_ptr<T>();
+        for (int64_t e = e0; e < e1; ++e) dk[e] += src[e];
+      }
+    });
+    return;
+  }
+  const Split cols = split_blocks(a.m, a.bn);
+  at::parallel_for(0, cols.parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      T* cos = work[p].data_ptr<T>();
+      T* ds = cos + a.bm * a.bn;
+      for (int64_t b = cols.begin(p); b < cols.end(p); ++b) {
+        const int64_t j0 = b * a.bn;
+        grad_cols(a, j0, std::min(a.m, j0 + a.bn), cos, ds, dk);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Row-wise kernels: inverse norms and the normalization backward
+// ---------------------------------------------------------------------------------------
+template <typename In, typename T>
+void inverse_norms_impl(const In* x, T* r, int64_t n, int64_t d) {
+  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T sq = 0;
+      for (int64_t c = 0; c < d; ++c) {
+        const T v = static_cast<T>(x[i * d + c]);
+        sq += v * v;
+      }
+      r[i] = ck::inverse_norm(sq);
+    }
+  });
+}
+
+// dx from G = Σ_j dS_ij k̂_j (so dx̂ = scale·G), written in the input dtype.
+template <typename In, typename T>
+void normalize_backward_impl(const In* x, const T* r, const T* g, T scale, bool normalize,
+                             In* dx, int64_t n, int64_t d) {
+  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const In* xi = x + i * d;
+      const T* gi = g + i * d;
+      const T ri = normalize ? r[i] : T(1);
+      T radial = 0;
+      if (normalize) {
+        T gx = 0;
+        for (int64_t c = 0; c < d; ++c) gx += gi[c] * static_cast<T>(xi[c]);
+        radial = ck::radial_coef(gx, ri);
+      }
+      for (int64_t c = 0; c < d; ++c)
+        dx[i * d + c] =
+            static_cast<In>(ck::normalized_grad(scale, ri, gi[c], radial, static_cast<T>(xi[c])));
+    }
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Entry points (the engine interface of ops/softmax_engine.py)
+// ---------------------------------------------------------------------------------------
+at::Tensor inverse_norms(const at::Tensor& x, bool normalize) {
+  check_features(x, "x");
+  const int64_t n = x.size(0), d = x.size(1);
+  const auto acc = acc_type(x.scalar_type());
+  auto opts = x.options().dtype(acc);
+  if (!normalize) return at::ones({n}, opts);
+  at::Tensor r = output({n}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "inverse_norms",
+                                  [&] {
+    using In = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(acc, "inverse_norms_acc", [&] {
+      inverse_norms_impl<In, scalar_t>(x.data_ptr<In>(), r.data_ptr<scalar_t>(), n, d);
+    });
+  });
+  return r;
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
+                                const at::Tensor& rk, const at::Tensor& scale,
+                                const at::Tensor& row_key, const at::Tensor& col_key,
+                                const c10::optional<at::Tensor>& extra, bool mask_diag,
+                                bool need_col, int64_t block_m, int64_t block_n) {
+  check_features(q, "q");
+  check_features(k, "k");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k must share a dtype, got ",
+              q.scalar_type(), " and ", k.scalar_type());
+  TORCH_CHECK(q.size(1) == k.size(1), "q and k must share D, got ", q.size(1), " and ",
+              k.size(1));
+  const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
+  TORCH_CHECK(!mask_diag || n == m, "mask_diag needs q and k with the same rows");
+  const auto acc = acc_type(q.scalar_type());
+  check_vector(rq, "rq", n, acc);
+  check_vector(rk, "rk", m, acc);
+  check_scale(scale, acc);
+  check_vector(row_key, "row_key", n, at::kLong);
+  check_vector(col_key, "col_key", m, at::kLong);
+  if (extra) check_vector(*extra, "extra", n, acc);
+  check_blocks(block_m, block_n);
+  auto opts = q.options().dtype(acc);
+  at::Tensor lse = output({n}, opts), pos = output({n}, opts);
+  at::Tensor clse = need_col ? output({m}, opts) : at::empty({0}, opts);
+  if (n == 0) {
+    if (need_col) clse.fill_(-std::numeric_limits<double>::infinity());
+    return {lse, pos, clse};
+  }
+  const bool shared = q.data_ptr() == k.data_ptr() && n == m;
+  at::Tensor qh = hat(q, rq, true), kh = shared ? qh : hat(k, rk, true);
+  const int64_t bm = std::min(block_m, n), bn = std::min(block_n, std::max<int64_t>(m, 1));
+  const Split split = split_blocks(n, bm);
+  // Per partition: the logit tile, row (m, l), column max and shift scratch.
+  auto work = scratch(split.parts, bm * bn + 2 * bm + 2 * bn, opts);
+  std::vector<at::Tensor> colstat;  // per partition: column running max (m), sum (m)
+  if (need_col) {
+    for (int64_t p = 0; p < split.parts; ++p)
+      colstat.push_back(at::cat({at::full({m}, -std::numeric_limits<double>::infinity(), opts),
+                                 at::zeros({m}, opts)}));
+  }
+  AT_DISPATCH_FLOATING_TYPES(acc, "softmax_engine_forward", [&] {
+    using T = scalar_t;
+    Fwd<T> a{qh.data_ptr<T>(), kh.data_ptr<T>(), n, m, d, bm, bn, scale.item<T>(),
+             row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
+             extra ? extra->data_ptr<T>() : nullptr, mask_diag, need_col,
+             lse.data_ptr<T>(), pos.data_ptr<T>()};
+    pybind11::gil_scoped_release no_gil;
+    forward_impl(a, need_col ? clse.data_ptr<T>() : nullptr, work, colstat, split);
+  });
+  return {lse, pos, clse};
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
+                                 const at::Tensor& rk, const at::Tensor& scale,
+                                 const at::Tensor& row_key, const at::Tensor& col_key,
+                                 const at::Tensor& lse, const at::Tensor& clse,
+                                 const at::Tensor& g_lse, const at::Tensor& g_pos,
+                                 const at::Tensor& g_clse, bool mask_diag, bool normalize,
+                                 bool deterministic, int64_t block_m, int64_t block_n) {
+  check_features(q, "q");
+  check_features(k, "k");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k must share a dtype");
+  TORCH_CHECK(q.size(1) == k.size(1), "q and k must share D");
+  const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
+  TORCH_CHECK(!mask_diag || n == m, "mask_diag needs q and k with the same rows");
+  const auto acc = acc_type(q.scalar_type());
+  check_vector(rq, "rq", n, acc);
+  check_vector(rk, "rk", m, acc);
+  check_scale(scale, acc);
+  check_vector(row_key, "row_key", n, at::kLong);
+  check_vector(col_key, "col_key", m, at::kLong);
+  check_vector(lse, "lse", n, acc);
+  check_vector(g_lse, "g_lse", n, acc);
+  check_vector(g_pos, "g_pos", n, acc);
+  const bool has_col = clse.numel() > 0;
+  if (has_col) {
+    check_vector(clse, "clse", m, acc);
+    check_vector(g_clse, "g_clse", m, acc);
+  }
+  check_blocks(block_m, block_n);
+  auto opts = q.options().dtype(acc);
+  at::Tensor dq_hat = at::zeros({n, d}, opts), dk_hat = at::zeros({m, d}, opts);
+  at::Tensor dscale_rows = output({n}, opts);
+  if (n > 0 && m > 0) {
+    const bool shared = q.data_ptr() == k.data_ptr() && n == m;
+    at::Tensor qh = hat(q, rq, true), kh = shared ? qh : hat(k, rk, true);
+    const int64_t bm = std::min(block_m, n), bn = std::min(block_n, m);
+    const Split rows = split_blocks(n, bm);
+    const bool partials = (rows.parts - 1) * m * d <= kMaxPartialElements;
+    auto work = scratch(std::max(rows.parts, split_blocks(m, bn).parts), 2 * bm * bn, opts);
+    std::vector<at::Tensor> dk_parts;  // partitions 1.. (partition 0 writes dk itself)
+    for (int64_t p = 1; partials && p < rows.parts; ++p) dk_parts.push_back(at::zeros({m, d}, opts));
+    AT_DISPATCH_FLOATING_TYPES(acc, "softmax_engine_backward", [&] {
+      using T = scalar_t;
+      Bwd<T> a{qh.data_ptr<T>(), kh.data_ptr<T>(), n, m, d, bm, bn, scale.item<T>(),
+               row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(), lse.data_ptr<T>(),
+               g_lse.data_ptr<T>(), g_pos.data_ptr<T>(),
+               has_col ? clse.data_ptr<T>() : nullptr, has_col ? g_clse.data_ptr<T>() : nullptr,
+               mask_diag};
+      pybind11::gil_scoped_release no_gil;
+      backward_impl(a, dq_hat.data_ptr<T>(), dk_hat.data_ptr<T>(), dscale_rows.data_ptr<T>(),
+                    work, dk_parts, rows, partials);
+    });
+  } else {
+    dscale_rows.zero_();
+  }
+  (void)deterministic;  // every CPU path is deterministic for a fixed thread count
+  at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "norm_backward",
+                                  [&] {
+    using In = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(acc, "norm_backward_acc", [&] {
+      using T = scalar_t;
+      const T s = scale.item<T>();
+      normalize_backward_impl<In, T>(q.data_ptr<In>(), rq.data_ptr<T>(), dq_hat.data_ptr<T>(),
+                                     s, normalize, dq.data_ptr<In>(), n, d);
+      normalize_backward_impl<In, T>(k.data_ptr<In>(), rk.data_ptr<T>(), dk_hat.data_ptr<T>(),
+                                     s, normalize, dk.data_ptr<In>(), m, d);
+    });
+  });
+  return {dq, dk, dscale_rows.sum()};
+}
+
+}  // namespace ck_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "contrastive_kernels C++ CPU engine (ATen + OpenMP, BLAS tile products)";
+  m.def("inverse_norms", &ck_cpu::inverse_norms, "r (N,) = 1/max(||x_i||, eps), or ones",
+        pybind11::arg("x"), pybind11::arg("normalize"));
+  m.def("forward", &ck_cpu::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
+  m.def("backward", &ck_cpu::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
+  m.def("have_fortran_blas", &ck_cpu::have_fortran_blas,
+        "whether tile products use torch's BLAS directly (else at::mm)");
+}
