@@ -21,7 +21,11 @@ BUILD_INFO = os.path.join(HERE, "contrastive_kernels", "_build_info.py")
 
 CPU_SOURCES = ["csrc/cpu/softmax_engine_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/softmax_engine_cuda.cu"]
-CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for is header code, parallel only when the extension itself is
+# compiled with OpenMP (at run time it shares torch's libgomp.so.1). -fno-trapping-math lets
+# the compiler if-convert the exp clamps (torch builds with it too); it changes no result.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 
 
@@ -73,7 +77,7 @@ def _extensions():
         return [], {}
     include = [os.path.join(HERE, "csrc")]
     exts = [CppExtension("contrastive_kernels._C_cpu", CPU_SOURCES, include_dirs=include,
-                         extra_compile_args=CXX_FLAGS)]
+                         extra_compile_args=CXX_FLAGS, extra_link_args=LINK_FLAGS)]
     cuda, archs, reason = _cuda_plan()
     if cuda:
         _say(f"building the CUDA extension for TORCH_CUDA_ARCH_LIST={archs}")
@@ -81,7 +85,8 @@ def _extensions():
         exts.append(CUDAExtension(
             "contrastive_kernels._C_cuda", CUDA_SOURCES, include_dirs=include,
             extra_compile_args={"cxx": CXX_FLAGS + [arch_define],
-                                "nvcc": NVCC_FLAGS + [arch_define]}))
+                                "nvcc": NVCC_FLAGS + [arch_define]},
+            extra_link_args=LINK_FLAGS))
     else:
         _say(f"not building the CUDA extension ({reason}); the CPU extension and the "
              "Triton kernels are built as usual")

@@ -59,3 +59,46 @@ def test_no_nxm_tensor_in_forward_or_backward(loss_name, backend):
 def test_detector_sees_the_reference_matrix(loss_name):
     n = ROWS["torch"]
     assert _largest(loss_name, "torch").largest >= n * n // 4
+
+
+# A size where any N×M buffer would be gigabytes: 2·16,384 NT-Xent rows, so one fp32 logit
+# matrix is 32,768² × 4 B = 4 GiB. Run in a fresh process so its peak resident memory is
+# this loss's alone; the kernels hold O((N+M)·D) and must stay far below one matrix.
+_BIG_SCRIPT = r"""
+import resource, sys, torch
+import contrastive_kernels as ck
+from contrastive_kernels.testing import LargestTensor
+torch.manual_seed(0)
+half, d = 16384, 4
+z1 = torch.randn(half, d, requires_grad=True)
+z2 = torch.randn(half, d, requires_grad=True)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_now = int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
+mode = LargestTensor()
+with mode:
+    loss = ck.nt_xent_loss(z1, z2, backend=sys.argv[1])
+    loss.backward()
+peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
+print(mode.largest, (peak - rss_now) * 1024, float(loss))
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
+                    reason="peak RSS via /proc is Linux-only")
+@pytest.mark.parametrize("backend", [b for b in KERNEL_BACKENDS if b == "cpu"])
+def test_gigabyte_sized_problem_runs_in_linear_memory(backend):
+    import subprocess
+    import sys
+
+    rows = 2 * 16384
+    out = subprocess.run([sys.executable, "-c", _BIG_SCRIPT, backend], capture_output=True,
+                         text=True, timeout=600, check=True).stdout.split()
+    largest, extra_bytes, loss = int(out[0]), int(out[1]), float(out[2])
+    matrix_bytes = rows * rows * 4
+    assert largest < rows * rows // 64, f"a tensor of {largest} elements was created"
+    assert extra_bytes < matrix_bytes // 8, (
+        f"peak resident memory grew by {extra_bytes / 2**20:.0f} MiB; one N×M fp32 matrix "
+        f"is {matrix_bytes / 2**30:.0f} GiB")
+    assert loss == loss and loss > 0

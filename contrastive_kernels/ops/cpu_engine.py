@@ -11,11 +11,13 @@ import torch
 
 from .. import _C_cpu as _ext
 
-# (block_m, block_n) per accumulation dtype: a 64×256 fp32 tile (64 KiB, two of them in the
-# backward) stays in a core's L2 next to the K̂ block the BLAS streams, while the products
-# (64×256×D) are large enough for the BLAS to run near peak. fp64 halves the columns to keep
-# the same bytes. Chosen by benchmarks/bench_cpu_tiles.py on the 2-core dev machine.
-_TILES = {torch.float32: (64, 256), torch.float64: (64, 128)}
+# (block_m, block_n) per accumulation dtype: a 256×256 fp32 tile (256 KiB; the backward
+# holds two) stays in a core's L2 while its exp/max/sum work runs, and 256×256×D products
+# keep the BLAS near its large-matrix speed (measured: same GFLOP/s as one N×N product,
+# single-threaded). Smaller tiles cost repacking of the K̂ blocks; larger ones fall out of
+# L2. fp64 halves the columns to keep the same bytes. Swept with benchmarks/cpu_targets.py
+# --sweep on the 2-core dev machine.
+_TILES = {torch.float32: (256, 256), torch.float64: (256, 128)}
 
 
 def tile_config(dtype: torch.dtype) -> tuple[int, int]:

@@ -18,9 +18,26 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc)
     __attribute__((weak));
+// MKL's C entry point (the lower-case symbol is the Fortran one, taking a pointer).
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace ck_cpu {
+
+// Inside the engine's parallel region each thread owns whole tiles: its BLAS calls must
+// not start threads of their own (MKL would otherwise oversubscribe the cores).
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : prior_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(prior_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int prior_;
+};
 
 inline bool have_fortran_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 

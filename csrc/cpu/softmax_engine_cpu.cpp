@@ -180,6 +180,7 @@ template <typename T>
 void forward_impl(const Fwd<T>& a, T* clse, std::vector<at::Tensor>& work,
                   std::vector<at::Tensor>& colstat, const Split& split) {
   at::parallel_for(0, split.parts, 1, [&](int64_t p0, int64_t p1) {
+    SingleThreadedBlas blas_guard;
     for (int64_t p = p0; p < p1; ++p) {
       T* tile = work[p].data_ptr<T>();
       T* row_m = tile + a.bm * a.bn;
@@ -279,6 +280,7 @@ template <typename T>
 void backward_impl(const Bwd<T>& a, T* dq, T* dk, T* dscale, std::vector<at::Tensor>& work,
                    std::vector<at::Tensor>& dk_parts, const Split& rows, bool partials) {
   at::parallel_for(0, rows.parts, 1, [&](int64_t p0, int64_t p1) {
+    SingleThreadedBlas blas_guard;
     for (int64_t p = p0; p < p1; ++p) {
       T* cos = work[p].data_ptr<T>();
       T* ds = cos + a.bm * a.bn;
@@ -302,6 +304,7 @@ void backward_impl(const Bwd<T>& a, T* dq, T* dk, T* dscale, std::vector<at::Ten
   }
   const Split cols = split_blocks(a.m, a.bn);
   at::parallel_for(0, cols.parts, 1, [&](int64_t p0, int64_t p1) {
+    SingleThreadedBlas blas_guard;
     for (int64_t p = p0; p < p1; ++p) {
       T* cos = work[p].data_ptr<T>();
       T* ds = cos + a.bm * a.bn;
