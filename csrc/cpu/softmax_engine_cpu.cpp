@@ -87,6 +87,15 @@ at::Tensor hat(const at::Tensor& x, const at::Tensor& r, bool normalize) {
   return normalize ? (xa * r.unsqueeze(1)).contiguous() : xa.contiguous();
 }
 
+// Row and column keys remapped to dense int32 ids (equal keys ↔ equal ids), so that the
+// tile loops compare 32-bit keys at the float vector width. O((N+M) log(N+M)).
+std::pair<at::Tensor, at::Tensor> dense_keys(const at::Tensor& row_key,
+                                             const at::Tensor& col_key) {
+  const int64_t n = row_key.numel();
+  auto ids = std::get<1>(at::_unique(at::cat({row_key, col_key}), false, true)).to(at::kInt);
+  return {ids.slice(0, 0, n).contiguous(), ids.slice(0, n).contiguous()};
+}
+
 struct Split {  // a fixed split of `blocks` tile blocks over `parts` partitions
   int64_t blocks, parts;
   int64_t begin(int64_t p) const { return blocks * p / parts; }
@@ -107,20 +116,24 @@ struct Fwd {
   const T* kh;
   int64_t n, m, d, bm, bn;
   T scale;
-  const int64_t* row_key;
-  const int64_t* col_key;
+  const int32_t* row_key;  // keys remapped to dense int32 (see dense_keys)
+  const int32_t* col_key;
   const T* extra;  // nullable
   bool mask_diag, need_col;
   T* lse;
   T* pos;
 };
 
-// Σ_{j: keys match, j not the masked diagonal} s_j
-template <typename T>
-T positive_sum(const T* s, const int64_t* col_key, int64_t w, int64_t key, int64_t diag) {
-  T acc = 0;
-  for (int64_t c = 0; c < w; ++c) acc += (col_key[c] == key && c != diag) ? s[c] : T(0);
-  return acc;
+// Calls f(lo, hi) for the column ranges of a tile row that hold candidates: all of
+// [0, w), or the two sides of the masked diagonal column.
+template <typename F>
+void valid_ranges(int64_t w, int64_t diag, F&& f) {
+  if (diag < 0) {
+    f(int64_t(0), w);
+    return;
+  }
+  f(int64_t(0), diag);
+  f(diag + 1, w);
 }
 
 // Online column statistics of one tile (bm_ rows × w columns) into (cm, cl).
@@ -153,11 +166,14 @@ void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, T* tile, T* row_m, T*
     for (int64_t r = 0; r < bm_; ++r) {
       const int64_t i = i0 + r;
       T* s = tile + r * w;
-      scale_inplace(s, w, a.scale);
       const int64_t diag = (a.mask_diag && i >= j0 && i < j0 + w) ? i - j0 : -1;
-      a.pos[i] += positive_sum(s, a.col_key + j0, w, a.row_key[i], diag);
+      T tile_max = ck::neg_inf<T>();
+      valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+        const T mx = scale_max_pos(s + lo, a.col_key + j0 + lo, hi - lo, a.scale,
+                                   a.row_key[i], a.pos[i]);
+        tile_max = mx > tile_max ? mx : tile_max;
+      });
       if (diag >= 0) s[diag] = ck::neg_inf<T>();
-      const T tile_max = max_of(s, w);
       const T m_new = row_m[r] > tile_max ? row_m[r] : tile_max;
       const T sh = ck::lse_shift(m_new);
       row_l[r] = row_l[r] * exp_approx(row_m[r] - sh) + sum_exp(s, w, sh);
@@ -219,8 +235,8 @@ struct Bwd {
   const T* kh;
   int64_t n, m, d, bm, bn;
   T scale;
-  const int64_t* row_key;
-  const int64_t* col_key;
+  const int32_t* row_key;
+  const int32_t* col_key;
   const T* lse;
   const T* g_lse;
   const T* g_pos;
@@ -240,12 +256,16 @@ void grad_tile(const Bwd<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w, 
   for (int64_t r = 0; r < bm_; ++r) {
     const int64_t i = i0 + r;
     T* ds_r = ds + r * w;
-    softmax_grad_row(ds_r, cos + r * w, w, a.scale, a.g_lse[i], a.lse[i], gc, cl);
-    const int64_t key = a.row_key[i];
-    const T gp = a.g_pos[i];
-    for (int64_t c = 0; c < w; ++c) ds_r[c] += a.col_key[j0 + c] == key ? gp : T(0);
-    if (a.mask_diag && i >= j0 && i < j0 + w) ds_r[i - j0] = 0;
-    if (dscale) dscale[r] += dot(ds_r, cos + r * w, w);
+    const T* cos_r = cos + r * w;
+    const int64_t diag = (a.mask_diag && i >= j0 && i < j0 + w) ? i - j0 : -1;
+    T row_dscale = 0;
+    valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+      row_dscale += logit_grad_row(ds_r + lo, cos_r + lo, a.col_key + j0 + lo, hi - lo,
+                                   a.scale, a.g_lse[i], a.lse[i], a.row_key[i], a.g_pos[i],
+                                   gc ? gc + lo : nullptr, cl ? cl + lo : nullptr);
+    });
+    if (diag >= 0) ds_r[diag] = 0;
+    if (dscale) dscale[r] += row_dscale;
   }
 }
 
@@ -417,10 +437,11 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
       colstat.push_back(at::cat({at::full({m}, -std::numeric_limits<double>::infinity(), opts),
                                  at::zeros({m}, opts)}));
   }
+  auto [rkey, ckey] = dense_keys(row_key, col_key);
   AT_DISPATCH_FLOATING_TYPES(acc, "softmax_engine_forward", [&] {
     using T = scalar_t;
     Fwd<T> a{qh.data_ptr<T>(), kh.data_ptr<T>(), n, m, d, bm, bn, scale.item<T>(),
-             row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
+             rkey.data_ptr<int32_t>(), ckey.data_ptr<int32_t>(),
              extra ? extra->data_ptr<T>() : nullptr, mask_diag, need_col,
              lse.data_ptr<T>(), pos.data_ptr<T>()};
     pybind11::gil_scoped_release no_gil;
@@ -469,10 +490,11 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
     auto work = scratch(std::max(rows.parts, split_blocks(m, bn).parts), 2 * bm * bn, opts);
     std::vector<at::Tensor> dk_parts;  // partitions 1.. (partition 0 writes dk itself)
     for (int64_t p = 1; partials && p < rows.parts; ++p) dk_parts.push_back(at::zeros({m, d}, opts));
+    auto [rkey, ckey] = dense_keys(row_key, col_key);
     AT_DISPATCH_FLOATING_TYPES(acc, "softmax_engine_backward", [&] {
       using T = scalar_t;
       Bwd<T> a{qh.data_ptr<T>(), kh.data_ptr<T>(), n, m, d, bm, bn, scale.item<T>(),
-               row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(), lse.data_ptr<T>(),
+               rkey.data_ptr<int32_t>(), ckey.data_ptr<int32_t>(), lse.data_ptr<T>(),
                g_lse.data_ptr<T>(), g_pos.data_ptr<T>(),
                has_col ? clse.data_ptr<T>() : nullptr, has_col ? g_clse.data_ptr<T>() : nullptr,
                mask_diag};

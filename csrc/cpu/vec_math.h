@@ -48,23 +48,31 @@ inline float exp_approx(float x) {
 
 inline double exp_approx(double x) { return std::exp(x); }
 
-CK_VEC inline void scale_inplace(float* s, int64_t n, float a) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) s[j] *= a;
-}
-inline void scale_inplace(double* s, int64_t n, double a) {
-  for (int64_t j = 0; j < n; ++j) s[j] *= a;
-}
-
+// One pass over a tile row of raw cosines: s_j = a·s_j in place; returns the row max and
+// adds Σ_{keys match} s_j to pos. Keys are int32 (remapped once per call) so the compare
+// vectorizes at the float width.
 template <typename T>
-inline T max_of_impl(const T* s, int64_t n) {
+inline T scale_max_pos_impl(T* s, const int32_t* keys, int64_t n, T a, int32_t key, T& pos) {
   T m = ck::neg_inf<T>();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
+  T p = 0;
+#pragma omp simd reduction(max : m) reduction(+ : p)
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = s[j] * a;
+    s[j] = v;
+    m = v > m ? v : m;
+    p += keys[j] == key ? v : T(0);
+  }
+  pos += p;
   return m;
 }
-CK_VEC inline float max_of(const float* s, int64_t n) { return max_of_impl(s, n); }
-inline double max_of(const double* s, int64_t n) { return max_of_impl(s, n); }
+CK_VEC inline float scale_max_pos(float* s, const int32_t* keys, int64_t n, float a,
+                                  int32_t key, float& pos) {
+  return scale_max_pos_impl(s, keys, n, a, key, pos);
+}
+inline double scale_max_pos(double* s, const int32_t* keys, int64_t n, double a, int32_t key,
+                            double& pos) {
+  return scale_max_pos_impl(s, keys, n, a, key, pos);
+}
 
 // Σ_j exp(s_j - shift)
 template <typename T>
@@ -105,42 +113,42 @@ inline void col_sum_exp(double* colsum, const double* s, const double* shift, in
   col_sum_exp_impl(colsum, s, shift, n);
 }
 
-// The softmax part of dS for one tile row (no key matches, no mask yet):
-//   ds_j = g·exp(scale·cos_j - lse) [+ gc_j·exp(scale·cos_j - clse_j)]
+// dS for one tile row (ENGINE.md), from raw cosines; returns Σ_j dS_j·cos_j (the row's
+// share of the scale gradient):
+//   dS_j = g·exp(scale·cos_j - lse) + [key_j == key]·g_pos [+ gc_j·exp(scale·cos_j - clse_j)]
 template <typename T>
-inline void softmax_grad_row_impl(T* ds, const T* cos, int64_t n, T scale, T g, T lse,
-                                  const T* gc, const T* clse) {
+inline T logit_grad_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n, T scale,
+                             T g, T lse, int32_t key, T g_pos, const T* gc, const T* clse) {
+  T acc = 0;
   if (gc == nullptr) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j)
-      ds[j] = ck::logit_grad(g, exp_approx(scale * cos[j] - lse), false, T(0), T(0), T(0));
-    return;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) {
+      const T d = ck::logit_grad(g, exp_approx(scale * cos[j] - lse), keys[j] == key, g_pos,
+                                 T(0), T(0));
+      ds[j] = d;
+      acc += d * cos[j];
+    }
+    return acc;
   }
-#pragma omp simd
+#pragma omp simd reduction(+ : acc)
   for (int64_t j = 0; j < n; ++j) {
     const T s = scale * cos[j];
-    ds[j] = ck::logit_grad(g, exp_approx(s - lse), false, T(0), gc[j],
-                           exp_approx(s - clse[j]));
+    const T d = ck::logit_grad(g, exp_approx(s - lse), keys[j] == key, g_pos, gc[j],
+                               exp_approx(s - clse[j]));
+    ds[j] = d;
+    acc += d * cos[j];
   }
-}
-CK_VEC inline void softmax_grad_row(float* ds, const float* cos, int64_t n, float scale,
-                                    float g, float lse, const float* gc, const float* clse) {
-  softmax_grad_row_impl(ds, cos, n, scale, g, lse, gc, clse);
-}
-inline void softmax_grad_row(double* ds, const double* cos, int64_t n, double scale, double g,
-                             double lse, const double* gc, const double* clse) {
-  softmax_grad_row_impl(ds, cos, n, scale, g, lse, gc, clse);
-}
-
-// Σ_j a_j·b_j
-template <typename T>
-inline T dot_impl(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
   return acc;
 }
-CK_VEC inline float dot(const float* a, const float* b, int64_t n) { return dot_impl(a, b, n); }
-inline double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
+CK_VEC inline float logit_grad_row(float* ds, const float* cos, const int32_t* keys, int64_t n,
+                                   float scale, float g, float lse, int32_t key, float g_pos,
+                                   const float* gc, const float* clse) {
+  return logit_grad_row_impl(ds, cos, keys, n, scale, g, lse, key, g_pos, gc, clse);
+}
+inline double logit_grad_row(double* ds, const double* cos, const int32_t* keys, int64_t n,
+                             double scale, double g, double lse, int32_t key, double g_pos,
+                             const double* gc, const double* clse) {
+  return logit_grad_row_impl(ds, cos, keys, n, scale, g, lse, key, g_pos, gc, clse);
+}
 
 }  // namespace ck_cpu
