@@ -20,6 +20,12 @@ from .. import _C_cpu as _ext
 _TILES = {torch.float32: (256, 256), torch.float64: (256, 128)}
 
 
+# The backward keeps one dK̂ partial (M×D) per extra thread while all of them together stay
+# under this many elements (256 MiB of fp32); beyond it, dK̂ comes from a second pass over
+# column blocks (one more tile product, no partials).
+MAX_PARTIAL_ELEMENTS = 1 << 26
+
+
 def tile_config(dtype: torch.dtype) -> tuple[int, int]:
     """(block_m, block_n) for input dtype (half inputs run in fp32)."""
     return _TILES[torch.float64 if dtype == torch.float64 else torch.float32]
@@ -44,4 +50,5 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     reproducible for a fixed torch.get_num_threads(), so ``deterministic`` changes nothing."""
     bm, bn = tile_config(q.dtype)
     return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
-                               g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn))
+                               g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn,
+                               MAX_PARTIAL_ELEMENTS))

@@ -31,10 +31,6 @@
 namespace ck_cpu {
 namespace {
 
-// Above this many accumulator elements (all partitions together) the backward switches
-// from per-partition dK̂ partials to the column-block second pass.
-constexpr int64_t kMaxPartialElements = int64_t(1) << 26;
-
 bool poison_outputs() {
   const char* v = std::getenv("CONTRASTIVE_KERNELS_POISON");
   return v != nullptr && std::string(v) == "1";
@@ -456,7 +452,8 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& lse, const at::Tensor& clse,
                                  const at::Tensor& g_lse, const at::Tensor& g_pos,
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
-                                 bool deterministic, int64_t block_m, int64_t block_n) {
+                                 bool deterministic, int64_t block_m, int64_t block_n,
+                                 int64_t max_partial_elements) {
   check_features(q, "q");
   check_features(k, "k");
   TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k must share a dtype");
@@ -486,7 +483,8 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
     at::Tensor qh = hat(q, rq, true), kh = shared ? qh : hat(k, rk, true);
     const int64_t bm = std::min(block_m, n), bn = std::min(block_n, m);
     const Split rows = split_blocks(n, bm);
-    const bool partials = (rows.parts - 1) * m * d <= kMaxPartialElements;
+    // Per-partition dK̂ partials while they stay small; else the column-block second pass.
+    const bool partials = (rows.parts - 1) * m * d <= max_partial_elements;
     auto work = scratch(std::max(rows.parts, split_blocks(m, bn).parts), 2 * bm * bn, opts);
     std::vector<at::Tensor> dk_parts;  // partitions 1.. (partition 0 writes dk itself)
     for (int64_t p = 1; partials && p < rows.parts; ++p) dk_parts.push_back(at::zeros({m, d}, opts));

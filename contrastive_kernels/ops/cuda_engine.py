@@ -1,0 +1,48 @@
+"""The CUDA C++ engine (csrc/cuda): launch parameters and the engine interface.
+
+Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
+``ops/triton_engine.py`` on top of ``contrastive_kernels._C_cuda``. Tile shapes are
+compile-time in the kernels (64×64 logit tiles, D in 32-wide chunks; 32×32 for fp64: see
+csrc/cuda/softmax_engine_cuda.cu for why); the one launch parameter chosen here is the
+number of persistent programs of the CLIP forward, whose column partials cost
+[programs, M].
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import _C_cuda as _ext
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def column_programs(device: torch.device) -> int:
+    """Persistent programs of a CLIP forward: two per SM fill the GPU; more would only
+    grow the [programs, M] column partials."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return 2 * _sm_count(index)
+
+
+def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """r (N,) in the accumulation dtype: 1/max(||x_i||, eps), or ones when not normalizing."""
+    return _ext.inverse_norms(x, normalize)
+
+
+def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool):
+    """q (N,D), k (M,D) contiguous CUDA rows; rq (N,), rk (M,); scale 0-dim; row_key (N,),
+    col_key (M,) int64; extra (N,) or None. Returns lse (N,), pos (N,), clse (M,) or empty."""
+    return tuple(_ext.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
+                              need_col, column_programs(q.device)))
+
+
+def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
+             mask_diag: bool, normalize: bool, deterministic: bool):
+    """dq (N,D), dk (M,D) in the input dtype, dscale 0-dim. deterministic=False: one pass,
+    dK by atomics (8·N·M·D FLOPs with the forward); True: dQ and dK passes (10·N·M·D)."""
+    return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
+                               g_pos, g_clse, mask_diag, normalize, deterministic))
