@@ -21,9 +21,18 @@
 #define CK_VEC
 #endif
 
+// The loop bodies below are templates shared by the float (cloned) and double entry
+// points; they must be inlined into each clone, or they would be compiled once for the
+// baseline target and the AVX2/AVX-512 clones would call unvectorized code.
+#if defined(__GNUC__)
+#define CK_INLINE inline __attribute__((always_inline))
+#else
+#define CK_INLINE inline
+#endif
+
 namespace ck_cpu {
 
-inline float exp_approx(float x) {
+CK_INLINE float exp_approx(float x) {
   // Below ln(FLT_MIN) the result flushes to 0 (and -inf, a masked logit, gives exactly 0);
   // the callers only pass x ≤ 0 (a logit minus its running max) or NaN, which propagates.
   constexpr float kLo = -87.3365478515625f;
@@ -52,7 +61,7 @@ inline double exp_approx(double x) { return std::exp(x); }
 // adds Σ_{keys match} s_j to pos. Keys are int32 (remapped once per call) so the compare
 // vectorizes at the float width.
 template <typename T>
-inline T scale_max_pos_impl(T* s, const int32_t* keys, int64_t n, T a, int32_t key, T& pos) {
+CK_INLINE T scale_max_pos_impl(T* s, const int32_t* keys, int64_t n, T a, int32_t key, T& pos) {
   T m = ck::neg_inf<T>();
   T p = 0;
 #pragma omp simd reduction(max : m) reduction(+ : p)
@@ -76,7 +85,7 @@ inline double scale_max_pos(double* s, const int32_t* keys, int64_t n, double a,
 
 // Σ_j exp(s_j - shift)
 template <typename T>
-inline T sum_exp_impl(const T* s, int64_t n, T shift) {
+CK_INLINE T sum_exp_impl(const T* s, int64_t n, T shift) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t j = 0; j < n; ++j) acc += exp_approx(s[j] - shift);
@@ -91,7 +100,7 @@ inline double sum_exp(const double* s, int64_t n, double shift) {
 
 // colmax_j = max(colmax_j, s_j)
 template <typename T>
-inline void col_max_impl(T* colmax, const T* s, int64_t n) {
+CK_INLINE void col_max_impl(T* colmax, const T* s, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) colmax[j] = s[j] > colmax[j] ? s[j] : colmax[j];
 }
@@ -102,7 +111,7 @@ inline void col_max(double* colmax, const double* s, int64_t n) { col_max_impl(c
 
 // colsum_j += exp(s_j - shift_j)
 template <typename T>
-inline void col_sum_exp_impl(T* colsum, const T* s, const T* shift, int64_t n) {
+CK_INLINE void col_sum_exp_impl(T* colsum, const T* s, const T* shift, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) colsum[j] += exp_approx(s[j] - shift[j]);
 }
@@ -117,7 +126,7 @@ inline void col_sum_exp(double* colsum, const double* s, const double* shift, in
 // share of the scale gradient):
 //   dS_j = g·exp(scale·cos_j - lse) + [key_j == key]·g_pos [+ gc_j·exp(scale·cos_j - clse_j)]
 template <typename T>
-inline T logit_grad_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n, T scale,
+CK_INLINE T logit_grad_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n, T scale,
                              T g, T lse, int32_t key, T g_pos, const T* gc, const T* clse) {
   T acc = 0;
   if (gc == nullptr) {
