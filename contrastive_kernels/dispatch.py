@@ -100,7 +100,8 @@ def cuda_archs() -> str:
 
 
 def backend_info() -> dict:
-    """For each backend: {"built": bool, "available": bool, "reason": str}.
+    """For each backend: {"built": bool, "available": bool, "reason": str}; the "cuda"
+    entry also has "archs", the TORCH_CUDA_ARCH_LIST it was built for.
 
     "built" means the code for it is installed; "available" means it can run here (on this
     machine's default device: CUDA when present, else CPU); "reason" explains a False.
@@ -114,8 +115,7 @@ def backend_info() -> dict:
         built, why = _extension_status(name)
         ok, reason = _extension_runs_on(name, torch.device(name)) if built else (False, why)
         info[name] = {"built": built, "available": ok, "reason": reason}
-    if info["cuda"]["built"]:
-        info["cuda"]["archs"] = cuda_archs()
+    info["cuda"]["archs"] = cuda_archs()  # TORCH_CUDA_ARCH_LIST of the build, "" if none
     auto = _auto_backend(device)
     info["auto"] = {"built": True, "available": True,
                     "reason": f"resolves to {auto!r} for {device.type} tensors"}

@@ -100,9 +100,11 @@ def test_pairwise_losses_have_no_kernel_yet_but_auto_works():
 def test_backend_info_shape():
     info = ck.backend_info()
     assert set(info) == {"auto", "torch", "triton", "cuda", "cpu"}
-    for entry in info.values():
-        assert set(entry) == {"built", "available", "reason"}
+    for name, entry in info.items():
+        extra = {"archs"} if name == "cuda" else set()
+        assert set(entry) == {"built", "available", "reason"} | extra
         assert entry["available"] or entry["reason"]
+    assert bool(info["cuda"]["archs"]) == info["cuda"]["built"]
 
 
 def test_tensors_on_different_devices():
