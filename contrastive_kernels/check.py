@@ -54,9 +54,11 @@ def _run(loss, backend, n, d, dtype, device, repeats):
 
 
 def compare(n: int, d: int, dtype: torch.dtype, device: torch.device,
-            repeats: int = 3) -> list[Row]:
-    """One row per (loss, provider): the reference first, then each kernel backend."""
-    kernels = [b for b in ("triton", "cuda", "cpu") if backend_info()[b]["available"]]
+            kernels: list[str] | None = None, repeats: int = 3) -> list[Row]:
+    """One row per (loss, provider): the reference first, then each kernel backend
+    (default: every available one)."""
+    if kernels is None:
+        kernels = [b for b in ("triton", "cuda", "cpu") if backend_info()[b]["available"]]
     rows = []
     for loss in ENGINE_LOSSES:
         exact, exact_grads, *_ = _run(loss, "torch", n, d, torch.float64, device, 1)
