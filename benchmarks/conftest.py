@@ -10,7 +10,6 @@ synchronizes CUDA inside the timed call and records peak memory in ``extra_info`
 import os
 import resource
 
-import pytest
 import torch
 
 from contrastive_kernels import backend_info

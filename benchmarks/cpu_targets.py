@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import pathlib
 import platform
 import statistics
 import subprocess
@@ -31,8 +30,6 @@ import torch
 import contrastive_kernels as ck
 from contrastive_kernels.ops import cpu_engine
 
-HERE = pathlib.Path(__file__).resolve().parent
-BEGIN, END = "<!-- CPU:BEGIN -->", "<!-- CPU:END -->"
 
 
 def _timed(fn) -> float:
@@ -213,11 +210,8 @@ def main():
     text = report(args)
     print(text)
     if args.write:
-        path = HERE / "RESULTS.md"
-        doc = path.read_text()
-        head, rest = doc.split(BEGIN) if BEGIN in doc else (doc + f"\n{BEGIN}", END)
-        tail = rest.split(END, 1)[1] if END in rest else ""
-        path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        from summarize import write_block
+        write_block("CPU", text)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import pathlib
 
 import torch
 
 from contrastive_kernels import dispatch
 from contrastive_kernels.ops import cuda_resources
 
-HERE = pathlib.Path(__file__).resolve().parent
-BEGIN, END = "<!-- CUDA:BEGIN -->", "<!-- CUDA:END -->"
 
 
 def report() -> str:
@@ -52,12 +49,8 @@ def main():
     text = report()
     print(text)
     if ap.parse_args().write:
-        path = HERE / "RESULTS.md"
-        doc = path.read_text()
-        if BEGIN not in doc:
-            doc += f"\n\n## Static GPU proof: CUDA C++ kernels for sm_80 / sm_90\n\n{BEGIN}\n{END}\n"
-        head, rest = doc.split(BEGIN)
-        path.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        from summarize import write_block
+        write_block("CUDA", text)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,19 @@ def main():
     text = table(args.json)
     print(text)
     if args.write:
-        begin, end = f"<!-- {args.write}:BEGIN -->", f"<!-- {args.write}:END -->"
-        path = HERE / "RESULTS.md"
-        doc = path.read_text()
-        if begin not in doc:
-            doc += f"\n{begin}\n{end}\n"
-        head, rest = doc.split(begin)
-        path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+        write_block(args.write, text)
+
+
+def write_block(name: str, text: str) -> None:
+    """Replace the text between <!-- NAME:BEGIN --> and <!-- NAME:END --> in RESULTS.md
+    (appending the markers at the end when they are missing)."""
+    begin, end = f"<!-- {name}:BEGIN -->", f"<!-- {name}:END -->"
+    path = HERE / "RESULTS.md"
+    doc = path.read_text()
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

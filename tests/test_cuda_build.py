@@ -2,7 +2,6 @@
 nvcc present, not skipped), and its cubins must pass the static proof — compiled for sm_80
 and sm_90, no spills, tensor-core MMA in the half-precision tile kernels."""
 import os
-import shutil
 
 import pytest
 import torch
