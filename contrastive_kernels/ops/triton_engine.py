@@ -193,6 +193,15 @@ def _merge_col_kernel(COL_M, COL_L, CLSE, P, M, BLOCK: tl.constexpr, ACC: tl.con
 
 
 @triton.jit
+def _pow2_scale(x):
+    """2^e with 2^e·max|x| in [2^13, 2^14] (1 for an all-zero or non-finite tile)."""
+    mx = tl.max(tl.max(tl.abs(x), 1), 0)
+    e = tl.floor(tl.log2(16384.0 / mx))
+    e = tl.where((mx > 0) & (e == e) & (e < 126.0) & (e > -126.0), e, 0.0)
+    return tl.exp2(e)
+
+
+@triton.jit
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
@@ -201,7 +210,8 @@ def _softmax_bwd_kernel(
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, MASK_DIAG: tl.constexpr,
         HAS_COL: tl.constexpr, ATOMIC_B: tl.constexpr, WRITE_DSCALE: tl.constexpr,
-        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+        SCALE_DS: tl.constexpr):
     """Recompute S for the owned block of A against all of B and accumulate gradients.
 
     A is the owned side (rows of S when not TRANSPOSED, columns when TRANSPOSED).
@@ -209,6 +219,9 @@ def _softmax_bwd_kernel(
       DB[b] += Σ_a dS_ab r_a A[a]   (only with ATOMIC_B: the one-pass variant)
     with dS_ij = g_i P_ij + gpos_i [key_i==key_j] + gc_j Pc_ij on valid pairs.
     The scale and the normalization backward are applied later by _norm_backward_kernel.
+    SCALE_DS (fp16 inputs): the dS operand of the gradient products is fp16, where entries
+    of order g/N² (a mean over a large batch) would flush to zero; each tile is scaled by
+    a power of two that puts its largest entry near 2^14, and the product unscaled exactly.
     """
     pid = tl.program_id(0)
     scale = tl.load(SCALE).to(ACC)
@@ -265,12 +278,24 @@ def _softmax_bwd_kernel(
         if WRITE_DSCALE:
             dscale += tl.sum(ds * cos, 1)
         ds_b = ds * rb[None, :]
+        ds_a = ds * ra[:, None]
+        if SCALE_DS:
+            sig_b = _pow2_scale(ds_b)
+            sig_a = _pow2_scale(ds_a)
+            ds_b = ds_b * sig_b
+            ds_a = ds_a * sig_a
         if ONE_CHUNK:
-            da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
-                            input_precision=PREC, out_dtype=ACC)
+            if SCALE_DS:
+                da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
+                                 out_dtype=ACC) / sig_b
+            else:
+                da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                                input_precision=PREC, out_dtype=ACC)
             if ATOMIC_B:
-                db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_tile.dtype)), a_tile,
+                db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
                                  input_precision=PREC, out_dtype=ACC)
+                if SCALE_DS:
+                    db_part = db_part / sig_a
                 offs_d = tl.arange(0, BLOCK_K)
                 tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                               mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
@@ -286,16 +311,22 @@ def _softmax_bwd_kernel(
                     b_c = b_c.to(ACC)
                 da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
                 da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
-                              out_dtype=ACC)
+                if SCALE_DS:
+                    da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
+                                   out_dtype=ACC) / sig_b
+                else:
+                    da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
+                                  out_dtype=ACC)
                 tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
                 if ATOMIC_B:
                     a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
                                   mask=a_ok[:, None] & d_ok, other=0.0)
                     if UPCAST:
                         a_c = a_c.to(ACC)
-                    db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_c.dtype)), a_c,
+                    db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
                                      input_precision=PREC, out_dtype=ACC)
+                    if SCALE_DS:
+                        db_part = db_part / sig_a
                     tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                                   mask=b_ok[:, None] & d_ok, sem="relaxed")
     if ONE_CHUNK:
@@ -495,6 +526,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
         ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, MASK_DIAG=mask_diag,
         HAS_COL=has_col, ATOMIC_B=atomic_b, WRITE_DSCALE=write_dscale,
         ACC=_tl_dtype(a.dtype), UPCAST=_upcast(a.dtype), PREC=_precision(a.dtype),
+        SCALE_DS=a.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
