@@ -92,3 +92,18 @@ def test_gradients_bitwise_reproducible_for_a_thread_count():
 def test_auto_picks_the_cpu_engine_for_cpu_tensors(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     assert dispatch.resolve("auto", torch.device("cpu"), "clip_loss") == "cpu"
+
+
+def test_aten_product_fallback_matches():
+    """Where torch exports no Fortran sgemm_/dgemm_, tile products go through at::mm on
+    views of the same memory: forced here, it must give the reference's values too."""
+    ext = _engine()._ext
+    ext._force_aten_products(True)
+    try:
+        assert not ext.have_fortran_blas()
+        case = LossCase(lambda a, b, **kw: ck.clip_loss(a, b, 3.0, normalize=True, **kw),
+                        lambda n, d, dt, g: ([randn((n, d), g, dt), randn((n, d), g, dt)], {}))
+        for dtype in (torch.float32, torch.float64):
+            compare(case, "cpu", 70, 9, dtype, "none", generator("aten-blas", dtype))
+    finally:
+        ext._force_aten_products(False)

@@ -126,7 +126,7 @@ def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
             for masks in BWD_MASKS:
                 flags = {**mode, **masks}
                 ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
-                          SCALE_DS=dtype == torch.float16, **_tiles(cfg, acc), **flags)
+                          **_tiles(cfg, acc), **flags)
                 yield Variant(f"bwd_{_tag(dtype, cfg)}_{prec}_{_flag_tag(flags)}",
                               "_softmax_bwd_kernel", _with_constexprs(_bwd_signature(dtype), ce),
                               ce, cfg.num_warps, cfg.num_stages, dtype, True)

@@ -193,15 +193,6 @@ def _merge_col_kernel(COL_M, COL_L, CLSE, P, M, BLOCK: tl.constexpr, ACC: tl.con
 
 
 @triton.jit
-def _pow2_scale(x):
-    """2^e with 2^e·max|x| in [2^13, 2^14] (1 for an all-zero or non-finite tile)."""
-    mx = tl.max(tl.max(tl.abs(x), 1), 0)
-    e = tl.floor(tl.log2(16384.0 / mx))
-    e = tl.where((mx > 0) & (e == e) & (e < 126.0) & (e > -126.0), e, 0.0)
-    return tl.exp2(e)
-
-
-@triton.jit
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
@@ -210,8 +201,7 @@ def _softmax_bwd_kernel(
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, MASK_DIAG: tl.constexpr,
         HAS_COL: tl.constexpr, ATOMIC_B: tl.constexpr, WRITE_DSCALE: tl.constexpr,
-        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
-        SCALE_DS: tl.constexpr):
+        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Recompute S for the owned block of A against all of B and accumulate gradients.
 
     A is the owned side (rows of S when not TRANSPOSED, columns when TRANSPOSED).
@@ -219,9 +209,6 @@ def _softmax_bwd_kernel(
       DB[b] += Σ_a dS_ab r_a A[a]   (only with ATOMIC_B: the one-pass variant)
     with dS_ij = g_i P_ij + gpos_i [key_i==key_j] + gc_j Pc_ij on valid pairs.
     The scale and the normalization backward are applied later by _norm_backward_kernel.
-    SCALE_DS (fp16 inputs): the dS operand of the gradient products is fp16, where entries
-    of order g/N² (a mean over a large batch) would flush to zero; each tile is scaled by
-    a power of two that puts its largest entry near 2^14, and the product unscaled exactly.
     """
     pid = tl.program_id(0)
     scale = tl.load(SCALE).to(ACC)
@@ -278,24 +265,12 @@ def _softmax_bwd_kernel(
         if WRITE_DSCALE:
             dscale += tl.sum(ds * cos, 1)
         ds_b = ds * rb[None, :]
-        ds_a = ds * ra[:, None]
-        if SCALE_DS:
-            sig_b = _pow2_scale(ds_b)
-            sig_a = _pow2_scale(ds_a)
-            ds_b = ds_b * sig_b
-            ds_a = ds_a * sig_a
         if ONE_CHUNK:
-            if SCALE_DS:
-                da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
-                                 out_dtype=ACC) / sig_b
-            else:
-                da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
-                                input_precision=PREC, out_dtype=ACC)
+            da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                            input_precision=PREC, out_dtype=ACC)
             if ATOMIC_B:
-                db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
+                db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_tile.dtype)), a_tile,
                                  input_precision=PREC, out_dtype=ACC)
-                if SCALE_DS:
-                    db_part = db_part / sig_a
                 offs_d = tl.arange(0, BLOCK_K)
                 tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                               mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
@@ -311,22 +286,16 @@ def _softmax_bwd_kernel(
                     b_c = b_c.to(ACC)
                 da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
                 da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                if SCALE_DS:
-                    da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
-                                   out_dtype=ACC) / sig_b
-                else:
-                    da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
-                                  out_dtype=ACC)
+                da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
+                              out_dtype=ACC)
                 tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
                 if ATOMIC_B:
                     a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
                                   mask=a_ok[:, None] & d_ok, other=0.0)
                     if UPCAST:
                         a_c = a_c.to(ACC)
-                    db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
+                    db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_c.dtype)), a_c,
                                      input_precision=PREC, out_dtype=ACC)
-                    if SCALE_DS:
-                        db_part = db_part / sig_a
                     tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                                   mask=b_ok[:, None] & d_ok, sem="relaxed")
     if ONE_CHUNK:
@@ -526,7 +495,6 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
         ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, MASK_DIAG=mask_diag,
         HAS_COL=has_col, ATOMIC_B=atomic_b, WRITE_DSCALE=write_dscale,
         ACC=_tl_dtype(a.dtype), UPCAST=_upcast(a.dtype), PREC=_precision(a.dtype),
-        SCALE_DS=a.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -543,6 +511,19 @@ def _finish_grad(x, r, g_acc, scale, normalize):
     return dx
 
 
+def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
+    """σ = 2^e (0-dim, on the device, no synchronization) with σ·|dS_ij·r| ≤ 2^14 for every
+    pair and either inverse norm r, from |dS_ij| ≤ |g_i| + |gpos_i| + |gc_j| (softmax
+    probabilities are at most 1); 1 where that bound is 0 or not finite."""
+    bound = g_lse.abs().max() + g_pos.abs().max()
+    if has_col:
+        bound = bound + g_clse.abs().max()
+    bound = bound * torch.maximum(rq.abs().max(), rk.abs().max())
+    e = torch.floor(torch.log2(16384.0 / bound))
+    e = torch.where(torch.isfinite(e), e.clamp(-100, 100), torch.zeros_like(e))
+    return torch.exp2(e)
+
+
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
              mask_diag: bool, normalize: bool, deterministic: bool):
     """Gradients (dq (N,D), dk (M,D) in the input dtype, dscale 0-dim accumulation dtype).
@@ -555,6 +536,15 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     m = k.shape[0]
     acc = acc_dtype(q.dtype)
     has_col = clse.numel() > 0
+    sigma = None
+    if q.dtype == torch.float16 and n and m:
+        # The dS operand of the gradient products is cast to fp16, where entries of order
+        # g/N² (a mean over a large batch) would flush to zero. Scaling the upstream
+        # gradients by a power of two σ scales dS, dQ̂, dK̂ and dscale by exactly σ; the
+        # kernels are unchanged and the results are divided by σ once at the end.
+        sigma = _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col)
+        g_lse, g_pos = g_lse * sigma, g_pos * sigma
+        g_clse = g_clse * sigma if has_col else g_clse
     dq_acc = torch.zeros((n, d), dtype=acc, device=q.device)
     dk_acc = torch.zeros((m, d), dtype=acc, device=q.device)
     dscale_rows = _out((n,), acc, q.device)
@@ -567,6 +557,10 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
         _launch_grad(k, q, rk, rq, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
                      dk_acc, dq_acc, dscale_rows, transposed=True, atomic_b=False,
                      write_dscale=False, **common)
+    if sigma is not None:
+        dq_acc.div_(sigma)
+        dk_acc.div_(sigma)
+        dscale_rows.div_(sigma)
     dq = _finish_grad(q, rq, dq_acc, scale, normalize)
     dk = _finish_grad(k, rk, dk_acc, scale, normalize)
     return dq, dk, dscale_rows.sum()

@@ -7,6 +7,7 @@
 
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cstdint>
 
 extern "C" {
@@ -39,7 +40,15 @@ class SingleThreadedBlas {
   int prior_;
 };
 
-inline bool have_fortran_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+// Tests force the at::mm fallback (used where torch exports no Fortran BLAS) to cover it.
+inline std::atomic<bool>& force_aten_products() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+inline bool have_fortran_blas() {
+  return sgemm_ != nullptr && dgemm_ != nullptr && !force_aten_products().load();
+}
 
 // Column-major BLAS call: C(m×n) = op(A)·op(B) + beta·C.
 inline void blas_gemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
@@ -69,7 +78,7 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
     return;
   }
   auto out = view(c, m, n, ldc);
-  out.mul_(beta).addmm_(view(a, m, k, lda), view(b, n, k, ldb).t());
+  out.addmm_(view(a, m, k, lda), view(b, n, k, ldb).t(), beta, 1);  // beta 0: out unread
 }
 
 // C (m×n) = A (m×k) · B (k×n) + beta·C
@@ -81,7 +90,7 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
     return;
   }
   auto out = view(c, m, n, ldc);
-  out.mul_(beta).addmm_(view(a, m, k, lda), view(b, k, n, ldb));
+  out.addmm_(view(a, m, k, lda), view(b, k, n, ldb), beta, 1);
 }
 
 // C (m×n) = A (k×m)ᵀ · B (k×n) + beta·C
@@ -93,7 +102,7 @@ void gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
     return;
   }
   auto out = view(c, m, n, ldc);
-  out.mul_(beta).addmm_(view(a, k, m, lda).t(), view(b, k, n, ldb));
+  out.addmm_(view(a, k, m, lda).t(), view(b, k, n, ldb), beta, 1);
 }
 
 }  // namespace ck_cpu

@@ -530,4 +530,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &ck_cpu::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
   m.def("have_fortran_blas", &ck_cpu::have_fortran_blas,
         "whether tile products use torch's BLAS directly (else at::mm)");
+  m.def("_force_aten_products", [](bool on) { ck_cpu::force_aten_products().store(on); },
+        "testing: compute tile products with at::mm on views (the no-Fortran-BLAS path)");
 }
