@@ -69,40 +69,40 @@ at::Tensor view(const T* p, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// Row-major C (m×n, ldc) = op(A) · op(B) + beta·C, with op(A) m×k (A stored k×m when
+// trans_a) and op(B) k×n (B stored n×k when trans_b). In column-major terms this is
+// Cᵀ = op(B)ᵀ · op(A)ᵀ, so the BLAS sees B first.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (have_fortran_blas()) {
+    blas_gemm(trans_b ? 'T' : 'N', trans_a ? 'T' : 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
+    return;
+  }
+  auto op_a = trans_a ? view(a, k, m, lda).t() : view(a, m, k, lda);
+  auto op_b = trans_b ? view(b, n, k, ldb).t() : view(b, k, n, ldb);
+  view(c, m, n, ldc).addmm_(op_a, op_b, beta, 1);  // beta 0: C is not read
+}
+
 // C (m×n, ldc) = A (m×k, lda) · B (n×k, ldb)ᵀ + beta·C
 template <typename T>
 void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
              int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (have_fortran_blas()) {
-    blas_gemm('T', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
-    return;
-  }
-  auto out = view(c, m, n, ldc);
-  out.addmm_(view(a, m, k, lda), view(b, n, k, ldb).t(), beta, 1);  // beta 0: out unread
+  gemm(false, true, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 // C (m×n) = A (m×k) · B (k×n) + beta·C
 template <typename T>
 void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
              int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (have_fortran_blas()) {
-    blas_gemm('N', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
-    return;
-  }
-  auto out = view(c, m, n, ldc);
-  out.addmm_(view(a, m, k, lda), view(b, k, n, ldb), beta, 1);
+  gemm(false, false, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 // C (m×n) = A (k×m)ᵀ · B (k×n) + beta·C
 template <typename T>
 void gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
              int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (have_fortran_blas()) {
-    blas_gemm('N', 'T', n, m, k, b, ldb, a, lda, beta, c, ldc);
-    return;
-  }
-  auto out = view(c, m, n, ldc);
-  out.addmm_(view(a, k, m, lda).t(), view(b, k, n, ldb), beta, 1);
+  gemm(true, false, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 }  // namespace ck_cpu

@@ -19,11 +19,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <limits>
-#include <string>
 #include <vector>
 
+#include "../engine_host.h"
 #include "../tile_math.h"
 #include "blas.h"
 #include "vec_math.h"
@@ -31,44 +30,23 @@
 namespace ck_cpu {
 namespace {
 
-bool poison_outputs() {
-  const char* v = std::getenv("CONTRASTIVE_KERNELS_POISON");
-  return v != nullptr && std::string(v) == "1";
-}
-
-// An output every element of which the engine must write (NaN-filled under the test
-// suite's CONTRASTIVE_KERNELS_POISON=1, so an unwritten element cannot pass).
-at::Tensor output(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  if (poison_outputs()) return at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts);
-  return at::empty(shape, opts);
-}
-
-at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+using ck::acc_type;
+using ck::check_vector;
+using ck::output;
 
 void check_features(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 2, name, " must be 2-D (rows, D), got ", x.dim(), "-D");
-  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
-  const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-              name, " must be float32, float64, float16 or bfloat16, got ", t);
+  ck::check_features(x, name, c10::DeviceType::CPU);
   TORCH_CHECK(x.size(1) < (int64_t(1) << 31), name, " has D = ", x.size(1),
               "; the BLAS tile products take 32-bit leading dimensions");
 }
 
-void check_vector(const at::Tensor& v, const char* name, int64_t n, at::ScalarType dtype) {
-  TORCH_CHECK(v.device().is_cpu(), name, " must be a CPU tensor, got ", v.device());
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == n, name, " must have shape (", n, "), got ",
-              v.sizes());
-  TORCH_CHECK(v.scalar_type() == dtype, name, " must be ", dtype, ", got ", v.scalar_type());
-  TORCH_CHECK(v.is_contiguous(), name, " must be contiguous");
-}
-
-void check_scale(const at::Tensor& s, at::ScalarType dtype) {
-  TORCH_CHECK(s.device().is_cpu() && s.numel() == 1, "scale must be a one-element CPU tensor");
-  TORCH_CHECK(s.scalar_type() == dtype, "scale must be ", dtype, ", got ", s.scalar_type());
+// The shared checks, plus the CPU engine's own limit on D.
+void check_engine_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
+                         const at::Tensor& rk, const at::Tensor& scale,
+                         const at::Tensor& row_key, const at::Tensor& col_key, bool mask_diag) {
+  ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
+                          c10::DeviceType::CPU);
+  check_features(q, "q");
 }
 
 void check_blocks(int64_t block_m, int64_t block_n) {
@@ -76,11 +54,9 @@ void check_blocks(int64_t block_m, int64_t block_n) {
               block_m, " and ", block_n);
 }
 
-// x̂ = r·x in the accumulation dtype (x itself when that is already it, unnormalized).
-at::Tensor hat(const at::Tensor& x, const at::Tensor& r, bool normalize) {
-  const auto acc = acc_type(x.scalar_type());
-  at::Tensor xa = x.scalar_type() == acc ? x : x.to(acc);
-  return normalize ? (xa * r.unsqueeze(1)).contiguous() : xa.contiguous();
+// x̂ = r·x in the accumulation dtype (r is all ones when the loss does not normalize).
+at::Tensor hat(const at::Tensor& x, const at::Tensor& r) {
+  return (x.to(acc_type(x.scalar_type())) * r.unsqueeze(1)).contiguous();
 }
 
 // Row and column keys remapped to dense int32 ids (equal keys ↔ equal ids), so that the
@@ -398,21 +374,10 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& row_key, const at::Tensor& col_key,
                                 const c10::optional<at::Tensor>& extra, bool mask_diag,
                                 bool need_col, int64_t block_m, int64_t block_n) {
-  check_features(q, "q");
-  check_features(k, "k");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k must share a dtype, got ",
-              q.scalar_type(), " and ", k.scalar_type());
-  TORCH_CHECK(q.size(1) == k.size(1), "q and k must share D, got ", q.size(1), " and ",
-              k.size(1));
+  check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag);
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
-  TORCH_CHECK(!mask_diag || n == m, "mask_diag needs q and k with the same rows");
   const auto acc = acc_type(q.scalar_type());
-  check_vector(rq, "rq", n, acc);
-  check_vector(rk, "rk", m, acc);
-  check_scale(scale, acc);
-  check_vector(row_key, "row_key", n, at::kLong);
-  check_vector(col_key, "col_key", m, at::kLong);
-  if (extra) check_vector(*extra, "extra", n, acc);
+  if (extra) check_vector(*extra, "extra", n, acc, q.device());
   check_blocks(block_m, block_n);
   auto opts = q.options().dtype(acc);
   at::Tensor lse = output({n}, opts), pos = output({n}, opts);
@@ -422,7 +387,7 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
     return {lse, pos, clse};
   }
   const bool shared = q.data_ptr() == k.data_ptr() && n == m;
-  at::Tensor qh = hat(q, rq, true), kh = shared ? qh : hat(k, rk, true);
+  at::Tensor qh = hat(q, rq), kh = shared ? qh : hat(k, rk);
   const int64_t bm = std::min(block_m, n), bn = std::min(block_n, std::max<int64_t>(m, 1));
   const Split split = split_blocks(n, bm);
   // Per partition: the logit tile, row (m, l), column max and shift scratch.
@@ -454,33 +419,18 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
                                  bool deterministic, int64_t block_m, int64_t block_n,
                                  int64_t max_partial_elements) {
-  check_features(q, "q");
-  check_features(k, "k");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k must share a dtype");
-  TORCH_CHECK(q.size(1) == k.size(1), "q and k must share D");
+  check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag);
+  ck::check_backward_inputs(q, k, lse, clse, g_lse, g_pos, g_clse);
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
-  TORCH_CHECK(!mask_diag || n == m, "mask_diag needs q and k with the same rows");
   const auto acc = acc_type(q.scalar_type());
-  check_vector(rq, "rq", n, acc);
-  check_vector(rk, "rk", m, acc);
-  check_scale(scale, acc);
-  check_vector(row_key, "row_key", n, at::kLong);
-  check_vector(col_key, "col_key", m, at::kLong);
-  check_vector(lse, "lse", n, acc);
-  check_vector(g_lse, "g_lse", n, acc);
-  check_vector(g_pos, "g_pos", n, acc);
   const bool has_col = clse.numel() > 0;
-  if (has_col) {
-    check_vector(clse, "clse", m, acc);
-    check_vector(g_clse, "g_clse", m, acc);
-  }
   check_blocks(block_m, block_n);
   auto opts = q.options().dtype(acc);
   at::Tensor dq_hat = at::zeros({n, d}, opts), dk_hat = at::zeros({m, d}, opts);
   at::Tensor dscale_rows = output({n}, opts);
   if (n > 0 && m > 0) {
     const bool shared = q.data_ptr() == k.data_ptr() && n == m;
-    at::Tensor qh = hat(q, rq, true), kh = shared ? qh : hat(k, rk, true);
+    at::Tensor qh = hat(q, rq), kh = shared ? qh : hat(k, rk);
     const int64_t bm = std::min(block_m, n), bn = std::min(block_n, m);
     const Split rows = split_blocks(n, bm);
     // Per-partition dK̂ partials while they stay small; else the column-block second pass.

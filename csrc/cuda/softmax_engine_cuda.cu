@@ -26,12 +26,11 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
-#include <cstdlib>
 #include <limits>
-#include <string>
 #include <type_traits>
 #include <vector>
 
+#include "../engine_host.h"
 #include "../tile_math.h"
 
 namespace ck_cuda {
@@ -593,19 +592,8 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_kernel(const BwdParams<In> p)
 // ---------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------
-bool poison_outputs() {
-  const char* v = std::getenv("CONTRASTIVE_KERNELS_POISON");
-  return v != nullptr && std::string(v) == "1";
-}
-
-at::Tensor output(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  if (poison_outputs()) return at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts);
-  return at::empty(shape, opts);
-}
-
-at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+using ck::acc_type;
+using ck::output;
 
 int row_grid(int64_t n) { return static_cast<int>((n + kWarps - 1) / kWarps); }
 
