@@ -20,8 +20,9 @@ SKIP_CUDA_ENV = "CONTRASTIVE_KERNELS_SKIP_CUDA"
 DEFAULT_ARCHS = "8.0;9.0"
 BUILD_INFO = os.path.join(HERE, "contrastive_kernels", "_build_info.py")
 
-CPU_SOURCES = ["csrc/cpu/softmax_engine_cpu.cpp"]
-CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/softmax_engine_cuda.cu"]
+CPU_SOURCES = ["csrc/cpu/softmax_engine_cpu.cpp", "csrc/cpu/pairwise_engine_cpu.cpp"]
+CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/softmax_engine_cuda.cu",
+                "csrc/cuda/pairwise_engine_cuda.cu"]
 # -fopenmp: at::parallel_for is header code, parallel only when the extension itself is
 # compiled with OpenMP (at run time it shares torch's libgomp.so.1). -fno-trapping-math lets
 # the compiler if-convert the exp clamps (torch builds with it too); it changes no result.

@@ -16,11 +16,13 @@ import torch
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
 ENV_VAR = "CONTRASTIVE_KERNELS_BACKEND"
 
-# Losses whose tiled kernels exist on each kernel backend. The pairwise losses (SigLIP,
-# triplet, contrastive) get theirs in a later milestone; until then "auto" gives them the
-# reference and asking for a kernel backend explicitly is an error.
+# Losses whose tiled kernels exist on every kernel backend (all of SPEC §2): the softmax
+# family on the softmax engine, SigLIP and Hadsell on the pairwise engine, batch-hard
+# triplet on the mining kernel. A loss outside this set would get the reference from
+# "auto" and an error from an explicit kernel backend.
 ENGINE_LOSSES = frozenset({"info_nce", "nt_xent_loss", "clip_loss", "simcse_unsup_loss",
-                           "simcse_sup_loss", "supcon_loss", "n_pair_loss"})
+                           "simcse_sup_loss", "supcon_loss", "n_pair_loss", "siglip_loss",
+                           "triplet_margin_loss", "contrastive_loss"})
 
 
 # "auto" on CUDA tensors: the first of these that can run. Triton leads until a GPU

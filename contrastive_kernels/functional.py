@@ -12,11 +12,14 @@ import torch
 from . import _validate as check
 from . import dispatch, reference
 from .ops import clip as clip_ops
+from .ops import contrastive as contrastive_ops
 from .ops import info_nce as info_nce_ops
 from .ops import n_pair as n_pair_ops
 from .ops import nt_xent as nt_xent_ops
 from .ops import simcse as simcse_ops
+from .ops import siglip as siglip_ops
 from .ops import supcon as supcon_ops
+from .ops import triplet as triplet_ops
 
 
 def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean",
@@ -100,9 +103,12 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, reductio
     check.scalar(logit_scale, "logit_scale", image_features.device)
     check.scalar(logit_bias, "logit_bias", image_features.device)
     check.reduction(reduction)
-    dispatch.select(backend, image_features.device, "siglip_loss")
-    return reference.siglip_loss(image_features, text_features, logit_scale, logit_bias,
-                                 reduction, normalize)
+    impl = dispatch.select(backend, image_features.device, "siglip_loss")
+    if impl is None:
+        return reference.siglip_loss(image_features, text_features, logit_scale, logit_bias,
+                                     reduction, normalize)
+    return siglip_ops.siglip_loss(image_features, text_features, logit_scale, logit_bias,
+                                  reduction, normalize, impl)
 
 
 def simcse_unsup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
@@ -188,9 +194,12 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squ
     if mining != "batch_hard":
         raise ValueError(f"mining must be 'batch_hard', got {mining!r}")
     check.reduction(reduction)
-    dispatch.select(backend, embeddings.device, "triplet_margin_loss")
-    return reference.triplet_margin_loss(embeddings, labels, margin, mining, squared,
-                                         normalize, reduction)
+    impl = dispatch.select(backend, embeddings.device, "triplet_margin_loss")
+    if impl is None:
+        return reference.triplet_margin_loss(embeddings, labels, margin, mining, squared,
+                                             normalize, reduction)
+    return triplet_ops.triplet_margin_loss(embeddings, labels, margin, squared, normalize,
+                                           reduction, impl)
 
 
 def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="auto"):
@@ -204,8 +213,10 @@ def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="
     check.scalar(margin, "margin", embeddings.device)
     _non_negative(margin, "margin")
     check.reduction(reduction)
-    dispatch.select(backend, embeddings.device, "contrastive_loss")
-    return reference.contrastive_loss(embeddings, labels, margin, reduction)
+    impl = dispatch.select(backend, embeddings.device, "contrastive_loss")
+    if impl is None:
+        return reference.contrastive_loss(embeddings, labels, margin, reduction)
+    return contrastive_ops.contrastive_loss(embeddings, labels, margin, reduction, impl)
 
 
 def _non_negative(value, name):

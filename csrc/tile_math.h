@@ -82,4 +82,94 @@ CK_HD T normalized_grad(T scale, T inv_norm, T g, T radial, T x) {
   return scale * inv_norm * (g - radial * x);
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Pairwise (non-softmax) losses: the value and derivative of one pair's term. Both C++
+// engines and the Triton kernels (ops/triton_pairwise.py, same formulas) use these rules.
+// ---------------------------------------------------------------------------------------
+
+// log(1 + e^v) without overflow: max(v, 0) + log1p(e^{-|v|}). Written so NaN propagates
+// (v < 0 ? 0 : v keeps a NaN, v > 0 ? v : 0 would drop it).
+template <typename T>
+CK_HD T softplus(T v) {
+  const T a = v < T(0) ? -v : v;
+  return (v < T(0) ? T(0) : v) + log1p(exp(-a));
+}
+
+// σ(v) without overflow: the exponent is never positive.
+template <typename T>
+CK_HD T sigmoid(T v) {
+  const T e = exp(v < T(0) ? v : -v);  // e^{-|v|}
+  return v < T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);
+}
+
+// SigLIP, one pair with logit u = scale·cos + bias and label z = +1 (match) or -1:
+// loss = -log σ(z·u) = softplus(-z·u),  d loss / d u = -z·σ(-z·u).
+template <typename T>
+CK_HD T siglip_term(T u, bool match) {
+  return softplus(match ? -u : u);
+}
+template <typename T>
+CK_HD T siglip_grad(T u, bool match) {
+  return match ? -sigmoid(-u) : sigmoid(u);
+}
+
+// Squared distance from the Gram form ||a||² + ||b||² - 2<a,b>, clamped at 0 (rounding can
+// make it negative; NaN stays NaN).
+template <typename T>
+CK_HD T gram_sq_dist(T norm_a, T norm_b, T dot) {
+  const T d2 = norm_a + norm_b - T(2) * dot;
+  return d2 < T(0) ? T(0) : d2;
+}
+
+// The Gram form loses all relative accuracy when the two points (nearly) coincide: its
+// rounding error is about eps·(||a||² + ||b||²). Pairs closer than this fraction of
+// ||a||² + ||b||² get their distance recomputed from the difference Σ(a - b)², which is
+// exact for duplicates (d = 0, as the reference's difference form gives).
+constexpr double kCoincident = 1.0 / 1024;
+
+template <typename T>
+CK_HD bool near_coincident(T d2, T norm_a, T norm_b) {
+  return d2 <= T(kCoincident) * (norm_a + norm_b);
+}
+
+// Hadsell et al. pair term on the squared distance d2:
+//   same label: d2;   else: relu(margin - d)²,  d = sqrt(d2).
+template <typename T>
+CK_HD T hadsell_term(T d2, bool match, T margin) {
+  if (match) return d2;
+  const T t = margin - sqrt(d2);
+  return t < T(0) ? T(0) : t * t;
+}
+
+// d term / d d2. A negative pair at d = 0 has no gradient (the reference's safe sqrt:
+// the direction of a - b is undefined there).
+template <typename T>
+CK_HD T hadsell_grad(T d2, bool match, T margin) {
+  if (match) return T(1);
+  const T d = sqrt(d2);
+  const T t = margin - d;
+  return d2 > T(0) && t > T(0) ? -t / d : (d2 != d2 ? d2 : T(0));
+}
+
+// d term / d margin: 2·relu(margin - d) for negative pairs, 0 for positive ones.
+template <typename T>
+CK_HD T hadsell_margin_grad(T d2, bool match, T margin) {
+  if (match) return T(0);
+  const T t = margin - sqrt(d2);
+  return t < T(0) ? T(0) : T(2) * t;
+}
+
+// Batch-hard mining: whether candidate value v at a later index replaces the current best
+// (strict, so the lowest index wins ties; NaN wins over numbers, as torch.max/min report
+// NaN, and a NaN best is kept).
+template <typename T>
+CK_HD bool beats_max(T v, T best) {
+  return v > best || (v != v && best == best);
+}
+template <typename T>
+CK_HD bool beats_min(T v, T best) {
+  return v < best || (v != v && best == best);
+}
+
 }  // namespace ck
