@@ -50,15 +50,16 @@ struct Pairs {
   const T* g_row;  // upstream weight of each row's sum; nullptr in the forward
 };
 
-// The exact squared distance of the near-coincident pairs of one tile row.
+// The exact squared distance of the near-coincident pairs of one tile row: row qi (norm
+// nqi) against rows kh[j0 + j] (norms nk[j0 + j]) for j in [lo, hi).
 template <typename T>
-void fix_coincident(const Pairs<T>& a, int64_t i, int64_t j0, T* d2, int64_t lo, int64_t hi) {
-  const T* qi = a.qh + i * a.d;
+void fix_coincident(const T* qi, T nqi, const T* kh, const T* nk, int64_t d, int64_t j0, T* d2,
+                    int64_t lo, int64_t hi) {
   for (int64_t j = lo; j < hi; ++j) {
-    if (!ck::near_coincident(d2[j], a.nq[i], a.nk[j0 + j])) continue;
-    const T* kj = a.kh + (j0 + j) * a.d;
+    if (!ck::near_coincident(d2[j], nqi, nk[j0 + j])) continue;
+    const T* kj = kh + (j0 + j) * d;
     T acc = 0;
-    for (int64_t c = 0; c < a.d; ++c) {
+    for (int64_t c = 0; c < d; ++c) {
       const T diff = qi[c] - kj[c];
       acc += diff * diff;
     }
@@ -87,7 +88,9 @@ void pair_tile(const Pairs<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w
       int64_t near = sq_dist_row(t, a.nk + j0, w, a.nq[i]);
       if (diag >= 0 && ck::near_coincident(t[diag], a.nq[i], a.nk[i])) --near;
       if (near > 0)
-        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) { fix_coincident(a, i, j0, t, lo, hi); });
+        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+          fix_coincident(a.qh + i * a.d, a.nq[i], a.kh, a.nk, a.d, j0, t, lo, hi);
+        });
       valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
         loss += hadsell_row(ds_r ? ds_r + lo : nullptr, t + lo, keys + lo, hi - lo, key,
                             a.margin, g, s0, s1);
@@ -278,8 +281,15 @@ void mine_rows(const Mine<T>& a, int64_t i0, int64_t bm_, T* tile, T* pbest, T* 
     for (int64_t r = 0; r < bm_; ++r) {
       const int64_t i = i0 + r;
       T* t = tile + r * w;
-      sq_dist_row(t, a.nx + j0, w, a.nx[i]);
+      int64_t near = sq_dist_row(t, a.nx + j0, w, a.nx[i]);
       const int64_t diag = (i >= j0 && i < j0 + w) ? i - j0 : -1;
+      if (diag >= 0 && ck::near_coincident(t[diag], a.nx[i], a.nx[i])) --near;
+      // The hardest negative is the nearest pair: exactly where the Gram form is least
+      // accurate, so near-coincident distances are recomputed here too.
+      if (near > 0)
+        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+          fix_coincident(a.xh + i * a.d, a.nx[i], a.xh, a.nx, a.d, j0, t, lo, hi);
+        });
       const int32_t key = a.key[i];
       const int32_t* keys = a.key + j0;
       valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
