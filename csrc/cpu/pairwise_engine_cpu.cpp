@@ -328,11 +328,11 @@ void check_pair_inputs(int64_t kind, const at::Tensor& q, const at::Tensor& k,
                        int64_t block_m, int64_t block_n) {
   TORCH_CHECK(kind == kSiglip || kind == kHadsell, "kind must be 0 (SigLIP) or 1 (Hadsell), got ",
               kind);
+  check_features(q, "q");
+  check_vector(params, "params", 3, acc_type(q.scalar_type()), q.device());
   // The shared engine checks take a scale: params[0] stands in for it (same dtype/device).
   ck::check_engine_inputs(q, k, rq, rk, params.slice(0, 0, 1), row_key, col_key, mask_diag,
                           c10::DeviceType::CPU);
-  check_features(q, "q");
-  check_vector(params, "params", 3, acc_type(q.scalar_type()), q.device());
   check_blocks(block_m, block_n);
 }
 
