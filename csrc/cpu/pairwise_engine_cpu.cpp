@@ -269,6 +269,22 @@ void offer(const T* d2, const int32_t* keys, int32_t key, int64_t lo, int64_t hi
   }
 }
 
+// Extrema of candidates [lo, hi) of one row of squared distances (after a recompute).
+template <typename T>
+void range_extrema(const T* d2, const int32_t* keys, int32_t key, int64_t lo, int64_t hi,
+                   T& pmax, T& nmin, int32_t* stats) {
+  pmax = -std::numeric_limits<T>::infinity();
+  nmin = std::numeric_limits<T>::infinity();
+  std::fill(stats, stats + 4, 0);
+  for (int64_t j = lo; j < hi; ++j) {
+    const bool match = keys[j] == key, nan = d2[j] != d2[j];
+    stats[match ? 0 : 1] += 1;
+    stats[match ? 2 : 3] += nan ? 1 : 0;
+    if (match && d2[j] > pmax) pmax = d2[j];
+    if (!match && d2[j] < nmin) nmin = d2[j];
+  }
+}
+
 template <typename T>
 void mine_rows(const Mine<T>& a, int64_t i0, int64_t bm_, T* tile, T* pbest, T* nbest) {
   for (int64_t r = 0; r < bm_; ++r) {
@@ -281,24 +297,28 @@ void mine_rows(const Mine<T>& a, int64_t i0, int64_t bm_, T* tile, T* pbest, T* 
     for (int64_t r = 0; r < bm_; ++r) {
       const int64_t i = i0 + r;
       T* t = tile + r * w;
-      int64_t near = sq_dist_row(t, a.nx + j0, w, a.nx[i]);
       const int64_t diag = (i >= j0 && i < j0 + w) ? i - j0 : -1;
-      if (diag >= 0 && ck::near_coincident(t[diag], a.nx[i], a.nx[i])) --near;
-      // The hardest negative is the nearest pair: exactly where the Gram form is least
-      // accurate, so near-coincident distances are recomputed here too.
-      if (near > 0)
-        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
-          fix_coincident(a.xh + i * a.d, a.nx[i], a.xh, a.nx, a.d, j0, t, lo, hi);
-        });
       const int32_t key = a.key[i];
       const int32_t* keys = a.key + j0;
-      valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
-        T pmax, nmin;
-        int64_t c[4];
-        row_extrema(t + lo, keys + lo, hi - lo, key, pmax, nmin, c);
-        offer<T, true>(t, keys, key, lo, hi, j0, pmax, c[0], c[2], pbest[r], a.pos[i]);
-        offer<T, false>(t, keys, key, lo, hi, j0, nmin, c[1], c[3], nbest[r], a.neg[i]);
-      });
+      T pmax, nmin;
+      int32_t st[4];
+      int64_t near = sq_dist_row(t, a.nx + j0, w, a.nx[i]);
+      if (diag >= 0 && ck::near_coincident(t[diag], a.nx[i], a.nx[i])) --near;
+      if (diag >= 0 || near > 0) {
+        // The slow path: the own column to leave out, or near-coincident distances to
+        // recompute — the hardest negative is the nearest pair, exactly where the Gram
+        // form is least accurate.
+        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+          if (near > 0) fix_coincident(a.xh + i * a.d, a.nx[i], a.xh, a.nx, a.d, j0, t, lo, hi);
+          range_extrema(t, keys, key, lo, hi, pmax, nmin, st);
+          offer<T, true>(t, keys, key, lo, hi, j0, pmax, st[0], st[2], pbest[r], a.pos[i]);
+          offer<T, false>(t, keys, key, lo, hi, j0, nmin, st[1], st[3], nbest[r], a.neg[i]);
+        });
+        continue;
+      }
+      row_extrema(t, keys, w, key, pmax, nmin, st);
+      offer<T, true>(t, keys, key, 0, w, j0, pmax, st[0], st[2], pbest[r], a.pos[i]);
+      offer<T, false>(t, keys, key, 0, w, j0, nmin, st[1], st[3], nbest[r], a.neg[i]);
     }
   }
 }

@@ -262,7 +262,7 @@ CK_INLINE T hadsell_row_impl(T* ds, const T* d2, const int32_t* keys, int64_t n,
     const T tp = t < T(0) ? T(0) : t;
     loss += match ? x : tp * tp;
     if constexpr (GRAD) {
-      const T neg = x > T(0) && t > T(0) ? -t / d : (x != x ? x : T(0));
+      const T neg = ((x > T(0)) & (t > T(0))) ? -t / d : (x != x ? x : T(0));
       const T v = T(-2) * g * (match ? T(1) : neg);
       ds[j] = v;
       rs += v;
@@ -288,41 +288,42 @@ inline double hadsell_row(double* ds, const double* d2, const int32_t* keys, int
   return hadsell_row_impl<false>(ds, d2, keys, n, key, margin, g, rowsum, dmargin);
 }
 
-// Batch-hard mining over one tile row of squared distances: the largest value among
-// same-key entries and the smallest among other-key entries (NaN ignored here, counted in
-// nan_pos / nan_neg), with candidate counts. The caller locates the index only when the
-// tile beats its running best, which is rare after the first tiles.
+// Batch-hard mining over one tile row of squared distances (from sq_dist_row): the
+// largest same-key value and the smallest other-key value (NaN ignored there, counted),
+// with candidate counts: stats = {same-key, other-key, same-key NaN, other-key NaN}. The
+// caller locates an index only when the tile beats its running best, which is rare after
+// the first tiles. Counts are accumulated in T (exact below 2^24) so every lane has the
+// float width, which GCC needs to vectorize the mixed reductions.
 template <typename T>
 CK_INLINE void row_extrema_impl(const T* d2, const int32_t* keys, int64_t n, int32_t key,
-                                T& pmax, T& nmin, int64_t* counts) {
+                                T& pmax, T& nmin, int32_t* stats) {
   T hi = -std::numeric_limits<T>::infinity(), lo = std::numeric_limits<T>::infinity();
-  int64_t np = 0, nn = 0, xp = 0, xn = 0;
-#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : np, nn, xp, xn)
+  T np = 0, xp = 0, xn = 0;
+#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : np, xp, xn)
   for (int64_t j = 0; j < n; ++j) {
     const T v = d2[j];
     const bool match = keys[j] == key;
     const bool nan = v != v;
-    hi = match && v > hi ? v : hi;
-    lo = !match && v < lo ? v : lo;
-    np += match ? 1 : 0;
-    nn += match ? 0 : 1;
-    xp += match && nan ? 1 : 0;
-    xn += !match && nan ? 1 : 0;
+    hi = (match & (v > hi)) ? v : hi;  // & not &&: a branch would stop vectorization
+    lo = (!match & (v < lo)) ? v : lo;
+    np += match ? T(1) : T(0);
+    xp += (match & nan) ? T(1) : T(0);
+    xn += (!match & nan) ? T(1) : T(0);
   }
   pmax = hi;
   nmin = lo;
-  counts[0] = np;
-  counts[1] = nn;
-  counts[2] = xp;
-  counts[3] = xn;
+  stats[0] = static_cast<int32_t>(np);
+  stats[1] = static_cast<int32_t>(n) - stats[0];
+  stats[2] = static_cast<int32_t>(xp);
+  stats[3] = static_cast<int32_t>(xn);
 }
 CK_VEC inline void row_extrema(const float* d2, const int32_t* keys, int64_t n, int32_t key,
-                               float& pmax, float& nmin, int64_t* counts) {
-  row_extrema_impl(d2, keys, n, key, pmax, nmin, counts);
+                               float& pmax, float& nmin, int32_t* stats) {
+  row_extrema_impl(d2, keys, n, key, pmax, nmin, stats);
 }
 inline void row_extrema(const double* d2, const int32_t* keys, int64_t n, int32_t key,
-                        double& pmax, double& nmin, int64_t* counts) {
-  row_extrema_impl(d2, keys, n, key, pmax, nmin, counts);
+                        double& pmax, double& nmin, int32_t* stats) {
+  row_extrema_impl(d2, keys, n, key, pmax, nmin, stats);
 }
 
 }  // namespace ck_cpu
