@@ -1,7 +1,8 @@
 """The CUDA C++ engine (csrc/cuda): launch parameters and the engine interface.
 
 Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
-``ops/triton_engine.py`` on top of ``contrastive_kernels._C_cuda``. Tile shapes are
+``ops/triton_engine.py``, and ``pair_forward``/``pair_backward``/``hardest_pairs`` of
+``ops/pairwise_engine.py``, on top of ``contrastive_kernels._C_cuda``. Tile shapes are
 compile-time in the kernels (64×64 logit tiles, D in 32-wide chunks; 32×32 for fp64: see
 csrc/cuda/softmax_engine_cuda.cu for why); the one launch parameter chosen here is the
 number of persistent programs of the CLIP forward, whose column partials cost
