@@ -39,6 +39,16 @@ def test_cuda_kernels_have_no_spills_and_half_kernels_use_tensor_cores():
         for flags in ("plain", "atomic_b", "transposed", "has_col", "atomic_b+has_col",
                       "transposed+has_col"):
             assert f"bwd_kernel[{dtype}, {flags}]" in names, (dtype, flags)
+        # The pairwise engine: both kinds, forward and the three backward variants
+        # (one-pass with atomics; the deterministic row and column passes), and mining.
+        for kind in ("siglip", "hadsell"):
+            assert f"pair_fwd_kernel[{dtype}, {kind}]" in names, (dtype, kind)
+            for flags in ("plain", "atomic_b", "transposed"):
+                assert f"pair_bwd_kernel[{dtype}, {kind}, {flags}]" in names, (dtype, kind, flags)
+        assert f"hardest_kernel[{dtype}]" in names
+        assert f"sq_norm_kernel[{dtype}]" in names
+    for arch in cuda_resources.ARCHES:
+        assert sum(k.name.startswith("pair_") and k.arch == arch for k in found) == 4 * 8, arch
     assert all("HMMA" in k.mma_kinds for k in found
                if k.is_tile_kernel and k.dtype in ("float16", "bfloat16"))
 

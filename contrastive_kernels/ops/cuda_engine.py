@@ -1,7 +1,8 @@
 """The CUDA C++ engine (csrc/cuda): launch parameters and the engine interface.
 
 Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
-``ops/triton_engine.py`` on top of ``contrastive_kernels._C_cuda``. Tile shapes are
+``ops/triton_engine.py``, and ``pair_forward``/``pair_backward``/``hardest_pairs`` of
+``ops/pairwise_engine.py``, on top of ``contrastive_kernels._C_cuda``. Tile shapes are
 compile-time in the kernels (64×64 logit tiles, D in 32-wide chunks; 32×32 for fp64: see
 csrc/cuda/softmax_engine_cuda.cu for why); the one launch parameter chosen here is the
 number of persistent programs of the CLIP forward, whose column partials cost
@@ -46,3 +47,26 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     dK by atomics (8·N·M·D FLOPs with the forward); True: dQ and dK passes (10·N·M·D)."""
     return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
                                g_pos, g_clse, mask_diag, normalize, deterministic))
+
+
+# --- the pairwise engine (ops/pairwise_engine.py): SigLIP, Hadsell, batch-hard mining ----
+def pair_forward(kind: int, q, k, rq, rk, params, row_key, col_key, mask_diag: bool):
+    """rows (N,) in the accumulation dtype: Σ over the valid pairs of row i of the term of
+    ``kind`` (0 SIGLIP, 1 HADSELL). params (3,) = [scale, bias, margin], read on the device."""
+    return _ext.pair_forward(int(kind), q, k, rq, rk, params, row_key, col_key, mask_diag)
+
+
+def pair_backward(kind: int, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag: bool,
+                  normalize: bool, want_rows: bool, deterministic: bool):
+    """(rows (N,) or empty unless want_rows, dq (N,D), dk (M,D) in the input dtype,
+    dparams (3,) = [dscale, dbias, dmargin]). deterministic=False: one pass, dK̂ (and the
+    Hadsell column sums) by atomics; True: an atomic-free row pass and a column pass, each
+    recomputing the tiles, so reruns are bitwise identical."""
+    return tuple(_ext.pair_backward(int(kind), q, k, rq, rk, params, row_key, col_key, g_row,
+                                    mask_diag, normalize, want_rows, deterministic))
+
+
+def hardest_pairs(x, rx, key):
+    """(pos (N,), neg (N,)) int64: per row the farthest other row with the same key and the
+    nearest row with another key (lowest index on ties, NaN beats numbers, -1 if none)."""
+    return tuple(_ext.hardest_pairs(x, rx, key))

@@ -18,10 +18,17 @@ from .aot import _LOCAL_RE, _MMA_RE, _tool
 ARCHES = (80, 90)
 _FUNC_RE = re.compile(r"Function : (\S+)")
 _RES_RE = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-_KERNEL_RE = re.compile(r"(inv_norm_kernel|norm_backward_kernel|fwd_kernel|merge_col_kernel|"
+# Pairwise kernels first: "fwd_kernel"/"bwd_kernel" are substrings of their names.
+_KERNEL_RE = re.compile(r"(pair_fwd_kernel|pair_bwd_kernel|hardest_kernel|sq_norm_kernel|"
+                        r"inv_norm_kernel|norm_backward_kernel|fwd_kernel|merge_col_kernel|"
                         r"bwd_kernel)I(\w+?)(E|L)")
 _TYPES = {"6__half": "float16", "13__nv_bfloat16": "bfloat16", "f": "float32", "d": "float64"}
 _BWD_FLAGS_RE = re.compile(r"bwd_kernelI\w+?(Lb[01])E(Lb[01])E(Lb[01])E")
+# pair_{fwd,bwd}_kernel<In, int KIND, [bool TRANSPOSED, bool ATOMIC_B]>
+_PAIR_FLAGS_RE = re.compile(r"pair_(?:fwd|bwd)_kernelI\w+?Li(\d+)E(?:(Lb[01])E(Lb[01])E)?")
+_PAIR_KINDS = {"0": "siglip", "1": "hadsell"}
+TILE_KERNELS = ("fwd_kernel", "bwd_kernel", "pair_fwd_kernel", "pair_bwd_kernel",
+                "hardest_kernel")
 
 
 @dataclass
@@ -38,7 +45,7 @@ class CudaKernel:
 
     @property
     def is_tile_kernel(self) -> bool:
-        return self.name.startswith(("fwd_kernel", "bwd_kernel"))
+        return self.name.startswith(TILE_KERNELS)
 
     @property
     def dtype(self) -> str:
@@ -56,6 +63,15 @@ def _readable(mangled: str) -> str:
         return mangled
     kernel, type_code = m.group(1), m.group(2)
     dtype = _TYPES.get(type_code, type_code)
+    if kernel.startswith("pair_"):
+        pf = _PAIR_FLAGS_RE.search(mangled)
+        if pf is None:
+            return f"{kernel}[{dtype}]"
+        kind = _PAIR_KINDS.get(pf.group(1), pf.group(1))
+        if kernel == "pair_fwd_kernel":
+            return f"{kernel}[{dtype}, {kind}]"
+        on = [n for n, f in zip(("transposed", "atomic_b"), pf.groups()[1:]) if f == "Lb1"]
+        return f"{kernel}[{dtype}, {kind}, {'+'.join(on) or 'plain'}]"
     flags = _BWD_FLAGS_RE.search(mangled)
     if kernel == "bwd_kernel" and flags:
         names = ("transposed", "atomic_b", "has_col")

@@ -8,23 +8,9 @@
 #include <vector>
 
 #include "../engine_host.h"
+#include "engine_cuda.h"
 
 namespace ck_cuda {
-
-at::Tensor inverse_norms_cuda(const at::Tensor& x, bool normalize);
-std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
-                                     const at::Tensor& rq, const at::Tensor& rk,
-                                     const at::Tensor& scale, const at::Tensor& row_key,
-                                     const at::Tensor& col_key,
-                                     const c10::optional<at::Tensor>& extra, bool mask_diag,
-                                     bool need_col, int64_t programs);
-std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
-                                      const at::Tensor& rq, const at::Tensor& rk,
-                                      const at::Tensor& scale, const at::Tensor& row_key,
-                                      const at::Tensor& col_key, const at::Tensor& lse,
-                                      const at::Tensor& clse, const at::Tensor& g_lse,
-                                      const at::Tensor& g_pos, const at::Tensor& g_clse,
-                                      bool mask_diag, bool normalize, bool deterministic);
 
 at::Tensor inverse_norms(const at::Tensor& x, bool normalize) {
   ck::check_features(x, "x", c10::DeviceType::CUDA);
@@ -62,6 +48,50 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                        mask_diag, normalize, deterministic);
 }
 
+// --- pairwise engine ---------------------------------------------------------------------
+// The arguments pair_forward and pair_backward share: kind, q, k, rq, rk, params (3,) =
+// [scale, bias, margin] on the device in the accumulation dtype, row_key, col_key.
+void check_pair_inputs(int64_t kind, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& rq, const at::Tensor& rk, const at::Tensor& params,
+                       const at::Tensor& row_key, const at::Tensor& col_key, bool mask_diag) {
+  TORCH_CHECK(kind == 0 || kind == 1, "kind must be 0 (SIGLIP) or 1 (HADSELL), got ", kind);
+  ck::check_features(q, "q", c10::DeviceType::CUDA);
+  ck::check_vector(params, "params", 3, ck::acc_type(q.scalar_type()), q.device());
+  // The shared checks take a one-element scale: params[0] (already validated above).
+  ck::check_engine_inputs(q, k, rq, rk, params.narrow(0, 0, 1), row_key, col_key, mask_diag,
+                          c10::DeviceType::CUDA);
+}
+
+at::Tensor pair_forward(int64_t kind, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& rq, const at::Tensor& rk, const at::Tensor& params,
+                        const at::Tensor& row_key, const at::Tensor& col_key, bool mask_diag) {
+  check_pair_inputs(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
+  const c10::cuda::CUDAGuard guard(q.device());
+  return pair_forward_cuda(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
+}
+
+std::vector<at::Tensor> pair_backward(int64_t kind, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& rq, const at::Tensor& rk,
+                                      const at::Tensor& params, const at::Tensor& row_key,
+                                      const at::Tensor& col_key, const at::Tensor& g_row,
+                                      bool mask_diag, bool normalize, bool want_rows,
+                                      bool deterministic) {
+  check_pair_inputs(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
+  ck::check_vector(g_row, "g_row", q.size(0), ck::acc_type(q.scalar_type()), q.device());
+  const c10::cuda::CUDAGuard guard(q.device());
+  return pair_backward_cuda(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
+                            normalize, want_rows, deterministic);
+}
+
+std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
+                                      const at::Tensor& key) {
+  ck::check_features(x, "x", c10::DeviceType::CUDA);
+  ck::check_vector(rx, "rx", x.size(0), ck::acc_type(x.scalar_type()), x.device());
+  ck::check_vector(key, "key", x.size(0), at::kLong, x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  return hardest_pairs_cuda(x, rx, key);
+}
+
 std::string built_archs() {
 #ifdef CK_CUDA_ARCHS
   return CK_CUDA_ARCHS;
@@ -77,5 +107,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("inverse_norms", &ck_cuda::inverse_norms, "r (N,) = 1/max(||x_i||, eps), or ones");
   m.def("forward", &ck_cuda::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
   m.def("backward", &ck_cuda::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
+  m.def("pair_forward", &ck_cuda::pair_forward, "rows (N,) of the pairwise engine");
+  m.def("pair_backward", &ck_cuda::pair_backward,
+        "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");
+  m.def("hardest_pairs", &ck_cuda::hardest_pairs, "(pos (N,), neg (N,)) int64, -1 where none");
   m.def("built_archs", &ck_cuda::built_archs, "TORCH_CUDA_ARCH_LIST of this build");
 }
