@@ -1,0 +1,9 @@
+import pytest
+
+from conftest import run_benchmark
+
+
+@pytest.mark.parametrize("loss", ["siglip_loss"])
+def test_siglip(benchmark, loss, provider, size, mode):
+    n, d, dtype = size
+    run_benchmark(benchmark, loss, provider, n, d, dtype, mode)
