@@ -72,12 +72,12 @@ def compare(n: int, d: int, dtype: torch.dtype, device: torch.device,
 
 def format_rows(rows: list[Row], n: int) -> str:
     ref = {r.loss: r for r in rows if r.backend == "torch"}
-    lines = [f"{'loss':<18} {'backend':<7} {'max rel err':>11} {'tol':>7} {'result':<6} "
+    lines = [f"{'loss':<19} {'backend':<7} {'max rel err':>11} {'tol':>7} {'result':<6} "
              f"{'ms fwd+bwd':>10} {'vs torch':>8} {'peak MiB':>9} {'largest tensor':>15}"]
     for r in rows:
         speed = ref[r.loss].seconds / r.seconds if r.seconds else float("nan")
         peak = f"{r.peak_bytes / 2**20:9.1f}" if r.peak_bytes is not None else f"{'-':>9}"
-        lines.append(f"{r.loss:<18} {r.backend:<7} {r.error:11.2e} {r.tolerance:7.0e} "
+        lines.append(f"{r.loss:<19} {r.backend:<7} {r.error:11.2e} {r.tolerance:7.0e} "
                      f"{'PASS' if r.ok else 'FAIL':<6} {r.seconds * 1e3:10.1f} "
                      f"{speed:7.2f}x {peak} {r.largest_tensor:>9} ({r.largest_tensor / n / n:.2f} N²)")
     return "\n".join(lines)
