@@ -78,3 +78,9 @@ def hardest_pairs(x, rx, key):
     nearest other-key row, lowest index on ties, -1 where there is none."""
     bm, bn = tile_config(x.dtype)
     return tuple(_ext.hardest_pairs(x, rx, key, bm, bn))
+
+
+def add_rows(dst, idx, src):
+    """dst[idx[r]] += src[r] in row order, in place: dst (N, D), idx (K,) int64, src (K, D)
+    contiguous, fp32/fp64 (the triplet backward's scatter; deterministic)."""
+    _ext.add_rows(dst, idx, src)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import _prep, _safe_sqrt
+from ..reference import _prep
 from ._common import as_tensor, reduce_rows
 
 
@@ -21,14 +21,50 @@ def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reductio
         pos, neg = impl.hardest_pairs(x, rx, keys)
     valid = (pos >= 0) & (neg >= 0)
     xp = _prep(x, normalize)
-    d_ap = _distance(xp, pos.clamp_min(0), squared)
-    d_an = _distance(xp, neg.clamp_min(0), squared)
+    d_ap, d_an = SelectedDistances.apply(xp, pos, neg, valid, squared, impl)
     vec = torch.relu(d_ap - d_an + as_tensor(margin, x))
     vec = torch.where(valid, vec, torch.zeros_like(vec))
     return reduce_rows(vec, reduction, valid)
 
 
-def _distance(x, idx, squared):
-    """‖x_i − x_idx[i]‖ (squared if asked) per row (N,), from the difference."""
-    d2 = (x - x.index_select(0, idx)).pow(2).sum(dim=1)
-    return d2 if squared else _safe_sqrt(d2)
+class SelectedDistances(torch.autograd.Function):
+    """(x (N,D), pos (N,), neg (N,)) -> d(x_i, x_pos_i), d(x_i, x_neg_i), each (N,).
+
+    d is Euclidean (squared if asked) from the difference; rows with ``valid`` False give
+    0 and pass no gradient. The backward scatters each pair's gradient to the selected
+    rows with the engine's ``add_rows`` where it has one (the CPU engine: in order, fast)
+    and ``index_add_`` otherwise."""
+
+    @staticmethod
+    def forward(ctx, x, pos, neg, valid, squared: bool, impl):
+        pos = torch.where(valid, pos, torch.arange(x.shape[0], device=x.device))
+        neg = torch.where(valid, neg, torch.arange(x.shape[0], device=x.device))
+        diff_p, diff_n = x - x.index_select(0, pos), x - x.index_select(0, neg)
+        d2p, d2n = diff_p.pow(2).sum(1), diff_n.pow(2).sum(1)
+        dp, dn = (d2p, d2n) if squared else (d2p.sqrt(), d2n.sqrt())
+        ctx.save_for_backward(diff_p, diff_n, dp, dn, pos, neg)
+        ctx.squared, ctx.impl = squared, impl
+        return dp, dn
+
+    @staticmethod
+    def backward(ctx, g_p, g_n):
+        diff_p, diff_n, dp, dn, pos, neg = ctx.saved_tensors
+        # ∂d/∂x_i = diff/d (0 at d = 0, the reference's safe square root); squared: 2·diff.
+        coef_p = _chain(g_p, dp, ctx.squared)
+        coef_n = _chain(g_n, dn, ctx.squared)
+        v, u = coef_p[:, None] * diff_p, coef_n[:, None] * diff_n
+        dx = v + u
+        add = getattr(ctx.impl, "add_rows", None)
+        for idx, src in ((pos, v), (neg, u)):
+            if add is not None:
+                add(dx, idx, src.neg())
+            else:
+                dx.index_add_(0, idx, src, alpha=-1)
+        return dx, None, None, None, None, None
+
+
+def _chain(grad, dist, squared):
+    if squared:
+        return 2 * grad
+    safe = torch.where(dist > 0, dist, torch.ones_like(dist))
+    return torch.where(dist > 0, grad / safe, torch.zeros_like(grad))

@@ -238,14 +238,28 @@ void subtract_radial(T* dx, const T* xh, const T* s, int64_t n, int64_t d) {
 // ---------------------------------------------------------------------------------------
 // Batch-hard mining
 // ---------------------------------------------------------------------------------------
+// The distance matrix is symmetric, so mining computes only the tiles (I, J) with J ≥ I
+// (half a product): a tile updates its rows' running best (row side) and, off the
+// diagonal, its columns' (column side, into per-partition partials merged at the end).
 template <typename T>
 struct Mine {
   const T* xh;
   const T* nx;
-  int64_t n, d, bm, bn;
+  int64_t n, d, bs;  // square tiles of bs rows
   const int32_t* key;
-  int64_t* pos;
+  int64_t* pos;  // row side: best index and value per row
   int64_t* neg;
+  T* pos_val;
+  T* neg_val;
+};
+
+// One partition's column-side partials: per row j, best (value, index) so far.
+template <typename T>
+struct ColumnBest {
+  T* pv;
+  int32_t* pi;
+  T* nv;
+  int32_t* ni;
 };
 
 // Offers candidates [lo, hi) of one distance row (keys `match` or not) to the running best
@@ -285,55 +299,96 @@ void range_extrema(const T* d2, const int32_t* keys, int32_t key, int64_t lo, in
   }
 }
 
+// Tile (I, J ≥ I): rows [i0, i0+bm_) × columns [j0, j0+w).
 template <typename T>
-void mine_rows(const Mine<T>& a, int64_t i0, int64_t bm_, T* tile, T* pbest, T* nbest) {
+void mine_tile(const Mine<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w, T* tile,
+               const ColumnBest<T>& cols) {
+  gemm_nt<T>(bm_, w, a.d, a.xh + i0 * a.d, a.d, a.xh + j0 * a.d, a.d, T(0), tile, w);
+  const int32_t* keys = a.key + j0;
   for (int64_t r = 0; r < bm_; ++r) {
-    a.pos[i0 + r] = -1;
-    a.neg[i0 + r] = -1;
-  }
-  for (int64_t j0 = 0; j0 < a.n; j0 += a.bn) {
-    const int64_t w = std::min(a.bn, a.n - j0);
-    gemm_nt<T>(bm_, w, a.d, a.xh + i0 * a.d, a.d, a.xh + j0 * a.d, a.d, T(0), tile, w);
-    for (int64_t r = 0; r < bm_; ++r) {
-      const int64_t i = i0 + r;
-      T* t = tile + r * w;
-      const int64_t diag = (i >= j0 && i < j0 + w) ? i - j0 : -1;
-      const int32_t key = a.key[i];
-      const int32_t* keys = a.key + j0;
-      T pmax, nmin;
-      int32_t st[4];
-      int64_t near = sq_dist_row(t, a.nx + j0, w, a.nx[i]);
-      if (diag >= 0 && ck::near_coincident(t[diag], a.nx[i], a.nx[i])) --near;
-      if (diag >= 0 || near > 0) {
-        // The slow path: the own column to leave out, or near-coincident distances to
-        // recompute — the hardest negative is the nearest pair, exactly where the Gram
-        // form is least accurate.
-        valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
-          if (near > 0) fix_coincident(a.xh + i * a.d, a.nx[i], a.xh, a.nx, a.d, j0, t, lo, hi);
-          range_extrema(t, keys, key, lo, hi, pmax, nmin, st);
-          offer<T, true>(t, keys, key, lo, hi, j0, pmax, st[0], st[2], pbest[r], a.pos[i]);
-          offer<T, false>(t, keys, key, lo, hi, j0, nmin, st[1], st[3], nbest[r], a.neg[i]);
-        });
-        continue;
-      }
+    const int64_t i = i0 + r;
+    T* t = tile + r * w;
+    const int64_t diag = (i >= j0 && i < j0 + w) ? i - j0 : -1;
+    const int32_t key = a.key[i];
+    T pmax, nmin;
+    int32_t st[4];
+    int64_t near = sq_dist_row(t, a.nx + j0, w, a.nx[i]);
+    if (diag >= 0 && ck::near_coincident(t[diag], a.nx[i], a.nx[i])) --near;
+    if (diag >= 0 || near > 0) {
+      // The slow path: the own column to leave out, or near-coincident distances to
+      // recompute — the hardest negative is the nearest pair, exactly where the Gram
+      // form is least accurate.
+      valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+        if (near > 0) fix_coincident(a.xh + i * a.d, a.nx[i], a.xh, a.nx, a.d, j0, t, lo, hi);
+        range_extrema(t, keys, key, lo, hi, pmax, nmin, st);
+        offer<T, true>(t, keys, key, lo, hi, j0, pmax, st[0], st[2], a.pos_val[i], a.pos[i]);
+        offer<T, false>(t, keys, key, lo, hi, j0, nmin, st[1], st[3], a.neg_val[i], a.neg[i]);
+      });
+    } else {
       row_extrema(t, keys, w, key, pmax, nmin, st);
-      offer<T, true>(t, keys, key, 0, w, j0, pmax, st[0], st[2], pbest[r], a.pos[i]);
-      offer<T, false>(t, keys, key, 0, w, j0, nmin, st[1], st[3], nbest[r], a.neg[i]);
+      offer<T, true>(t, keys, key, 0, w, j0, pmax, st[0], st[2], a.pos_val[i], a.pos[i]);
+      offer<T, false>(t, keys, key, 0, w, j0, nmin, st[1], st[3], a.neg_val[i], a.neg[i]);
     }
+  }
+  if (j0 == i0) return;  // the diagonal tile's columns are its own rows: done above
+  for (int64_t r = 0; r < bm_; ++r)
+    column_offer(tile + r * w, keys, w, a.key[i0 + r], static_cast<int32_t>(i0 + r),
+                 cols.pv + j0, cols.pi + j0, cols.nv + j0, cols.ni + j0);
+}
+
+// Merge candidate (cv, ci) into (bv, bi): the better value, or on a tie the lower index.
+template <typename T, bool MAX>
+void merge_best(T& bv, int64_t& bi, T cv, int64_t ci) {
+  if (ci < 0) return;
+  const bool beats = MAX ? ck::beats_max(cv, bv) : ck::beats_min(cv, bv);
+  const bool tie = cv == bv || (cv != cv && bv != bv);
+  if (bi < 0 || beats || (tie && ci < bi)) {
+    bv = cv;
+    bi = ci;
   }
 }
 
+// Row blocks paired first-with-last (block k does B - k tiles), pairs dealt to the
+// partitions in turn: equal work per partition, each partition's blocks ascending.
+inline std::vector<int64_t> owned_blocks(int64_t p, int64_t parts, int64_t blocks) {
+  std::vector<int64_t> out;
+  for (int64_t k = 0; 2 * k < blocks; ++k) {
+    if (k % parts != p) continue;
+    out.push_back(k);
+    if (blocks - 1 - k != k) out.push_back(blocks - 1 - k);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 template <typename T>
-void mine_impl(const Mine<T>& a, std::vector<at::Tensor>& work, const Split& split) {
-  at::parallel_for(0, split.parts, 1, [&](int64_t p0, int64_t p1) {
+void mine_impl(const Mine<T>& a, std::vector<at::Tensor>& work, std::vector<at::Tensor>& vals,
+               std::vector<at::Tensor>& idxs, int64_t parts) {
+  const int64_t blocks = (a.n + a.bs - 1) / a.bs;
+  auto cols_of = [&](int64_t p) {
+    T* v = vals[p].data_ptr<T>();
+    int32_t* ix = idxs[p].data_ptr<int32_t>();
+    return ColumnBest<T>{v, ix, v + a.n, ix + a.n};
+  };
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     SingleThreadedBlas blas_guard;
     for (int64_t p = p0; p < p1; ++p) {
       T* tile = work[p].data_ptr<T>();
-      T* pbest = tile + a.bm * a.bn;
-      T* nbest = pbest + a.bm;
-      for (int64_t b = split.begin(p); b < split.end(p); ++b) {
-        const int64_t i0 = b * a.bm;
-        mine_rows(a, i0, std::min(a.bm, a.n - i0), tile, pbest, nbest);
+      const ColumnBest<T> cols = cols_of(p);
+      for (int64_t b : owned_blocks(p, parts, blocks)) {
+        const int64_t i0 = b * a.bs, bm_ = std::min(a.bs, a.n - i0);
+        for (int64_t r = 0; r < bm_; ++r) a.pos[i0 + r] = a.neg[i0 + r] = -1;
+        for (int64_t j0 = i0; j0 < a.n; j0 += a.bs)
+          mine_tile(a, i0, bm_, j0, std::min(a.bs, a.n - j0), tile, cols);
+      }
+    }
+  });
+  at::parallel_for(0, a.n, 1024, [&](int64_t j0, int64_t j1) {
+    for (int64_t p = 0; p < parts; ++p) {
+      const ColumnBest<T> c = cols_of(p);
+      for (int64_t j = j0; j < j1; ++j) {
+        merge_best<T, true>(a.pos_val[j], a.pos[j], c.pv[j], c.pi[j]);
+        merge_best<T, false>(a.neg_val[j], a.neg[j], c.nv[j], c.ni[j]);
       }
     }
   });
@@ -488,19 +543,65 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
   auto idx_opts = x.options().dtype(at::kLong);
   at::Tensor pos = output({n}, idx_opts), neg = output({n}, idx_opts);
   if (n == 0) return {pos, neg};
+  TORCH_CHECK(n < (int64_t(1) << 31), "x has ", n, " rows; mining takes at most 2^31 - 1");
   at::Tensor xh = hat(x, rx), nx = squared_norms(xh);
-  const int64_t bm = std::min(block_m, n), bn = std::min(block_n, n);
-  const Split split = split_blocks(n, bm);
-  auto work = scratch(split.parts, bm * bn + 2 * bm, x.options().dtype(acc));
+  const auto opts = x.options().dtype(acc);
+  const int64_t bs = std::min(std::min(block_m, block_n), n);
+  const int64_t parts = split_blocks(n, bs).parts;
+  auto work = scratch(parts, bs * bs, opts);
+  std::vector<at::Tensor> vals, idxs;  // per partition: column-side best values, indices
+  for (int64_t p = 0; p < parts; ++p) {
+    vals.push_back(at::empty({2 * n}, opts));
+    idxs.push_back(at::full({2 * n}, -1, x.options().dtype(at::kInt)));
+  }
+  at::Tensor row_vals = at::empty({2 * n}, opts);
   auto ids = dense_keys(key, key.slice(0, 0, 0)).first;
   AT_DISPATCH_FLOATING_TYPES(acc, "hardest_pairs", [&] {
     using T = scalar_t;
-    Mine<T> a{xh.data_ptr<T>(), nx.data_ptr<T>(), n, x.size(1), bm, bn,
-              ids.data_ptr<int32_t>(), pos.data_ptr<int64_t>(), neg.data_ptr<int64_t>()};
+    T* rv = row_vals.data_ptr<T>();
+    Mine<T> a{xh.data_ptr<T>(), nx.data_ptr<T>(), n, x.size(1), bs, ids.data_ptr<int32_t>(),
+              pos.data_ptr<int64_t>(), neg.data_ptr<int64_t>(), rv, rv + n};
     pybind11::gil_scoped_release no_gil;
-    mine_impl(a, work, split);
+    mine_impl(a, work, vals, idxs, parts);
   });
   return {pos, neg};
+}
+
+namespace {
+template <typename T>
+void add_rows_impl(T* out, const int64_t* ix, const T* in, int64_t k, int64_t d) {
+  // Columns split across threads, rows in order: each element's sum order is fixed.
+  at::parallel_for(0, d, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < k; ++r) {
+      T* o = out + ix[r] * d;
+      const T* a = in + r * d;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) o[c] += a[c];
+    }
+  });
+}
+}  // namespace
+
+// dst[idx[r]] += src[r] for each r in order: the scatter of the triplet backward (its
+// selected positives and negatives). In order, so deterministic; torch's CPU index_add_
+// goes through a generic scatter that is ~100× slower at this shape.
+void add_rows(at::Tensor& dst, const at::Tensor& idx, const at::Tensor& src) {
+  TORCH_CHECK(dst.device().is_cpu() && dst.dim() == 2 && dst.is_contiguous(),
+              "dst must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(dst.scalar_type() == at::kFloat || dst.scalar_type() == at::kDouble,
+              "dst must be float32 or float64, got ", dst.scalar_type());
+  check_vector(idx, "idx", src.size(0), at::kLong, dst.device());
+  TORCH_CHECK(src.dim() == 2 && src.size(1) == dst.size(1) && src.is_contiguous() &&
+                  src.scalar_type() == dst.scalar_type() && src.device() == dst.device(),
+              "src must be a contiguous (K, ", dst.size(1), ") tensor like dst");
+  const int64_t n = dst.size(0), d = dst.size(1), k = src.size(0);
+  const int64_t* ix = idx.data_ptr<int64_t>();
+  for (int64_t r = 0; r < k; ++r)
+    TORCH_CHECK(ix[r] >= 0 && ix[r] < n, "idx[", r, "] = ", ix[r], " is out of range for ", n,
+                " rows");
+  AT_DISPATCH_FLOATING_TYPES(dst.scalar_type(), "add_rows", [&] {
+    add_rows_impl(dst.data_ptr<scalar_t>(), ix, src.data_ptr<scalar_t>(), k, d);
+  });
 }
 
 }  // namespace ck_cpu

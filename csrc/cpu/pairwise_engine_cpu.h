@@ -26,4 +26,6 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
                                       const at::Tensor& key, int64_t block_m,
                                       int64_t block_n);
 
+void add_rows(at::Tensor& dst, const at::Tensor& idx, const at::Tensor& src);
+
 }  // namespace ck_cpu

@@ -390,6 +390,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");
   m.def("hardest_pairs", &ck_cpu::hardest_pairs,
         "(pos (N,), neg (N,)) int64: batch-hard positive and negative per row, -1 if none");
+  m.def("add_rows", &ck_cpu::add_rows, "dst[idx[r]] += src[r], rows in order (in place)");
   m.def("have_fortran_blas", &ck_cpu::have_fortran_blas,
         "whether tile products use torch's BLAS directly (else at::mm)");
   m.def("_force_aten_products", [](bool on) { ck_cpu::force_aten_products().store(on); },

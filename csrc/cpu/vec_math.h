@@ -326,4 +326,34 @@ inline void row_extrema(const double* d2, const int32_t* keys, int64_t n, int32_
   row_extrema_impl(d2, keys, n, key, pmax, nmin, stats);
 }
 
+// The column side of an off-diagonal mining tile (all its columns j lie after row i):
+// row i's distances d2[j] are offered to each column j's running best — same-key: max,
+// other-key: min, with ck::beats_max/beats_min and "no candidate yet" (index < 0). Rows are
+// offered in increasing order, so the lowest index keeps ties.
+template <typename T>
+CK_INLINE void column_offer_impl(const T* d2, const int32_t* keys, int64_t n, int32_t key,
+                                 int32_t row, T* pv, int32_t* pi, T* nv, int32_t* ni) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = d2[j];
+    const bool match = keys[j] == key;
+    const bool nan = v != v;
+    const bool pbeat = (v > pv[j]) | (nan & (pv[j] == pv[j])) | (pi[j] < 0);
+    const bool nbeat = (v < nv[j]) | (nan & (nv[j] == nv[j])) | (ni[j] < 0);
+    const bool tp = match & pbeat, tn = !match & nbeat;
+    pv[j] = tp ? v : pv[j];
+    pi[j] = tp ? row : pi[j];
+    nv[j] = tn ? v : nv[j];
+    ni[j] = tn ? row : ni[j];
+  }
+}
+CK_VEC inline void column_offer(const float* d2, const int32_t* keys, int64_t n, int32_t key,
+                                int32_t row, float* pv, int32_t* pi, float* nv, int32_t* ni) {
+  column_offer_impl(d2, keys, n, key, row, pv, pi, nv, ni);
+}
+inline void column_offer(const double* d2, const int32_t* keys, int64_t n, int32_t key,
+                         int32_t row, double* pv, int32_t* pi, double* nv, int32_t* ni) {
+  column_offer_impl(d2, keys, n, key, row, pv, pi, nv, ni);
+}
+
 }  // namespace ck_cpu
