@@ -9,7 +9,8 @@ import torch
 from . import functional as F
 
 ENGINE_LOSSES = ("info_nce", "info_nce_bank", "nt_xent_loss", "clip_loss",
-                 "simcse_unsup_loss", "simcse_sup_loss", "supcon_loss", "n_pair_loss")
+                 "simcse_unsup_loss", "simcse_sup_loss", "supcon_loss", "n_pair_loss",
+                 "siglip_loss", "triplet_margin_loss", "contrastive_loss")
 
 
 def make_problem(loss: str, n: int, d: int, dtype: torch.dtype, device,
@@ -43,6 +44,19 @@ def make_problem(loss: str, n: int, d: int, dtype: torch.dtype, device,
                                                            backend=b)),
         "n_pair_loss": lambda: ([leaf(n, d ** -0.5), leaf(n)],
                                 lambda x, y, b: F.n_pair_loss(x, y, backend=b)),
+        # open_clip's SigLIP initialization: logit_scale 10, logit_bias -10.
+        "siglip_loss": lambda: ([leaf(n), leaf(n)],
+                                lambda x, y, b: F.siglip_loss(x, y, 10.0, -10.0, normalize=True,
+                                                              backend=b)),
+        # Unit-scale rows (distances about sqrt(2)) so the margins are active.
+        "triplet_margin_loss": lambda: ([leaf(n, d ** -0.5)],
+                                        lambda x, b: F.triplet_margin_loss(x, labels, 0.2,
+                                                                           backend=b)),
+        "contrastive_loss": lambda: ([leaf(max(n, 2), d ** -0.5)],
+                                     lambda x, b: F.contrastive_loss(
+                                         x, labels if n >= 2 else torch.zeros(2, dtype=torch.long,
+                                                                              device=device),
+                                         1.5, backend=b)),
     }
     leaves, fn = builders[loss]()
     return (lambda backend: fn(*leaves, backend)), leaves

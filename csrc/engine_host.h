@@ -23,9 +23,13 @@ inline bool poison_outputs() {
 
 // An output every element of which the engine must write (NaN-filled under the test
 // suite's CONTRASTIVE_KERNELS_POISON=1, so an unwritten element cannot pass).
+// Integer outputs (indices) are poisoned with INT64_MIN, which no valid index or "none"
+// marker (-1) equals and which any indexing with it rejects.
 inline at::Tensor output(at::IntArrayRef shape, const at::TensorOptions& opts) {
-  if (poison_outputs()) return at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts);
-  return at::empty(shape, opts);
+  if (!poison_outputs()) return at::empty(shape, opts);
+  if (at::isIntegralType(opts.dtype().toScalarType(), /*includeBool=*/false))
+    return at::full(shape, std::numeric_limits<int64_t>::min(), opts);
+  return at::full(shape, std::numeric_limits<double>::quiet_NaN(), opts);
 }
 
 inline void check_features(const at::Tensor& x, const char* name, c10::DeviceType device) {

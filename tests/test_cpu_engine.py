@@ -107,3 +107,98 @@ def test_aten_product_fallback_matches():
             compare(case, "cpu", 70, 9, dtype, "none", generator("aten-blas", dtype))
     finally:
         ext._force_aten_products(False)
+
+
+# ----------------------------------------------------------------------------------------
+# The pairwise engine (SigLIP, Hadsell, batch-hard mining) on the same machinery
+# ----------------------------------------------------------------------------------------
+def _pair_args(n=6, m=5, d=3):
+    gen = generator("cpu-pair", n, m, d)
+    q, k = randn((n, d), gen), randn((m, d), gen)
+    return [0, q, k, torch.ones(n), torch.ones(m), torch.tensor([2.0, -1.0, 0.5]),
+            torch.arange(n), torch.arange(m), False]
+
+
+@pytest.mark.parametrize("position,bad,message", [
+    (0, 7, "kind must be"),
+    (1, torch.zeros(6, 3, dtype=torch.int32), "q must be float32"),
+    (2, torch.zeros(5, 4), "q and k must share D"),
+    (3, torch.zeros(5), "rq must have shape"),
+    (5, torch.zeros(2), "params must have shape"),
+    (5, torch.zeros(3, dtype=torch.float64), "params must be Float"),
+    (7, torch.zeros(5, dtype=torch.int32), "col_key must be Long"),
+])
+def test_pair_boundary_names_the_bad_argument(position, bad, message):
+    args = _pair_args()
+    args[position] = bad
+    with pytest.raises(RuntimeError, match=message):
+        _engine()._ext.pair_forward(*args, 64, 64)
+
+
+def test_pair_backward_checks_upstream_and_mining_checks_keys():
+    args = _pair_args()
+    with pytest.raises(RuntimeError, match="g_row must have shape"):
+        _engine()._ext.pair_backward(*args[:8], torch.ones(5), False, False, True, 64, 64,
+                                     1 << 20)
+    x = randn((4, 3), generator("cpu-pair", "mine"))
+    with pytest.raises(RuntimeError, match="key must have shape"):
+        _engine()._ext.hardest_pairs(x, torch.ones(4), torch.arange(3), 64, 64)
+
+
+_PAIR_CASES = {
+    "siglip": LossCase(lambda a, b, **kw: ck.siglip_loss(a, b, 3.0, -1.0, normalize=True, **kw),
+                       lambda n, d, dt, g: ([randn((n, d), g, dt), randn((n, d), g, dt)], {})),
+    "contrastive": LossCase(
+        lambda a, **kw: ck.contrastive_loss(a, torch.arange(a.shape[0]) % 4, 2.5, **kw),
+        lambda n, d, dt, g: ([randn((n, d), g, dt)], {})),
+    "triplet": LossCase(
+        lambda a, **kw: ck.triplet_margin_loss(a, torch.arange(a.shape[0]) % 4, 0.5, **kw),
+        lambda n, d, dt, g: ([randn((n, d), g, dt)], {})),
+}
+
+
+@pytest.mark.parametrize("loss", list(_PAIR_CASES))
+@pytest.mark.parametrize("tiles", [(1, 1), (7, 3)])
+def test_pair_tile_shape_does_not_change_the_result(loss, tiles, monkeypatch):
+    monkeypatch.setitem(_engine()._TILES, torch.float32, tiles)
+    compare(_PAIR_CASES[loss], "cpu", 29, 5, torch.float32, "none",
+            generator("pair-tiles", loss, tiles))
+
+
+@pytest.mark.parametrize("loss", ["siglip", "contrastive"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_pair_column_pass_backward_matches(loss, reduction, monkeypatch):
+    """Without per-thread dK̂ / column-sum partials (the column-block second pass), both
+    the fused (mean) and the recomputing (none) backward give the reference's gradients."""
+    engine = _engine()
+    monkeypatch.setattr(engine, "MAX_PARTIAL_ELEMENTS", 0)
+    monkeypatch.setitem(engine._TILES, torch.float32, (8, 16))
+    prior = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compare(_PAIR_CASES[loss], "cpu", 45, 6, torch.float32, reduction,
+                generator("pair-colpass", loss, reduction))
+    finally:
+        torch.set_num_threads(prior)
+
+
+def test_pair_aten_product_fallback_matches():
+    ext = _engine()._ext
+    ext._force_aten_products(True)
+    try:
+        for loss, case in _PAIR_CASES.items():
+            compare(case, "cpu", 40, 9, torch.float64, "none", generator("pair-aten", loss))
+    finally:
+        ext._force_aten_products(False)
+
+
+def test_pair_gradients_bitwise_reproducible():
+    gen = generator("pair-repro")
+    x = randn((300, 16), gen)
+    grads = []
+    for _ in range(2):
+        a = x.clone().requires_grad_()
+        ck.contrastive_loss(a, torch.arange(300) % 9, 5.0, reduction="none",
+                            backend="cpu").sum().backward()
+        grads.append(a.grad)
+    assert torch.equal(grads[0], grads[1])

@@ -32,6 +32,13 @@ def _losses(gen, N):
                                                         backend=b),
         "supcon_loss": lambda b: ck.supcon_loss(x, labels, backend=b),
         "n_pair_loss": lambda b: ck.n_pair_loss(x, y, backend=b),
+        "siglip_loss": lambda b: ck.siglip_loss(x, y, 10.0, -10.0, backend=b),
+        "siglip_loss_none": lambda b: ck.siglip_loss(x, y, 10.0, -10.0, reduction="none",
+                                                     backend=b).sum(),
+        "triplet_margin_loss": lambda b: ck.triplet_margin_loss(x, labels, backend=b),
+        "contrastive_loss": lambda b: ck.contrastive_loss(x, labels, backend=b),
+        "contrastive_loss_none": lambda b: ck.contrastive_loss(x, labels, reduction="none",
+                                                               backend=b).sum(),
     }
 
 
@@ -61,24 +68,31 @@ def test_detector_sees_the_reference_matrix(loss_name):
     assert _largest(loss_name, "torch").largest >= n * n // 4
 
 
-# A size where any N×M buffer would be gigabytes: 2·16,384 NT-Xent rows, so one fp32 logit
-# matrix is 32,768² × 4 B = 4 GiB. Run in a fresh process so its peak resident memory is
-# this loss's alone; the kernels hold O((N+M)·D) and must stay far below one matrix.
+# A size where any N×M buffer would be gigabytes: 32,768 rows, so one fp32 logit (or
+# distance) matrix is 32,768² × 4 B = 4 GiB. Run in a fresh process so its peak resident
+# memory is this loss's alone; the kernels hold O((N+M)·D) and must stay far below one
+# matrix.
 _BIG_SCRIPT = r"""
 import resource, sys, torch
 import contrastive_kernels as ck
 from contrastive_kernels.testing import LargestTensor
 torch.manual_seed(0)
-half, d = 16384, 4
-z1 = torch.randn(half, d, requires_grad=True)
-z2 = torch.randn(half, d, requires_grad=True)
+rows, d = 32768, 4
+x = torch.randn(rows, d, requires_grad=True)
+y = torch.randn(rows, d, requires_grad=True)
+labels = torch.randint(0, 1000, (rows,))
+losses = {
+    "nt_xent_loss": lambda b: ck.nt_xent_loss(x[: rows // 2], y[: rows // 2], backend=b),
+    "siglip_loss": lambda b: ck.siglip_loss(x, y, 10.0, -10.0, normalize=True, backend=b),
+    "triplet_margin_loss": lambda b: ck.triplet_margin_loss(x, labels, backend=b),
+    "contrastive_loss": lambda b: ck.contrastive_loss(x, labels, 3.0, backend=b),
+}
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 rss_now = int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1])
 mode = LargestTensor()
 with mode:
-    loss = ck.nt_xent_loss(z1, z2, backend=sys.argv[1])
+    loss = losses[sys.argv[2]](sys.argv[1])
     loss.backward()
 peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
 print(mode.largest, (peak - rss_now) * 1024, float(loss))
@@ -88,13 +102,15 @@ print(mode.largest, (peak - rss_now) * 1024, float(loss))
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
                     reason="peak RSS via /proc is Linux-only")
 @pytest.mark.parametrize("backend", [b for b in KERNEL_BACKENDS if b == "cpu"])
-def test_gigabyte_sized_problem_runs_in_linear_memory(backend):
+@pytest.mark.parametrize("loss_name", ["nt_xent_loss", "siglip_loss", "triplet_margin_loss",
+                                       "contrastive_loss"])
+def test_gigabyte_sized_problem_runs_in_linear_memory(backend, loss_name):
     import subprocess
     import sys
 
-    rows = 2 * 16384
-    out = subprocess.run([sys.executable, "-c", _BIG_SCRIPT, backend], capture_output=True,
-                         text=True, timeout=600, check=True).stdout.split()
+    rows = 32768
+    out = subprocess.run([sys.executable, "-c", _BIG_SCRIPT, backend, loss_name],
+                         capture_output=True, text=True, timeout=600, check=True).stdout.split()
     largest, extra_bytes, loss = int(out[0]), int(out[1]), float(out[2])
     matrix_bytes = rows * rows * 4
     assert largest < rows * rows // 64, f"a tensor of {largest} elements was created"

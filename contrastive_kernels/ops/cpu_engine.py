@@ -52,3 +52,29 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
                                g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn,
                                MAX_PARTIAL_ELEMENTS))
+
+
+# ----------------------------------------------------------------------------------------
+# The pairwise engine (ops/pairwise_engine.py): same tiles, a per-pair epilogue.
+# ----------------------------------------------------------------------------------------
+def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag: bool):
+    """rows (N,): Σ_j of the pair terms of row i (see ops/pairwise_engine.py)."""
+    bm, bn = tile_config(q.dtype)
+    return _ext.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag, bm, bn)
+
+
+def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag: bool,
+                  normalize: bool, want_rows: bool, deterministic: bool):
+    """(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,)); one pass of 3 tile products.
+    Bitwise reproducible for a fixed thread count, so ``deterministic`` changes nothing."""
+    bm, bn = tile_config(q.dtype)
+    return tuple(_ext.pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row,
+                                    mask_diag, normalize, want_rows, bm, bn,
+                                    MAX_PARTIAL_ELEMENTS))
+
+
+def hardest_pairs(x, rx, key):
+    """(pos (N,), neg (N,)) int64: per row the farthest same-key row (j ≠ i) and the
+    nearest other-key row, lowest index on ties, -1 where there is none."""
+    bm, bn = tile_config(x.dtype)
+    return tuple(_ext.hardest_pairs(x, rx, key, bm, bn))

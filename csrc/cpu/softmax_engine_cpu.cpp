@@ -25,6 +25,8 @@
 #include "../engine_host.h"
 #include "../tile_math.h"
 #include "blas.h"
+#include "pairwise_engine_cpu.h"
+#include "tiling.h"
 #include "vec_math.h"
 
 namespace ck_cpu {
@@ -34,12 +36,6 @@ using ck::acc_type;
 using ck::check_vector;
 using ck::output;
 
-void check_features(const at::Tensor& x, const char* name) {
-  ck::check_features(x, name, c10::DeviceType::CPU);
-  TORCH_CHECK(x.size(1) < (int64_t(1) << 31), name, " has D = ", x.size(1),
-              "; the BLAS tile products take 32-bit leading dimensions");
-}
-
 // The shared checks, plus the CPU engine's own limit on D.
 void check_engine_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
                          const at::Tensor& rk, const at::Tensor& scale,
@@ -47,36 +43,6 @@ void check_engine_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
                           c10::DeviceType::CPU);
   check_features(q, "q");
-}
-
-void check_blocks(int64_t block_m, int64_t block_n) {
-  TORCH_CHECK(block_m > 0 && block_n > 0, "block_m and block_n must be positive, got ",
-              block_m, " and ", block_n);
-}
-
-// x̂ = r·x in the accumulation dtype (r is all ones when the loss does not normalize).
-at::Tensor hat(const at::Tensor& x, const at::Tensor& r) {
-  return (x.to(acc_type(x.scalar_type())) * r.unsqueeze(1)).contiguous();
-}
-
-// Row and column keys remapped to dense int32 ids (equal keys ↔ equal ids), so that the
-// tile loops compare 32-bit keys at the float vector width. O((N+M) log(N+M)).
-std::pair<at::Tensor, at::Tensor> dense_keys(const at::Tensor& row_key,
-                                             const at::Tensor& col_key) {
-  const int64_t n = row_key.numel();
-  auto ids = std::get<1>(at::_unique(at::cat({row_key, col_key}), false, true)).to(at::kInt);
-  return {ids.slice(0, 0, n).contiguous(), ids.slice(0, n).contiguous()};
-}
-
-struct Split {  // a fixed split of `blocks` tile blocks over `parts` partitions
-  int64_t blocks, parts;
-  int64_t begin(int64_t p) const { return blocks * p / parts; }
-  int64_t end(int64_t p) const { return blocks * (p + 1) / parts; }
-};
-
-Split split_blocks(int64_t n, int64_t block) {
-  const int64_t blocks = (n + block - 1) / block;
-  return {blocks, std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks))};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -95,18 +61,6 @@ struct Fwd {
   T* lse;
   T* pos;
 };
-
-// Calls f(lo, hi) for the column ranges of a tile row that hold candidates: all of
-// [0, w), or the two sides of the masked diagonal column.
-template <typename F>
-void valid_ranges(int64_t w, int64_t diag, F&& f) {
-  if (diag < 0) {
-    f(int64_t(0), w);
-    return;
-  }
-  f(int64_t(0), diag);
-  f(diag + 1, w);
-}
 
 // Online column statistics of one tile (bm_ rows × w columns) into (cm, cl).
 template <typename T>
@@ -154,14 +108,6 @@ void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, T* tile, T* row_m, T*
     if (a.need_col) update_columns(tile, bm_, w, cm + j0, cl + j0, colmax, shift);
   }
   for (int64_t r = 0; r < bm_; ++r) a.lse[i0 + r] = ck::finish_lse(row_m[r], row_l[r]);
-}
-
-// Scratch of one partition, allocated before the parallel region (as tensors, so that
-// allocation tracking sees them; one per partition, so none grows with the thread count).
-std::vector<at::Tensor> scratch(int64_t parts, int64_t elements, const at::TensorOptions& o) {
-  std::vector<at::Tensor> out;
-  for (int64_t p = 0; p < parts; ++p) out.push_back(at::empty({elements}, o));
-  return out;
 }
 
 template <typename T>
@@ -308,45 +254,6 @@ void backward_impl(const Bwd<T>& a, T* dq, T* dk, T* dscale, std::vector<at::Ten
   });
 }
 
-// ---------------------------------------------------------------------------------------
-// Row-wise kernels: inverse norms and the normalization backward
-// ---------------------------------------------------------------------------------------
-template <typename In, typename T>
-void inverse_norms_impl(const In* x, T* r, int64_t n, int64_t d) {
-  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      T sq = 0;
-      for (int64_t c = 0; c < d; ++c) {
-        const T v = static_cast<T>(x[i * d + c]);
-        sq += v * v;
-      }
-      r[i] = ck::inverse_norm(sq);
-    }
-  });
-}
-
-// dx from G = Σ_j dS_ij k̂_j (so dx̂ = scale·G), written in the input dtype.
-template <typename In, typename T>
-void normalize_backward_impl(const In* x, const T* r, const T* g, T scale, bool normalize,
-                             In* dx, int64_t n, int64_t d) {
-  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const In* xi = x + i * d;
-      const T* gi = g + i * d;
-      const T ri = normalize ? r[i] : T(1);
-      T radial = 0;
-      if (normalize) {
-        T gx = 0;
-        for (int64_t c = 0; c < d; ++c) gx += gi[c] * static_cast<T>(xi[c]);
-        radial = ck::radial_coef(gx, ri);
-      }
-      for (int64_t c = 0; c < d; ++c)
-        dx[i * d + c] =
-            static_cast<In>(ck::normalized_grad(scale, ri, gi[c], radial, static_cast<T>(xi[c])));
-    }
-  });
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -478,6 +385,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("normalize"));
   m.def("forward", &ck_cpu::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
   m.def("backward", &ck_cpu::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
+  m.def("pair_forward", &ck_cpu::pair_forward, "rows (N,): per-row sums of the pair terms");
+  m.def("pair_backward", &ck_cpu::pair_backward,
+        "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");
+  m.def("hardest_pairs", &ck_cpu::hardest_pairs,
+        "(pos (N,), neg (N,)) int64: batch-hard positive and negative per row, -1 if none");
   m.def("have_fortran_blas", &ck_cpu::have_fortran_blas,
         "whether tile products use torch's BLAS directly (else at::mm)");
   m.def("_force_aten_products", [](bool on) { ck_cpu::force_aten_products().store(on); },

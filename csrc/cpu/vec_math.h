@@ -160,4 +160,169 @@ inline double logit_grad_row(double* ds, const double* cos, const int32_t* keys,
   return logit_grad_row_impl(ds, cos, keys, n, scale, g, lse, key, g_pos, gc, clse);
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Pairwise losses (ck::siglip_*, ck::hadsell_* in tile_math.h, written out here so the
+// float loops vectorize: exp_approx and log1p_unit replace exp and log1p; the double
+// versions of both are the exact library functions).
+// ---------------------------------------------------------------------------------------
+
+// log(1 + e) for e in [0, 1]: 2·atanh(s), s = e / (2 + e) ≤ 1/3, as an odd series through
+// s^13 (truncation below 4e-9 relative), so it vectorizes.
+CK_INLINE float log1p_unit(float e) {
+  const float s = e / (2.0f + e);
+  const float s2 = s * s;
+  float p = 1.0f / 13;
+  p = p * s2 + 1.0f / 11;
+  p = p * s2 + 1.0f / 9;
+  p = p * s2 + 1.0f / 7;
+  p = p * s2 + 1.0f / 5;
+  p = p * s2 + 1.0f / 3;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p;
+}
+inline double log1p_unit(double e) { return std::log1p(e); }
+
+// One SigLIP tile row from raw cosines: returns Σ_j softplus(-z_j·u_j), u = scale·cos + bias.
+// With GRAD, also ds_j = g·d term/d u_j, and adds Σ ds_j·cos_j to dscale, Σ ds_j to dbias.
+template <bool GRAD, typename T>
+CK_INLINE T siglip_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n, T scale,
+                            T bias, int32_t key, T g, T& dscale, T& dbias) {
+  T loss = 0, sc = 0, bi = 0;
+#pragma omp simd reduction(+ : loss, sc, bi)
+  for (int64_t j = 0; j < n; ++j) {
+    const T c = cos[j];
+    const T u = scale * c + bias;
+    const bool match = keys[j] == key;
+    const T v = match ? -u : u;                  // the softplus argument, -z·u
+    const T e = exp_approx(v < T(0) ? v : -v);   // e^{-|v|}
+    loss += (v < T(0) ? T(0) : v) + log1p_unit(e);
+    if constexpr (GRAD) {
+      const T sig = v < T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);  // σ(v)
+      const T d = g * (match ? -sig : sig);
+      ds[j] = d;
+      sc += d * c;
+      bi += d;
+    }
+  }
+  if constexpr (GRAD) {
+    dscale += sc;
+    dbias += bi;
+  }
+  return loss;
+}
+CK_VEC inline float siglip_row(float* ds, const float* cos, const int32_t* keys, int64_t n,
+                               float scale, float bias, int32_t key, float g, float& dscale,
+                               float& dbias) {
+  if (ds) return siglip_row_impl<true>(ds, cos, keys, n, scale, bias, key, g, dscale, dbias);
+  return siglip_row_impl<false>(ds, cos, keys, n, scale, bias, key, g, dscale, dbias);
+}
+inline double siglip_row(double* ds, const double* cos, const int32_t* keys, int64_t n,
+                         double scale, double bias, int32_t key, double g, double& dscale,
+                         double& dbias) {
+  if (ds) return siglip_row_impl<true>(ds, cos, keys, n, scale, bias, key, g, dscale, dbias);
+  return siglip_row_impl<false>(ds, cos, keys, n, scale, bias, key, g, dscale, dbias);
+}
+
+// Gram-form squared distances in place (t_j: dot in, d²_j out, ck::gram_sq_dist); returns
+// how many are near-coincident (ck::near_coincident), which the caller recomputes.
+template <typename T>
+CK_INLINE int64_t sq_dist_row_impl(T* t, const T* norm_col, int64_t n, T norm_row) {
+  int64_t near = 0;
+#pragma omp simd reduction(+ : near)
+  for (int64_t j = 0; j < n; ++j) {
+    const T both = norm_row + norm_col[j];
+    T d2 = both - T(2) * t[j];
+    d2 = d2 < T(0) ? T(0) : d2;
+    t[j] = d2;
+    near += d2 <= T(ck::kCoincident) * both ? 1 : 0;
+  }
+  return near;
+}
+CK_VEC inline int64_t sq_dist_row(float* t, const float* norm_col, int64_t n, float norm_row) {
+  return sq_dist_row_impl(t, norm_col, n, norm_row);
+}
+inline int64_t sq_dist_row(double* t, const double* norm_col, int64_t n, double norm_row) {
+  return sq_dist_row_impl(t, norm_col, n, norm_row);
+}
+
+// One Hadsell tile row from squared distances: returns Σ_j term_j. With GRAD, also
+// ds_j = -2·g·d term/d d²_j (the gradient w.r.t. the Gram entry), and adds Σ ds_j to
+// rowsum and Σ g·d term/d margin to dmargin.
+template <bool GRAD, typename T>
+CK_INLINE T hadsell_row_impl(T* ds, const T* d2, const int32_t* keys, int64_t n, int32_t key,
+                             T margin, T g, T& rowsum, T& dmargin) {
+  T loss = 0, rs = 0, dm = 0;
+#pragma omp simd reduction(+ : loss, rs, dm)
+  for (int64_t j = 0; j < n; ++j) {
+    const T x = d2[j];
+    const bool match = keys[j] == key;
+    const T d = std::sqrt(x);
+    const T t = margin - d;
+    const T tp = t < T(0) ? T(0) : t;
+    loss += match ? x : tp * tp;
+    if constexpr (GRAD) {
+      const T neg = x > T(0) && t > T(0) ? -t / d : (x != x ? x : T(0));
+      const T v = T(-2) * g * (match ? T(1) : neg);
+      ds[j] = v;
+      rs += v;
+      dm += match ? T(0) : g * T(2) * tp;
+    }
+  }
+  if constexpr (GRAD) {
+    rowsum += rs;
+    dmargin += dm;
+  }
+  return loss;
+}
+CK_VEC inline float hadsell_row(float* ds, const float* d2, const int32_t* keys, int64_t n,
+                                int32_t key, float margin, float g, float& rowsum,
+                                float& dmargin) {
+  if (ds) return hadsell_row_impl<true>(ds, d2, keys, n, key, margin, g, rowsum, dmargin);
+  return hadsell_row_impl<false>(ds, d2, keys, n, key, margin, g, rowsum, dmargin);
+}
+inline double hadsell_row(double* ds, const double* d2, const int32_t* keys, int64_t n,
+                          int32_t key, double margin, double g, double& rowsum,
+                          double& dmargin) {
+  if (ds) return hadsell_row_impl<true>(ds, d2, keys, n, key, margin, g, rowsum, dmargin);
+  return hadsell_row_impl<false>(ds, d2, keys, n, key, margin, g, rowsum, dmargin);
+}
+
+// Batch-hard mining over one tile row of squared distances: the largest value among
+// same-key entries and the smallest among other-key entries (NaN ignored here, counted in
+// nan_pos / nan_neg), with candidate counts. The caller locates the index only when the
+// tile beats its running best, which is rare after the first tiles.
+template <typename T>
+CK_INLINE void row_extrema_impl(const T* d2, const int32_t* keys, int64_t n, int32_t key,
+                                T& pmax, T& nmin, int64_t* counts) {
+  T hi = -std::numeric_limits<T>::infinity(), lo = std::numeric_limits<T>::infinity();
+  int64_t np = 0, nn = 0, xp = 0, xn = 0;
+#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : np, nn, xp, xn)
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = d2[j];
+    const bool match = keys[j] == key;
+    const bool nan = v != v;
+    hi = match && v > hi ? v : hi;
+    lo = !match && v < lo ? v : lo;
+    np += match ? 1 : 0;
+    nn += match ? 0 : 1;
+    xp += match && nan ? 1 : 0;
+    xn += !match && nan ? 1 : 0;
+  }
+  pmax = hi;
+  nmin = lo;
+  counts[0] = np;
+  counts[1] = nn;
+  counts[2] = xp;
+  counts[3] = xn;
+}
+CK_VEC inline void row_extrema(const float* d2, const int32_t* keys, int64_t n, int32_t key,
+                               float& pmax, float& nmin, int64_t* counts) {
+  row_extrema_impl(d2, keys, n, key, pmax, nmin, counts);
+}
+inline void row_extrema(const double* d2, const int32_t* keys, int64_t n, int32_t key,
+                        double& pmax, double& nmin, int64_t* counts) {
+  row_extrema_impl(d2, keys, n, key, pmax, nmin, counts);
+}
+
 }  // namespace ck_cpu
