@@ -1,7 +1,7 @@
 """Compile every Triton kernel variant for sm_80 and sm_90 (no GPU needed) and write the
 resource table into benchmarks/RESULTS.md (between the AOT markers) and a JSON file.
 
-    python benchmarks/aot_report.py            # ~10 min on 2 cores, cached afterwards
+    python benchmarks/aot_report.py            # ~25 min on 2 cores (cold cache), cached afterwards
 """
 from __future__ import annotations
 

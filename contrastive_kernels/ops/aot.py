@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
+import importlib
 from typing import Iterator
 
 import torch
@@ -20,6 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_engine as te
+from . import triton_pairwise as tp
 
 ARCHES = (80, 90)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -56,6 +58,7 @@ class Variant:
     num_stages: int
     dtype: torch.dtype
     is_mma: bool  # contains a tile product that should use tensor cores
+    module: str = "triton_engine"  # the ops module that defines the kernel
 
 
 def _acc(dtype):
@@ -132,6 +135,60 @@ def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
                               ce, cfg.num_warps, cfg.num_stages, dtype, True)
 
 
+# Pairwise engine passes (ops/triton_pairwise.py): the forward (forward tiles), and the
+# backward's one-pass (atomic) and deterministic row pass, each with and without the loss
+# rows, and the deterministic column pass (backward tiles).
+PAIR_FWD_PASSES = (dict(GRAD=False, TRANSPOSED=False, ATOMIC_B=False, WANT_ROWS=True),)
+PAIR_BWD_PASSES = tuple(
+    dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=atomic, WANT_ROWS=rows)
+    for atomic in (True, False) for rows in (True, False)) + (
+    dict(GRAD=True, TRANSPOSED=True, ATOMIC_B=False, WANT_ROWS=False),)
+PAIR_KINDS = ((tp.SIGLIP, "sig"), (tp.HADSELL, "had"))
+
+
+def _pair_signature(dtype):
+    x, a = _PTR[dtype], _acc(dtype)
+    return {"A": x, "B": x, "RA": a, "RB": a, "SQA": a, "SQB": a, "PARAMS": a,
+            "ROW_KEY": "*i64", "COL_KEY": "*i64", "G": a, "ROWS": a, "DA": a, "DB": a,
+            "SUM_A": a, "SUM_B": a, "PART": a, "NA": "i32", "NB": "i32", "D": "i32",
+            "stride_a": "i64", "stride_b": "i64", "stride_da": "i64", "stride_db": "i64"}
+
+
+def _hardest_signature(dtype):
+    a = _acc(dtype)
+    return {"X": _PTR[dtype], "RX": a, "SQ": a, "KEY": "*i64", "POS": "*i64", "NEG": "*i64",
+            "N": "i32", "D": "i32", "stride_x": "i64"}
+
+
+def pair_variants(passes, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
+    """Every KIND × MASK_DIAG × pass × precision variant of the pairwise tile kernel."""
+    acc = te._tl_dtype(dtype)
+    for prec in _precisions(dtype):
+        for kind, kind_tag in PAIR_KINDS:
+            for mask_diag in (False, True):
+                for flags in passes:
+                    ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
+                              KIND=kind, MASK_DIAG=mask_diag,
+                              TILE_SCALE=tp.tile_scale(kind, dtype), **_tiles(cfg, acc),
+                              **flags)
+                    tag = "".join(k[0] for k, v in flags.items() if v is True)
+                    name = (f"pair_{kind_tag}_{_tag(dtype, cfg)}_{prec}_"
+                            f"{'D' if mask_diag else ''}{tag}")
+                    yield Variant(name, "_pair_kernel",
+                                  _with_constexprs(_pair_signature(dtype), ce), ce,
+                                  cfg.num_warps, cfg.num_stages, dtype, True,
+                                  "triton_pairwise")
+
+
+def hardest_variants(dtype, cfg: te.TileConfig) -> Iterator[Variant]:
+    acc = te._tl_dtype(dtype)
+    for prec in _precisions(dtype):
+        ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, **_tiles(cfg, acc))
+        yield Variant(f"hardest_{_tag(dtype, cfg)}_{prec}", "_hardest_kernel",
+                      _with_constexprs(_hardest_signature(dtype), ce), ce, cfg.num_warps,
+                      cfg.num_stages, dtype, True, "triton_pairwise")
+
+
 def engine_variants() -> Iterator[Variant]:
     """Every (kernel, dtype, tile, warps, precision, flag set) the launcher can launch."""
     for dtype in DTYPES:
@@ -139,13 +196,31 @@ def engine_variants() -> Iterator[Variant]:
             yield from kernel_variants("fwd", dtype, fwd_cfg)
             yield from kernel_variants("bwd", dtype, bwd_cfg)
         yield from _row_kernel_variants(dtype)
+        yield from pairwise_variants(dtype)
+
+
+def pairwise_variants(dtype) -> Iterator[Variant]:
+    """The pairwise engine's and the mining kernel's variants for one input dtype."""
+    for fwd_cfg, bwd_cfg in _tile_configs(dtype):
+        yield from pair_variants(PAIR_FWD_PASSES, dtype, fwd_cfg)
+        yield from pair_variants(PAIR_BWD_PASSES, dtype, bwd_cfg)
+        yield from hardest_variants(dtype, fwd_cfg)
+    x, a, acc = _PTR[dtype], _acc(dtype), te._tl_dtype(dtype)
+    for block_r, block_d in _row_widths():
+        ce = dict(BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
+        sig = {"X": x, "R": a, "OUT": a, "N": "i32", "D": "i32", "stride_x": "i64"}
+        yield Variant(f"sq_norm_{str(dtype)[6:]}_r{block_r}d{block_d}", "_sq_norm_kernel",
+                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "triton_pairwise")
+
+
+def _row_widths():
+    return sorted({te._row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
 
 
 def _row_kernel_variants(dtype) -> Iterator[Variant]:
     x, a, acc = _PTR[dtype], _acc(dtype), te._tl_dtype(dtype)
     tag = str(dtype)[6:]
-    widths = sorted({te._row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
-    for block_r, block_d in widths:
+    for block_r, block_d in _row_widths():
         ce = dict(EPS_C=te.EPS, BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
         sig = {"X": x, "R": a, "N": "i32", "D": "i32", "stride_x": "i64"}
         yield Variant(f"inv_norm_{tag}_r{block_r}d{block_d}", "_inv_norm_kernel",
@@ -211,7 +286,9 @@ def _cubin_stats(cubin: bytes) -> dict:
 
 def compile_variant(v: Variant, arch: int) -> "CompileReport":
     """Compile one variant for sm_<arch> and read its resource usage from the cubin."""
-    src = ASTSource(fn=getattr(te, v.kernel), signature=v.signature, constexprs=v.constexprs)
+    module = importlib.import_module(f"{__package__}.{v.module}")
+    src = ASTSource(fn=getattr(module, v.kernel), signature=v.signature,
+                    constexprs=v.constexprs)
     opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     st = _cubin_stats(compiled.asm["cubin"])

@@ -518,7 +518,13 @@ def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
     bound = g_lse.abs().max() + g_pos.abs().max()
     if has_col:
         bound = bound + g_clse.abs().max()
-    bound = bound * torch.maximum(rq.abs().max(), rk.abs().max())
+    return pow2_scale(bound * torch.maximum(rq.abs().max(), rk.abs().max()))
+
+
+def pow2_scale(bound: torch.Tensor) -> torch.Tensor:
+    """σ = 2^e (0-dim, on the device, no synchronization) with σ·bound ≤ 2^14, for fp16
+    tile-product operands bounded in magnitude by ``bound``; 1 where bound is 0 or not
+    finite. Shared by the softmax and pairwise engines."""
     e = torch.floor(torch.log2(16384.0 / bound))
     e = torch.where(torch.isfinite(e), e.clamp(-100, 100), torch.zeros_like(e))
     return torch.exp2(e)
@@ -564,3 +570,8 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
     dq = _finish_grad(q, rq, dq_acc, scale, normalize)
     dk = _finish_grad(k, rk, dk_acc, scale, normalize)
     return dq, dk, dscale_rows.sum()
+
+
+# The pairwise engine (SigLIP, Hadsell, batch-hard mining) lives in its own module; its
+# entry points are attributes of this one, the module dispatch hands to the losses.
+from .triton_pairwise import hardest_pairs, pair_backward, pair_forward  # noqa: E402,F401

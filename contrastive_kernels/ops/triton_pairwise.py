@@ -1,0 +1,516 @@
+"""Triton kernels of the pairwise engine (SigLIP, Hadsell) and batch-hard mining.
+
+The interface is documented in ops/pairwise_engine.py; the per-pair rules are those of
+csrc/tile_math.h (softplus, sigmoid, siglip_term/grad, gram_sq_dist, near_coincident,
+hadsell_term/grad/margin_grad, beats_max/min), written here with the same formulas, the
+same NaN behaviour and the same near-coincident constant.
+
+One kernel, ``_pair_kernel``, serves every pass. A program owns a block of rows of A and
+walks all of B in tiles, recomputing ⟨a_i, b_j⟩ with a tile product:
+
+- forward (GRAD off): rows_i = Σ_{j valid} term_ij;
+- row pass (A = q, B = k): dQ̂ accumulates Σ_j dS_ij k̂_j in registers (or in DA, when D is
+  streamed in chunks), plus the row sums Σ_j dS_ij (Hadsell), the per-row partials of
+  dscale/dbias/dmargin and, with WANT_ROWS, the loss rows; with ATOMIC_B also
+  dK̂ += dSᵀ Q̂ and the column sums, by atomics: one pass of 3 tile products;
+- column pass (TRANSPOSED, A = k, B = q; the deterministic mode): dK̂ and the column sums
+  from the same recomputed tile, so no float atomics anywhere.
+
+dS is the derivative of the row-weighted loss w.r.t. the Gram entry c_ij = ⟨q̂_i, k̂_j⟩
+(SigLIP: without the logit scale, applied by the normalization backward; Hadsell:
+−2·g_i·hadsell_grad). For Hadsell the diagonal terms −(Σ_j dS_ij)·q̂_i and
+−(Σ_i dS_ij)·k̂_j are added after the kernels from the O(N+M) sums (O((N+M)·D) work).
+
+Hadsell distances come from the Gram form; a tile in which some valid pair is
+near-coincident (d² ≤ (‖q̂‖² + ‖k̂‖²)/1024) recomputes those pairs from the difference
+Σ_d (q̂_id − k̂_jd)², a scalar loop over D that only such tiles pay for (duplicates give
+exactly d² = 0, as in the reference).
+
+fp16 gradient operands: the dS tile is cast to fp16 for the two gradient products.
+SigLIP has |dS_ij| ≤ |g_i| (σ ≤ 1), so the upstream weights are pre-scaled by one global
+power of two (the softmax engine's ``_ds_scale`` rule). Hadsell has no such bound
+(|dS| = 2|g|·(margin/d − 1) grows without limit as d → 0 for a negative pair), so each
+tile picks its own power of two σ_t from the tile's max |dS·r| (TILE_SCALE) and divides
+the fp32 tile product by it: exact scaling, no overflow and no flush of the tile's large
+entries, at the cost of one tile-wide max per tile. bf16 has fp32's range: no scaling.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SIGLIP = 0
+HADSELL = 1
+# csrc/tile_math.h kCoincident (reference.NEAR_COINCIDENT).
+COINCIDENT = tl.constexpr(1.0 / 1024)
+
+
+# --------------------------------------------------------------------------------------
+# Per-pair rules (csrc/tile_math.h)
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _softplus(v):
+    """max(v, 0) + log1p(e^{-|v|}); NaN propagates. log1p(x) = x·log(u)/(u − 1) with
+    u = 1 + x (exact to a few ulps; libdevice's log1p has no interpreter path)."""
+    a = tl.where(v < 0, -v, v)
+    e = tl.exp(-a)
+    u = 1.0 + e
+    l1p = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
+    return tl.where(v < 0, 0.0, v) + l1p
+
+
+@triton.jit
+def _sigmoid(v):
+    e = tl.exp(tl.where(v < 0, v, -v))  # e^{-|v|}
+    return tl.where(v < 0, e / (1.0 + e), 1.0 / (1.0 + e))
+
+
+@triton.jit
+def _exact_sq_dist(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, D, stride_a, stride_b,
+                   BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
+    """Σ_d (ra_i·A[i,d] − rb_j·B[j,d])² for one tile (the near-coincident recompute)."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], ACC)
+    for d in range(0, D):
+        x = tl.load(A + offs_a * stride_a + d, mask=a_ok, other=0.0).to(ACC) * ra
+        y = tl.load(B + offs_b * stride_b + d, mask=b_ok, other=0.0).to(ACC) * rb
+        diff = x[:, None] - y[None, :]
+        acc += diff * diff
+    return acc
+
+
+@triton.jit
+def _sq_dist_tile(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c, check, D,
+                  stride_a, stride_b, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                  ACC: tl.constexpr):
+    """gram_sq_dist, with the pairs flagged by ``check`` that are near_coincident
+    recomputed from the difference (only tiles holding such a pair pay for it)."""
+    d2 = nsum - 2.0 * c
+    d2 = tl.where(d2 < 0, 0.0, d2)
+    near = check & (d2 <= nsum * COINCIDENT)
+    if tl.max(near.to(tl.int32)) > 0:
+        exact = _exact_sq_dist(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, D, stride_a,
+                               stride_b, BLOCK_A, BLOCK_B, ACC)
+        d2 = tl.where(near, exact, d2)
+    return d2
+
+
+@triton.jit
+def _sqrt(x):
+    """Correctly rounded sqrt (tl.sqrt is an approximation in fp32; fp64's is IEEE)."""
+    if x.dtype == tl.float64:
+        r = tl.sqrt(x)
+    else:
+        r = tl.sqrt_rn(x)
+    return r
+
+
+@triton.jit
+def _pow2_bits(e):
+    """2^e for an integer-valued fp32 e in [-126, 127], built from its bits (exact)."""
+    return ((e.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+
+
+# --------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _sq_norm_kernel(X, R, OUT, N, D, stride_x,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """OUT[i] = ‖R[i]·X[i]‖² (the squared norm of the row the tiles see)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = rows < N
+    r = tl.load(R + rows, mask=ok, other=0.0).to(ACC)
+    sq = tl.zeros([BLOCK_R], ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
+                    mask=ok[:, None] & (cols[None, :] < D), other=0.0).to(ACC) * r[:, None]
+        sq += tl.sum(x * x, 1)
+    tl.store(OUT + rows, sq, mask=ok)
+
+
+@triton.jit
+def _pair_kernel(
+        A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
+        ROWS, DA, DB, SUM_A, SUM_B, PART,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db,
+        KIND: tl.constexpr, MASK_DIAG: tl.constexpr, GRAD: tl.constexpr,
+        TRANSPOSED: tl.constexpr, ATOMIC_B: tl.constexpr, WANT_ROWS: tl.constexpr,
+        TILE_SCALE: tl.constexpr,
+        BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+        ONE_CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+        PREC: tl.constexpr):
+    """One block of A against all of B (see the module docstring for the passes).
+
+    Row-side data (G, ROW_KEY, SQ of q) index A unless TRANSPOSED, then B. Outputs:
+      ROWS[a]  loss rows (WANT_ROWS; never TRANSPOSED)
+      DA[a]    Σ_b dS_ab r_b B[b]            (GRAD; owned rows: plain stores)
+      DB[b]   += Σ_a dS_ab r_a A[a]          (ATOMIC_B)
+      SUM_A[a] Σ_b dS_ab, SUM_B[b] += Σ_a dS_ab   (Hadsell, GRAD / ATOMIC_B)
+      PART[0|1|2, a] per-row dscale, dbias, dmargin partials (GRAD, not TRANSPOSED)
+    """
+    pid = tl.program_id(0)
+    scale = tl.load(PARAMS).to(ACC)
+    bias = tl.load(PARAMS + 1).to(ACC)
+    margin = tl.load(PARAMS + 2).to(ACC)
+    offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
+    a_ok = offs_a < NA
+    ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
+    if KIND == 1:
+        sqa = tl.load(SQA + offs_a, mask=a_ok, other=0.0).to(ACC)
+    if TRANSPOSED:
+        ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
+    else:
+        rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
+        if GRAD:
+            g = tl.load(G + offs_a, mask=a_ok, other=0.0).to(ACC)[:, None]
+    rows_acc = tl.zeros([BLOCK_A], ACC)
+    own_sum = tl.zeros([BLOCK_A], ACC)
+    p_scale = tl.zeros([BLOCK_A], ACC)
+    p_bias = tl.zeros([BLOCK_A], ACC)
+    p_margin = tl.zeros([BLOCK_A], ACC)
+    if ONE_CHUNK:
+        a_tile = te._load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
+        if GRAD:
+            da_acc = tl.zeros([BLOCK_A, BLOCK_K], ACC)
+    for bb in range(0, tl.cdiv(NB, BLOCK_B)):
+        offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        b_ok = offs_b < NB
+        rb = tl.load(RB + offs_b, mask=b_ok, other=0.0).to(ACC)
+        if ONE_CHUNK:
+            b_tile = te._load_rows(B, offs_b, NB, D, stride_b, BLOCK_K, ACC, UPCAST)
+            dots = tl.dot(a_tile, tl.trans(b_tile), input_precision=PREC, out_dtype=ACC)
+        else:
+            dots = te._dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
+                                BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
+        # c_ij = (dots·rq_i)·rk_j in both orientations, so both passes see the same c.
+        if TRANSPOSED:
+            c = dots * rb[None, :] * ra[:, None]
+            rkey_b = tl.load(ROW_KEY + offs_b, mask=b_ok, other=-1)[None, :]
+            match = rkey_b == ckey
+            if GRAD:
+                g = tl.load(G + offs_b, mask=b_ok, other=0.0).to(ACC)[None, :]
+        else:
+            c = dots * ra[:, None] * rb[None, :]
+            ckey_b = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
+            match = rkey == ckey_b
+        valid = a_ok[:, None] & b_ok[None, :]
+        if MASK_DIAG:
+            valid = valid & (offs_a[:, None] != offs_b[None, :])
+        if KIND == 0:
+            # siglip_term(u) = softplus(w), siglip_grad(u) = ∓σ(w), w = (match ? −u : u)
+            u = scale * c + bias
+            w = tl.where(match, -u, u)
+            if WANT_ROWS:
+                term = _softplus(w)
+            if GRAD:
+                sg = _sigmoid(w)
+                ds = g * tl.where(match, -sg, sg)
+        else:
+            sqb = tl.load(SQB + offs_b, mask=b_ok, other=0.0).to(ACC)
+            if TRANSPOSED:
+                nsum = sqb[None, :] + sqa[:, None]
+            else:
+                nsum = sqa[:, None] + sqb[None, :]
+            d2 = _sq_dist_tile(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c, valid,
+                               D, stride_a, stride_b, BLOCK_A, BLOCK_B, ACC)
+            dist = _sqrt(d2)
+            t = margin - dist
+            if WANT_ROWS:
+                term = tl.where(match, d2, tl.where(t < 0, 0.0, t * t))
+            if GRAD:
+                hg = tl.where((d2 > 0) & (t > 0), -t / tl.where(d2 > 0, dist, 1.0),
+                              tl.where(d2 != d2, d2, 0.0))
+                hg = tl.where(match, 1.0, hg)
+                ds = -2.0 * (g * hg)
+                if not TRANSPOSED:
+                    mg = tl.where(match, 0.0, tl.where(t < 0, 0.0, 2.0 * t))
+                    p_margin += tl.sum(tl.where(valid, g * mg, 0.0), 1)
+        if WANT_ROWS:
+            rows_acc += tl.sum(tl.where(valid, term, 0.0), 1)
+        if GRAD:
+            ds = tl.where(valid, ds, 0.0)
+            if KIND == 0:
+                if not TRANSPOSED:
+                    p_scale += tl.sum(ds * c, 1)
+                    p_bias += tl.sum(ds, 1)
+            else:
+                own_sum += tl.sum(ds, 1)
+                if ATOMIC_B:
+                    tl.atomic_add(SUM_B + offs_b, tl.sum(ds, 0), mask=b_ok, sem="relaxed")
+            if TILE_SCALE:
+                # σ_t = 2^e with σ_t·max|dS·r| ≤ 2^14 (1 where that max is 0 or not finite).
+                amax = tl.max(tl.abs(ds)) * tl.maximum(tl.max(ra), tl.max(rb))
+                e = tl.floor(tl.log2(16384.0 / amax))
+                e = tl.where((e == e) & (e < 1.0e30) & (e > -1.0e30),
+                             tl.minimum(tl.maximum(e, -100.0), 100.0), 0.0)
+                sig = _pow2_bits(e)
+                inv = _pow2_bits(-e)
+                ds_b = ds * rb[None, :] * sig
+                ds_a = ds * ra[:, None] * sig
+            else:
+                ds_b = ds * rb[None, :]
+                ds_a = ds * ra[:, None]
+            if ONE_CHUNK:
+                if TILE_SCALE:
+                    da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
+                                     out_dtype=ACC) * inv
+                else:
+                    da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                                    input_precision=PREC, out_dtype=ACC)
+                if ATOMIC_B:
+                    db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
+                                     input_precision=PREC, out_dtype=ACC)
+                    if TILE_SCALE:
+                        db_part = db_part * inv
+                    offs_d = tl.arange(0, BLOCK_K)
+                    tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
+                                  mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+            else:
+                # D streamed in chunks: the owned accumulator rows live in DA
+                # (read-modify-write by this program only, so still deterministic).
+                for d0 in range(0, D, BLOCK_K):
+                    offs_d = d0 + tl.arange(0, BLOCK_K)
+                    d_ok = offs_d[None, :] < D
+                    b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
+                                  mask=b_ok[:, None] & d_ok, other=0.0)
+                    if UPCAST:
+                        b_c = b_c.to(ACC)
+                    da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+                    da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
+                    if TILE_SCALE:
+                        da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
+                                       out_dtype=ACC) * inv
+                    else:
+                        da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
+                                      out_dtype=ACC)
+                    tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
+                    if ATOMIC_B:
+                        a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
+                                      mask=a_ok[:, None] & d_ok, other=0.0)
+                        if UPCAST:
+                            a_c = a_c.to(ACC)
+                        db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
+                                         input_precision=PREC, out_dtype=ACC)
+                        if TILE_SCALE:
+                            db_part = db_part * inv
+                        tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :],
+                                      db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
+    if WANT_ROWS:
+        tl.store(ROWS + offs_a, rows_acc, mask=a_ok)
+    if GRAD:
+        if ONE_CHUNK:
+            offs_d = tl.arange(0, BLOCK_K)
+            tl.store(DA + offs_a[:, None] * stride_da + offs_d[None, :], da_acc,
+                     mask=a_ok[:, None] & (offs_d[None, :] < D))
+        if KIND == 1:
+            tl.store(SUM_A + offs_a, own_sum, mask=a_ok)
+        if not TRANSPOSED:
+            tl.store(PART + offs_a, p_scale, mask=a_ok)
+            tl.store(PART + NA + offs_a, p_bias, mask=a_ok)
+            tl.store(PART + 2 * NA + offs_a, p_margin, mask=a_ok)
+
+
+@triton.jit
+def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
+                    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ONE_CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Per row i: POS = argmax over {j ≠ i, key_j == key_i} of d²_ij, NEG = argmin over
+    {key_j ≠ key_i}; lowest index on ties, NaN beats numbers (beats_max/beats_min), the
+    first candidate is always taken, −1 without candidates. One pass over column tiles:
+    the tile's best value, the lowest index attaining it, merged with the running best
+    by a strict comparison (so earlier tiles win ties)."""
+    pid = tl.program_id(0)
+    offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
+    a_ok = offs_a < N
+    ra = tl.load(RX + offs_a, mask=a_ok, other=0.0).to(ACC)
+    sqa = tl.load(SQ + offs_a, mask=a_ok, other=0.0).to(ACC)
+    key_a = tl.load(KEY + offs_a, mask=a_ok, other=-1)
+    best_p = tl.full([BLOCK_A], float("-inf"), ACC)
+    best_n = tl.full([BLOCK_A], float("inf"), ACC)
+    idx_p = tl.full([BLOCK_A], -1, tl.int64)
+    idx_n = tl.full([BLOCK_A], -1, tl.int64)
+    if ONE_CHUNK:
+        a_tile = te._load_rows(X, offs_a, N, D, stride_x, BLOCK_K, ACC, UPCAST)
+    for bb in range(0, tl.cdiv(N, BLOCK_B)):
+        offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+        b_ok = offs_b < N
+        rb = tl.load(RX + offs_b, mask=b_ok, other=0.0).to(ACC)
+        sqb = tl.load(SQ + offs_b, mask=b_ok, other=0.0).to(ACC)
+        key_b = tl.load(KEY + offs_b, mask=b_ok, other=-2)
+        if ONE_CHUNK:
+            b_tile = te._load_rows(X, offs_b, N, D, stride_x, BLOCK_K, ACC, UPCAST)
+            dots = tl.dot(a_tile, tl.trans(b_tile), input_precision=PREC, out_dtype=ACC)
+        else:
+            dots = te._dot_tile(X, X, offs_a, offs_b, N, N, D, stride_x, stride_x,
+                                BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
+        c = dots * ra[:, None] * rb[None, :]
+        ok = a_ok[:, None] & b_ok[None, :]
+        same = key_a[:, None] == key_b[None, :]
+        cand_p = ok & same & (offs_a[:, None] != offs_b[None, :])
+        cand_n = ok & (key_a[:, None] != key_b[None, :])
+        nsum = sqa[:, None] + sqb[None, :]
+        d2 = _sq_dist_tile(X, X, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c,
+                           cand_p | cand_n, D, stride_x, stride_x, BLOCK_A, BLOCK_B, ACC)
+        is_nan = d2 != d2
+        cols = offs_b[None, :]
+        # Hardest positive: tile max (NaN first), lowest index attaining it, strict merge.
+        has = tl.max(cand_p.to(tl.int32), 1) > 0
+        nan = tl.max((cand_p & is_nan).to(tl.int32), 1) > 0
+        top = tl.max(tl.where(cand_p & (d2 == d2), d2, float("-inf")), 1)
+        top = tl.where(nan, float("nan"), top)
+        hit = cand_p & ((d2 == top[:, None]) | (is_nan & nan[:, None]))
+        j = tl.min(tl.where(hit, cols, N), 1)
+        take = has & ((idx_p < 0) | (top > best_p) | ((top != top) & (best_p == best_p)))
+        best_p = tl.where(take, top, best_p)
+        idx_p = tl.where(take, j, idx_p)
+        # Hardest negative: the same with min.
+        has = tl.max(cand_n.to(tl.int32), 1) > 0
+        nan = tl.max((cand_n & is_nan).to(tl.int32), 1) > 0
+        low = tl.min(tl.where(cand_n & (d2 == d2), d2, float("inf")), 1)
+        low = tl.where(nan, float("nan"), low)
+        hit = cand_n & ((d2 == low[:, None]) | (is_nan & nan[:, None]))
+        j = tl.min(tl.where(hit, cols, N), 1)
+        take = has & ((idx_n < 0) | (low < best_n) | ((low != low) & (best_n == best_n)))
+        best_n = tl.where(take, low, best_n)
+        idx_n = tl.where(take, j, idx_n)
+    tl.store(POS + offs_a, idx_p, mask=a_ok)
+    tl.store(NEG + offs_a, idx_n, mask=a_ok)
+
+
+# --------------------------------------------------------------------------------------
+# Launch wrappers
+# --------------------------------------------------------------------------------------
+def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """‖r_i·x_i‖² (N,) in the accumulation dtype."""
+    n, d = x.shape
+    out = te._out((n,), r.dtype, x.device)
+    if n == 0:
+        return out
+    block_r, block_d = te._row_block(d)
+    _sq_norm_kernel[(triton.cdiv(n, block_r),)](
+        x, r, out, n, d, x.stride(0), BLOCK_R=block_r, BLOCK_D=block_d,
+        ACC=te._tl_dtype(x.dtype))
+    return out
+
+
+def _launch_pair(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
+                 rows, da, db, sum_a, sum_b, part, *, mask_diag, grad, transposed, atomic_b,
+                 want_rows):
+    na, d = a.shape
+    _pair_kernel[(triton.cdiv(na, cfg.block_m),)](
+        a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, rows, da, db, sum_a, sum_b,
+        part, na, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), db.stride(0),
+        KIND=kind, MASK_DIAG=mask_diag, GRAD=grad, TRANSPOSED=transposed,
+        ATOMIC_B=atomic_b, WANT_ROWS=want_rows, TILE_SCALE=tile_scale(kind, a.dtype),
+        BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
+        ONE_CHUNK=cfg.one_chunk, ACC=te._tl_dtype(a.dtype), UPCAST=te._upcast(a.dtype),
+        PREC=te._precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def tile_scale(kind: int, dtype: torch.dtype) -> bool:
+    """Per-tile power-of-two scaling of the dS operand: fp16 Hadsell only (see the module
+    docstring); SigLIP fp16 uses one global factor, other dtypes need none."""
+    return kind == HADSELL and dtype == torch.float16
+
+
+def _norms(kind, q, k, rq, rk):
+    if kind != HADSELL:
+        return rq, rk  # never read
+    sq_q = _sq_norms(q, rq)
+    return sq_q, (sq_q if k is q and rk is rq else _sq_norms(k, rk))
+
+
+def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag):
+    """rows (N,) = Σ_{j valid} term_ij, in the accumulation dtype."""
+    n, d = q.shape
+    rows = te._out((n,), rq.dtype, q.device)
+    if n == 0:
+        return rows
+    sq_q, sq_k = _norms(kind, q, k, rq, rk)
+    cfg = te.tile_config(d, q.dtype)[0]
+    _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, rq,
+                 rows, q, q, rows, rows, rows, mask_diag=mask_diag, grad=False,
+                 transposed=False, atomic_b=False, want_rows=True)
+    return rows
+
+
+def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
+                  normalize, want_rows, deterministic):
+    """(rows or empty, dq, dk, dparams (3,) = [dscale, dbias, dmargin]).
+
+    deterministic=False: one pass, 3 tile products (dK̂ and the column sums by atomics).
+    deterministic=True: a row pass and a transposed column pass, each recomputing the tile
+    (4 products), no float atomics: bitwise reproducible.
+    """
+    n, d = q.shape
+    m = k.shape[0]
+    acc = rq.dtype
+    dev = q.device
+    rows = te._out((n,), acc, dev) if want_rows else torch.empty(0, dtype=acc, device=dev)
+    dq_acc = torch.zeros((n, d), dtype=acc, device=dev)
+    dk_acc = torch.zeros((m, d), dtype=acc, device=dev)
+    sum_q = torch.zeros(n, dtype=acc, device=dev)
+    sum_k = torch.zeros(m, dtype=acc, device=dev)
+    part = torch.zeros((3, n), dtype=acc, device=dev)
+    if n and want_rows and not m:
+        rows.zero_()
+    if n and m:
+        sigma = None
+        if kind == SIGLIP and q.dtype == torch.float16:
+            # |dS_ij| ≤ |g_i|: one power of two σ keeps σ·|dS·r| ≤ 2^14 (fp16 operand);
+            # results are divided by σ once (exact).
+            sigma = te.pow2_scale(g_row.abs().max() * torch.maximum(rq.abs().max(),
+                                                                     rk.abs().max()))
+            g_row = g_row * sigma
+        sq_q, sq_k = _norms(kind, q, k, rq, rk)
+        cfg = te.tile_config(d, q.dtype)[1]
+        common = dict(mask_diag=mask_diag, grad=True)
+        _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, g_row,
+                     rows, dq_acc, dk_acc, sum_q, sum_k, part, transposed=False,
+                     atomic_b=not deterministic, want_rows=want_rows, **common)
+        if deterministic:
+            _launch_pair(cfg, kind, k, q, rk, rq, sq_k, sq_q, params, row_key, col_key,
+                         g_row, rows, dk_acc, dq_acc, sum_k, sum_q, part, transposed=True,
+                         atomic_b=False, want_rows=False, **common)
+        if sigma is not None:
+            dq_acc.div_(sigma)
+            dk_acc.div_(sigma)
+            part.div_(sigma)
+        if kind == HADSELL:
+            # dq̂_i −= (Σ_j dS_ij)·q̂_i, dk̂_j −= (Σ_i dS_ij)·k̂_j
+            dq_acc.addcmul_(q.to(acc), (sum_q * rq).neg().unsqueeze(1))
+            dk_acc.addcmul_(k.to(acc), (sum_k * rk).neg().unsqueeze(1))
+    # SigLIP: dq̂ = scale·dS·K̂ (the logit scale is the normalization backward's factor);
+    # Hadsell: dS already is the Gram-entry gradient.
+    scale = params if kind == SIGLIP else params.new_ones(1)
+    dq = te._finish_grad(q, rq, dq_acc, scale, normalize)
+    dk = te._finish_grad(k, rk, dk_acc, scale, normalize)
+    return rows, dq, dk, part.sum(1)
+
+
+def hardest_pairs(x, rx, key):
+    """(pos (N,), neg (N,)) int64: per row the farthest same-key row j ≠ i and the nearest
+    other-key row (squared Gram distances of r·x, near-coincident pairs recomputed from the
+    difference as in the reference), lowest index on ties, -1 where there is none."""
+    n, d = x.shape
+    # -2 is never an answer: an index the kernel failed to write shows up.
+    pos = torch.full((n,), -2, dtype=torch.int64, device=x.device)
+    neg = torch.full((n,), -2, dtype=torch.int64, device=x.device)
+    if n == 0:
+        return pos, neg
+    sq = _sq_norms(x, rx)
+    cfg = te.tile_config(d, x.dtype)[0]
+    _hardest_kernel[(triton.cdiv(n, cfg.block_m),)](
+        x, rx, sq, key, pos, neg, n, d, x.stride(0), BLOCK_A=cfg.block_m,
+        BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk,
+        ACC=te._tl_dtype(x.dtype), UPCAST=te._upcast(x.dtype), PREC=te._precision(x.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return pos, neg
+
+
+# At the bottom: triton_engine re-exports this module's entry points from its last line, so
+# either module can be imported first (the kernels and wrappers resolve ``te`` at use).
+from . import triton_engine as te  # noqa: E402
