@@ -20,30 +20,43 @@ def test_representative_widths_cover_every_tile_class():
             assert te.tile_config(d, dtype, interpret=False) in listed, (dtype, d)
 
 
+def test_pairwise_widths_cover_every_pairwise_tile_class():
+    from contrastive_kernels.ops import triton_pairwise as tp
+    for dtype in aot.DTYPES:
+        listed = set(aot.pair_tile_configs(dtype))
+        for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
+            assert tp.tile_config(d, dtype, interpret=False) in listed, (dtype, d)
+
+
 def test_pairwise_variants_cover_every_launchable_flag_set():
-    """Each tile class of each dtype lists the pairwise kernel for every KIND × MASK_DIAG ×
-    pass (forward; one-pass and deterministic row pass with and without rows; column pass)
-    × precision, and the mining kernel."""
+    """Each pairwise tile class of each dtype lists the pairwise kernel for every KIND ×
+    pass (forward; one-pass and deterministic row pass; column pass) × precision (mask_diag
+    and want_rows are runtime arguments), and the mining kernel at the forward tiles."""
     names = [v.name for v in aot.engine_variants()]
     assert len(names) == len(set(names))
-    pair = [v for v in aot.engine_variants() if v.kernel == "_pair_kernel"]
-    combos = {(v.dtype, v.constexprs["BLOCK_K"], v.constexprs["ONE_CHUNK"], v.constexprs["PREC"],
-               v.constexprs["KIND"], v.constexprs["MASK_DIAG"], v.constexprs["GRAD"],
-               v.constexprs["TRANSPOSED"], v.constexprs["ATOMIC_B"], v.constexprs["WANT_ROWS"])
-              for v in pair}
+    variants = list(aot.engine_variants())
+    pair = [v for v in variants if v.kernel == "_pair_kernel"]
+    combos = {(v.dtype, v.constexprs["BLOCK_A"], v.constexprs["BLOCK_B"],
+               v.constexprs["BLOCK_K"], v.constexprs["ONE_CHUNK"], v.num_warps,
+               v.constexprs["PREC"], v.constexprs["KIND"], v.constexprs["GRAD"],
+               v.constexprs["TRANSPOSED"], v.constexprs["ATOMIC_B"]) for v in pair}
     passes = aot.PAIR_FWD_PASSES + aot.PAIR_BWD_PASSES
-    assert len(passes) == 6
+    assert len(passes) == 4
+    mining = {(v.dtype, v.constexprs["BLOCK_A"], v.constexprs["BLOCK_B"],
+               v.constexprs["BLOCK_K"], v.num_warps, v.constexprs["PREC"])
+              for v in variants if v.kernel == "_hardest_kernel"}
     for dtype in aot.DTYPES:
-        for fwd, bwd in aot._tile_configs(dtype):
+        for fwd, bwd in aot.pair_tile_configs(dtype):
             for prec in aot._precisions(dtype):
+                assert (dtype, fwd.block_m, fwd.block_n, fwd.block_k, fwd.num_warps,
+                        prec) in mining
                 for kind, _ in aot.PAIR_KINDS:
-                    for mask in (False, True):
-                        for p in passes:
-                            cfg = bwd if p["GRAD"] else fwd
-                            key = (dtype, cfg.block_k, cfg.one_chunk, prec, kind, mask,
-                                   p["GRAD"], p["TRANSPOSED"], p["ATOMIC_B"], p["WANT_ROWS"])
-                            assert key in combos, key
-    assert any(v.kernel == "_hardest_kernel" for v in aot.engine_variants())
+                    for p in passes:
+                        cfg = bwd if p["GRAD"] else fwd
+                        key = (dtype, cfg.block_m, cfg.block_n, cfg.block_k, cfg.one_chunk,
+                               cfg.num_warps, prec, kind, p["GRAD"], p["TRANSPOSED"],
+                               p["ATOMIC_B"])
+                        assert key in combos, key
     for v in pair:
         assert v.constexprs["TILE_SCALE"] == (v.constexprs["KIND"] == 1
                                               and v.dtype == torch.float16)

@@ -59,6 +59,7 @@ class Variant:
     dtype: torch.dtype
     is_mma: bool  # contains a tile product that should use tensor cores
     module: str = "triton_engine"  # the ops module that defines the kernel
+    maxnreg: int | None = None  # the launcher's register cap, when it sets one
 
 
 def _acc(dtype):
@@ -136,13 +137,12 @@ def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
 
 
 # Pairwise engine passes (ops/triton_pairwise.py): the forward (forward tiles), and the
-# backward's one-pass (atomic) and deterministic row pass, each with and without the loss
-# rows, and the deterministic column pass (backward tiles).
-PAIR_FWD_PASSES = (dict(GRAD=False, TRANSPOSED=False, ATOMIC_B=False, WANT_ROWS=True),)
-PAIR_BWD_PASSES = tuple(
-    dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=atomic, WANT_ROWS=rows)
-    for atomic in (True, False) for rows in (True, False)) + (
-    dict(GRAD=True, TRANSPOSED=True, ATOMIC_B=False, WANT_ROWS=False),)
+# backward's one-pass (atomic) and deterministic row pass, and the deterministic column
+# pass (backward tiles). mask_diag and want_rows are runtime arguments of every pass.
+PAIR_FWD_PASSES = (dict(GRAD=False, TRANSPOSED=False, ATOMIC_B=False),)
+PAIR_BWD_PASSES = (dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=True),
+                   dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=False),
+                   dict(GRAD=True, TRANSPOSED=True, ATOMIC_B=False))
 PAIR_KINDS = ((tp.SIGLIP, "sig"), (tp.HADSELL, "had"))
 
 
@@ -151,7 +151,8 @@ def _pair_signature(dtype):
     return {"A": x, "B": x, "RA": a, "RB": a, "SQA": a, "SQB": a, "PARAMS": a,
             "ROW_KEY": "*i64", "COL_KEY": "*i64", "G": a, "ROWS": a, "DA": a, "DB": a,
             "SUM_A": a, "SUM_B": a, "PART": a, "NA": "i32", "NB": "i32", "D": "i32",
-            "stride_a": "i64", "stride_b": "i64", "stride_da": "i64", "stride_db": "i64"}
+            "stride_a": "i64", "stride_b": "i64", "stride_da": "i64", "stride_db": "i64",
+            "mask_diag": "i32", "want_rows": "i32"}
 
 
 def _hardest_signature(dtype):
@@ -161,23 +162,27 @@ def _hardest_signature(dtype):
 
 
 def pair_variants(passes, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
-    """Every KIND × MASK_DIAG × pass × precision variant of the pairwise tile kernel."""
+    """Every KIND × pass × precision variant of the pairwise tile kernel at one tile."""
     acc = te._tl_dtype(dtype)
     for prec in _precisions(dtype):
         for kind, kind_tag in PAIR_KINDS:
-            for mask_diag in (False, True):
-                for flags in passes:
-                    ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
-                              KIND=kind, MASK_DIAG=mask_diag,
-                              TILE_SCALE=tp.tile_scale(kind, dtype), **_tiles(cfg, acc),
-                              **flags)
-                    tag = "".join(k[0] for k, v in flags.items() if v is True)
-                    name = (f"pair_{kind_tag}_{_tag(dtype, cfg)}_{prec}_"
-                            f"{'D' if mask_diag else ''}{tag}")
-                    yield Variant(name, "_pair_kernel",
-                                  _with_constexprs(_pair_signature(dtype), ce), ce,
-                                  cfg.num_warps, cfg.num_stages, dtype, True,
-                                  "triton_pairwise")
+            for flags in passes:
+                ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, KIND=kind,
+                          TILE_SCALE=tp.tile_scale(kind, dtype), **_tiles(cfg, acc), **flags)
+                tag = "".join(k[0] for k, v in flags.items() if v is True)
+                yield Variant(f"pair_{kind_tag}_{_tag(dtype, cfg)}_{prec}_{tag}",
+                              "_pair_kernel", _with_constexprs(_pair_signature(dtype), ce), ce,
+                              cfg.num_warps, cfg.num_stages, dtype, True, "triton_pairwise",
+                              tp.MAXNREG)
+
+
+def pair_tile_configs(dtype) -> list[tuple[te.TileConfig, te.TileConfig]]:
+    seen = []
+    for d in REPRESENTATIVE_D:
+        cfgs = tp.tile_config(d, dtype, interpret=False)
+        if cfgs not in seen:
+            seen.append(cfgs)
+    return seen
 
 
 def hardest_variants(dtype, cfg: te.TileConfig) -> Iterator[Variant]:
@@ -186,7 +191,7 @@ def hardest_variants(dtype, cfg: te.TileConfig) -> Iterator[Variant]:
         ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, **_tiles(cfg, acc))
         yield Variant(f"hardest_{_tag(dtype, cfg)}_{prec}", "_hardest_kernel",
                       _with_constexprs(_hardest_signature(dtype), ce), ce, cfg.num_warps,
-                      cfg.num_stages, dtype, True, "triton_pairwise")
+                      cfg.num_stages, dtype, True, "triton_pairwise", tp.MAXNREG)
 
 
 def engine_variants() -> Iterator[Variant]:
@@ -201,7 +206,7 @@ def engine_variants() -> Iterator[Variant]:
 
 def pairwise_variants(dtype) -> Iterator[Variant]:
     """The pairwise engine's and the mining kernel's variants for one input dtype."""
-    for fwd_cfg, bwd_cfg in _tile_configs(dtype):
+    for fwd_cfg, bwd_cfg in pair_tile_configs(dtype):
         yield from pair_variants(PAIR_FWD_PASSES, dtype, fwd_cfg)
         yield from pair_variants(PAIR_BWD_PASSES, dtype, bwd_cfg)
         yield from hardest_variants(dtype, fwd_cfg)
@@ -290,6 +295,8 @@ def compile_variant(v: Variant, arch: int) -> "CompileReport":
     src = ASTSource(fn=getattr(module, v.kernel), signature=v.signature,
                     constexprs=v.constexprs)
     opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
+    if v.maxnreg is not None:
+        opts["maxnreg"] = v.maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     st = _cubin_stats(compiled.asm["cubin"])
     return CompileReport(v.name, arch, st["registers"], compiled.metadata.shared,

@@ -11,7 +11,7 @@ walks all of B in tiles, recomputing ⟨a_i, b_j⟩ with a tile product:
 - forward (GRAD off): rows_i = Σ_{j valid} term_ij;
 - row pass (A = q, B = k): dQ̂ accumulates Σ_j dS_ij k̂_j in registers (or in DA, when D is
   streamed in chunks), plus the row sums Σ_j dS_ij (Hadsell), the per-row partials of
-  dscale/dbias/dmargin and, with WANT_ROWS, the loss rows; with ATOMIC_B also
+  dscale/dbias/dmargin and, with want_rows, the loss rows; with ATOMIC_B also
   dK̂ += dSᵀ Q̂ and the column sums, by atomics: one pass of 3 tile products;
 - column pass (TRANSPOSED, A = k, B = q; the deterministic mode): dK̂ and the column sums
   from the same recomputed tile, so no float atomics anywhere.
@@ -50,20 +50,33 @@ COINCIDENT = tl.constexpr(1.0 / 1024)
 # Per-pair rules (csrc/tile_math.h)
 # --------------------------------------------------------------------------------------
 @triton.jit
+def _div(a, b):
+    """a / b. fp32: the full-range approximate division (2 ulp); the IEEE one compiles to
+    a slow-path subroutine CALL whose register saves spill to local memory inside these
+    tiles. fp64 keeps the IEEE division (the fp64 path is the exact one)."""
+    if a.dtype == tl.float32:
+        r = tl.fdiv(a, b)
+    else:
+        r = a / b
+    return r
+
+
+@triton.jit
 def _softplus(v):
     """max(v, 0) + log1p(e^{-|v|}); NaN propagates. log1p(x) = x·log(u)/(u − 1) with
     u = 1 + x (exact to a few ulps; libdevice's log1p has no interpreter path)."""
     a = tl.where(v < 0, -v, v)
     e = tl.exp(-a)
     u = 1.0 + e
-    l1p = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
+    l1p = tl.where(u == 1.0, e, tl.log(u) * _div(e, tl.where(u == 1.0, 1.0, u - 1.0)))
     return tl.where(v < 0, 0.0, v) + l1p
 
 
 @triton.jit
 def _sigmoid(v):
     e = tl.exp(tl.where(v < 0, v, -v))  # e^{-|v|}
-    return tl.where(v < 0, e / (1.0 + e), 1.0 / (1.0 + e))
+    r = _div(tl.full(e.shape, 1.0, e.dtype), 1.0 + e)
+    return tl.where(v < 0, e * r, r)
 
 
 @triton.jit
@@ -97,12 +110,9 @@ def _sq_dist_tile(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c, check, D,
 
 @triton.jit
 def _sqrt(x):
-    """Correctly rounded sqrt (tl.sqrt is an approximation in fp32; fp64's is IEEE)."""
-    if x.dtype == tl.float64:
-        r = tl.sqrt(x)
-    else:
-        r = tl.sqrt_rn(x)
-    return r
+    """sqrt: fp32 the hardware approximation (1 ulp; sqrt_rn compiles to a slow-path
+    CALL that spills in these tiles, like the IEEE division); fp64 IEEE."""
+    return tl.sqrt(x)
 
 
 @triton.jit
@@ -120,31 +130,35 @@ def _sq_norm_kernel(X, R, OUT, N, D, stride_x,
     """OUT[i] = ‖R[i]·X[i]‖² (the squared norm of the row the tiles see)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < N
-    r = tl.load(R + rows, mask=ok, other=0.0).to(ACC)
     sq = tl.zeros([BLOCK_R], ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
-                    mask=ok[:, None] & (cols[None, :] < D), other=0.0).to(ACC) * r[:, None]
+                    mask=ok[:, None] & (cols[None, :] < D), other=0.0).to(ACC)
         sq += tl.sum(x * x, 1)
-    tl.store(OUT + rows, sq, mask=ok)
+    r = tl.load(R + rows, mask=ok, other=0.0).to(ACC)
+    tl.store(OUT + rows, sq * r * r, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["mask_diag", "want_rows"])
 def _pair_kernel(
         A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
         ROWS, DA, DB, SUM_A, SUM_B, PART,
-        NA, NB, D, stride_a, stride_b, stride_da, stride_db,
-        KIND: tl.constexpr, MASK_DIAG: tl.constexpr, GRAD: tl.constexpr,
-        TRANSPOSED: tl.constexpr, ATOMIC_B: tl.constexpr, WANT_ROWS: tl.constexpr,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db, mask_diag, want_rows,
+        KIND: tl.constexpr, GRAD: tl.constexpr,
+        TRANSPOSED: tl.constexpr, ATOMIC_B: tl.constexpr,
         TILE_SCALE: tl.constexpr,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
         PREC: tl.constexpr):
     """One block of A against all of B (see the module docstring for the passes).
 
+    ``mask_diag`` (leave out i == j) and ``want_rows`` (write the loss rows; never with
+    TRANSPOSED) are runtime flags: they change no tile shape, and as compile-time flags
+    they would double the variants twice over.
+
     Row-side data (G, ROW_KEY, SQ of q) index A unless TRANSPOSED, then B. Outputs:
-      ROWS[a]  loss rows (WANT_ROWS; never TRANSPOSED)
+      ROWS[a]  loss rows (want_rows; never TRANSPOSED)
       DA[a]    Σ_b dS_ab r_b B[b]            (GRAD; owned rows: plain stores)
       DB[b]   += Σ_a dS_ab r_a A[a]          (ATOMIC_B)
       SUM_A[a] Σ_b dS_ab, SUM_B[b] += Σ_a dS_ab   (Hadsell, GRAD / ATOMIC_B)
@@ -196,14 +210,13 @@ def _pair_kernel(
             ckey_b = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
             match = rkey == ckey_b
         valid = a_ok[:, None] & b_ok[None, :]
-        if MASK_DIAG:
-            valid = valid & (offs_a[:, None] != offs_b[None, :])
+        valid = valid & ((offs_a[:, None] != offs_b[None, :]) | (mask_diag == 0))
         if KIND == 0:
             # siglip_term(u) = softplus(w), siglip_grad(u) = ∓σ(w), w = (match ? −u : u)
             u = scale * c + bias
             w = tl.where(match, -u, u)
-            if WANT_ROWS:
-                term = _softplus(w)
+            if want_rows != 0:
+                rows_acc += tl.sum(tl.where(valid, _softplus(w), 0.0), 1)
             if GRAD:
                 sg = _sigmoid(w)
                 ds = g * tl.where(match, -sg, sg)
@@ -217,18 +230,18 @@ def _pair_kernel(
                                D, stride_a, stride_b, BLOCK_A, BLOCK_B, ACC)
             dist = _sqrt(d2)
             t = margin - dist
-            if WANT_ROWS:
+            if want_rows != 0:
                 term = tl.where(match, d2, tl.where(t < 0, 0.0, t * t))
+                rows_acc += tl.sum(tl.where(valid, term, 0.0), 1)
             if GRAD:
-                hg = tl.where((d2 > 0) & (t > 0), -t / tl.where(d2 > 0, dist, 1.0),
+                # dist > 0 rather than d2 > 0: an fp32 sqrt may flush a denormal d2 to 0.
+                hg = tl.where((dist > 0) & (t > 0), _div(-t, tl.where(dist > 0, dist, 1.0)),
                               tl.where(d2 != d2, d2, 0.0))
                 hg = tl.where(match, 1.0, hg)
                 ds = -2.0 * (g * hg)
                 if not TRANSPOSED:
                     mg = tl.where(match, 0.0, tl.where(t < 0, 0.0, 2.0 * t))
                     p_margin += tl.sum(tl.where(valid, g * mg, 0.0), 1)
-        if WANT_ROWS:
-            rows_acc += tl.sum(tl.where(valid, term, 0.0), 1)
         if GRAD:
             ds = tl.where(valid, ds, 0.0)
             if KIND == 0:
@@ -297,7 +310,7 @@ def _pair_kernel(
                             db_part = db_part * inv
                         tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :],
                                       db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
-    if WANT_ROWS:
+    if want_rows != 0:
         tl.store(ROWS + offs_a, rows_acc, mask=a_ok)
     if GRAD:
         if ONE_CHUNK:
@@ -396,6 +409,47 @@ def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# (max D rounded up to a power of two or None for the rest, forward tiles, backward tiles)
+# per dtype class; entries (block_m, block_n, block_k, warps), D always streamed in
+# block_k chunks. The mining kernel uses the forward tiles. Much smaller than the softmax
+# engine's (tile_config): the pair epilogue (softplus, sigmoid and a division, or the
+# distance, its near-coincident check and the margin terms) keeps several more tile-sized
+# values live, and these are the largest tiles that compile without spills for every
+# pass on sm_80 and sm_90 (measured with ops/aot.py; tests/test_aot.py holds them to it).
+# Untimed: no GPU has been available to trade tile size against occupancy.
+# ptxas's default register heuristic leaves some of these kernels at ~96-128 registers
+# and spills one long-lived value across the tile loop (8 B of local memory); an explicit
+# cap at the architectural maximum lets it keep everything in registers.
+MAXNREG = 255
+
+
+def _launch_options(cfg) -> dict:
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if not te.interpreting():
+        opts["maxnreg"] = MAXNREG
+    return opts
+
+
+_PAIR_TILES = {
+    "half": ((None, (32, 32, 32, 4), (32, 32, 32, 4)),),
+    "fp32": ((None, (16, 16, 16, 4), (16, 16, 16, 4)),),
+    "fp64": ((None, (16, 16, 16, 4), (16, 16, 16, 4)),),
+}
+
+
+def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None):
+    """(forward, backward) TileConfigs of the pairwise and mining kernels for width D."""
+    interpret = te.interpreting() if interpret is None else interpret
+    if interpret:
+        return te.tile_config(D, dtype, interpret=True)
+    d_pow2 = max(16, triton.next_power_of_2(D))
+    for max_d, fwd, bwd in _PAIR_TILES[te._dtype_class(dtype)]:
+        if max_d is None or d_pow2 <= max_d:
+            return tuple(te.TileConfig(t[0], t[1], t[2], False, t[3], te._NUM_STAGES)
+                         for t in (fwd, bwd))
+    raise AssertionError("the pairwise tile table ends with a catch-all class")
+
+
 def _launch_pair(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
                  rows, da, db, sum_a, sum_b, part, *, mask_diag, grad, transposed, atomic_b,
                  want_rows):
@@ -403,11 +457,12 @@ def _launch_pair(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
     _pair_kernel[(triton.cdiv(na, cfg.block_m),)](
         a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, rows, da, db, sum_a, sum_b,
         part, na, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), db.stride(0),
-        KIND=kind, MASK_DIAG=mask_diag, GRAD=grad, TRANSPOSED=transposed,
-        ATOMIC_B=atomic_b, WANT_ROWS=want_rows, TILE_SCALE=tile_scale(kind, a.dtype),
+        int(mask_diag), int(want_rows),
+        KIND=kind, GRAD=grad, TRANSPOSED=transposed,
+        ATOMIC_B=atomic_b, TILE_SCALE=tile_scale(kind, a.dtype),
         BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
         ONE_CHUNK=cfg.one_chunk, ACC=te._tl_dtype(a.dtype), UPCAST=te._upcast(a.dtype),
-        PREC=te._precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        PREC=te._precision(a.dtype), **_launch_options(cfg))
 
 
 def tile_scale(kind: int, dtype: torch.dtype) -> bool:
@@ -430,7 +485,7 @@ def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag):
     if n == 0:
         return rows
     sq_q, sq_k = _norms(kind, q, k, rq, rk)
-    cfg = te.tile_config(d, q.dtype)[0]
+    cfg = tile_config(d, q.dtype)[0]
     _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, rq,
                  rows, q, q, rows, rows, rows, mask_diag=mask_diag, grad=False,
                  transposed=False, atomic_b=False, want_rows=True)
@@ -466,7 +521,7 @@ def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag
                                                                      rk.abs().max()))
             g_row = g_row * sigma
         sq_q, sq_k = _norms(kind, q, k, rq, rk)
-        cfg = te.tile_config(d, q.dtype)[1]
+        cfg = tile_config(d, q.dtype)[1]
         common = dict(mask_diag=mask_diag, grad=True)
         _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, g_row,
                      rows, dq_acc, dk_acc, sum_q, sum_k, part, transposed=False,
@@ -502,12 +557,12 @@ def hardest_pairs(x, rx, key):
     if n == 0:
         return pos, neg
     sq = _sq_norms(x, rx)
-    cfg = te.tile_config(d, x.dtype)[0]
+    cfg = tile_config(d, x.dtype)[0]
     _hardest_kernel[(triton.cdiv(n, cfg.block_m),)](
         x, rx, sq, key, pos, neg, n, d, x.stride(0), BLOCK_A=cfg.block_m,
         BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk,
         ACC=te._tl_dtype(x.dtype), UPCAST=te._upcast(x.dtype), PREC=te._precision(x.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        **_launch_options(cfg))
     return pos, neg
 
 
