@@ -167,19 +167,20 @@ inline double logit_grad_row(double* ds, const double* cos, const int32_t* keys,
 // versions of both are the exact library functions).
 // ---------------------------------------------------------------------------------------
 
-// log(1 + e) for e in [0, 1]: 2·atanh(s), s = e / (2 + e) ≤ 1/3, as an odd series through
-// s^13 (truncation below 4e-9 relative), so it vectorizes.
+// log(1 + e) for e in [0, 1] as e·P(e), P a degree-9 least-squares fit of log1p(e)/e on
+// Chebyshev nodes: 1.7e-7 relative in float arithmetic (about 1.5 ulp), no division.
 CK_INLINE float log1p_unit(float e) {
-  const float s = e / (2.0f + e);
-  const float s2 = s * s;
-  float p = 1.0f / 13;
-  p = p * s2 + 1.0f / 11;
-  p = p * s2 + 1.0f / 9;
-  p = p * s2 + 1.0f / 7;
-  p = p * s2 + 1.0f / 5;
-  p = p * s2 + 1.0f / 3;
-  p = p * s2 + 1.0f;
-  return 2.0f * s * p;
+  float p = -0.003256378462538123f;
+  p = p * e + 0.019907161593437195f;
+  p = p * e - 0.057064201682806015f;
+  p = p * e + 0.10614264756441116f;
+  p = p * e - 0.15311862528324127f;
+  p = p * e + 0.19678117334842682f;
+  p = p * e - 0.24954558908939362f;
+  p = p * e + 0.33330005407333374f;
+  p = p * e - 0.4999990463256836f;
+  p = p * e + 1.0f;
+  return e * p;
 }
 inline double log1p_unit(double e) { return std::log1p(e); }
 
@@ -198,7 +199,8 @@ CK_INLINE T siglip_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n,
     const T e = exp_approx(v < T(0) ? v : -v);   // e^{-|v|}
     loss += (v < T(0) ? T(0) : v) + log1p_unit(e);
     if constexpr (GRAD) {
-      const T sig = v < T(0) ? e / (T(1) + e) : T(1) / (T(1) + e);  // σ(v)
+      const T r = T(1) / (T(1) + e);
+      const T sig = v < T(0) ? e * r : r;  // σ(v)
       const T d = g * (match ? -sig : sig);
       ds[j] = d;
       sc += d * c;
