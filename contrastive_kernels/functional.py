@@ -13,6 +13,7 @@ from . import _validate as check
 from . import dispatch, reference
 from .ops import clip as clip_ops
 from .ops import contrastive as contrastive_ops
+from .ops import dist_losses
 from .ops import info_nce as info_nce_ops
 from .ops import n_pair as n_pair_ops
 from .ops import nt_xent as nt_xent_ops
@@ -23,7 +24,7 @@ from .ops import triplet as triplet_ops
 
 
 def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean",
-             normalize=True, backend="auto"):
+             normalize=True, backend="auto", group=None, dist_mode="gather"):
     """InfoNCE (info-nce-pytorch, ``negative_mode="unpaired"``).
 
     query (N, D), positive_key (N, D), negative_keys (K, D) or None; temperature > 0.
@@ -41,6 +42,10 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
     check.scalar(temperature, "temperature", query.device, positive=True)
     check.reduction(reduction)
     impl = dispatch.select(backend, query.device, "info_nce")
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        return dist_losses.info_nce(query, positive_key, negative_keys, temperature, reduction,
+                                      normalize, impl, group, dist_mode)
     if impl is None:
         return reference.info_nce(query, positive_key, negative_keys, temperature, reduction,
                                   normalize)
@@ -48,7 +53,8 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
                                  normalize, impl)
 
 
-def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto"):
+def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto",
+                 group=None, dist_mode="gather"):
     """SimCLR NT-Xent. z1, z2 (N, D): two views, row i of z1 pairs with row i of z2.
 
     Over z = cat(z1, z2) (2N rows) with the own row excluded, target (i + N) mod 2N.
@@ -61,13 +67,16 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, back
     check.scalar(temperature, "temperature", z1.device, positive=True)
     check.reduction(reduction)
     impl = dispatch.select(backend, z1.device, "nt_xent_loss")
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        return dist_losses.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, group, dist_mode)
     if impl is None:
         return reference.nt_xent_loss(z1, z2, temperature, reduction, normalize)
     return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl)
 
 
 def clip_loss(image_features, text_features, logit_scale, reduction="mean", normalize=False,
-              backend="auto"):
+              backend="auto", group=None, dist_mode="gather"):
     """Symmetric CLIP loss (open_clip ``ClipLoss()(img, txt, logit_scale)``).
 
     image_features, text_features (N, D); logit_scale: float or 0-dim tensor, already
@@ -81,6 +90,10 @@ def clip_loss(image_features, text_features, logit_scale, reduction="mean", norm
     check.scalar(logit_scale, "logit_scale", image_features.device)
     check.reduction(reduction)
     impl = dispatch.select(backend, image_features.device, "clip_loss")
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        return dist_losses.clip_loss(image_features, text_features, logit_scale,
+                                       reduction, normalize, impl, group, dist_mode)
     if impl is None:
         return reference.clip_loss(image_features, text_features, logit_scale, reduction,
                                    normalize)
@@ -89,7 +102,7 @@ def clip_loss(image_features, text_features, logit_scale, reduction="mean", norm
 
 
 def siglip_loss(image_features, text_features, logit_scale, logit_bias, reduction="mean",
-                normalize=False, backend="auto"):
+                normalize=False, backend="auto", group=None, dist_mode="gather"):
     """SigLIP pairwise sigmoid loss (open_clip ``SigLipLoss()`` on one process).
 
     image_features (N, D), text_features (N, D); logit_scale, logit_bias floats or 0-dim
@@ -104,6 +117,10 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, reductio
     check.scalar(logit_bias, "logit_bias", image_features.device)
     check.reduction(reduction)
     impl = dispatch.select(backend, image_features.device, "siglip_loss")
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        return dist_losses.siglip_loss(image_features, text_features, logit_scale,
+                                         logit_bias, reduction, normalize, impl, group, dist_mode)
     if impl is None:
         return reference.siglip_loss(image_features, text_features, logit_scale, logit_bias,
                                      reduction, normalize)
@@ -144,7 +161,8 @@ def simcse_sup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
 
 
 def supcon_loss(features, labels=None, temperature=0.07, base_temperature=0.07,
-                reduction="mean", normalize=False, backend="auto"):
+                reduction="mean", normalize=False, backend="auto", group=None,
+                dist_mode="gather"):
     """Supervised contrastive loss (Khosla et al. L_out; SupContrast ``contrast_mode="all"``).
 
     features (N, D) or (B, V, D) (views flattened view-major); labels (N,) / (B,) integers,
@@ -159,6 +177,10 @@ def supcon_loss(features, labels=None, temperature=0.07, base_temperature=0.07,
     check.scalar(base_temperature, "base_temperature", features.device, positive=True)
     check.reduction(reduction)
     impl = dispatch.select(backend, features.device, "supcon_loss")
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        return dist_losses.supcon_loss(features, labels, temperature, base_temperature,
+                                         reduction, normalize, impl, group, dist_mode)
     if impl is None:
         return reference.supcon_loss(features, labels, temperature, base_temperature,
                                      reduction, normalize)
@@ -217,6 +239,20 @@ def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="
     if impl is None:
         return reference.contrastive_loss(embeddings, labels, margin, reduction)
     return contrastive_ops.contrastive_loss(embeddings, labels, margin, reduction, impl)
+
+
+def _distributed_ready(impl, group, dist_mode) -> None:
+    """Checks for group= / dist_mode= (SPEC §3)."""
+    import torch.distributed as dist
+    from .distributed import DIST_MODES
+    if dist_mode not in DIST_MODES:
+        raise ValueError(f"dist_mode must be one of {DIST_MODES}, got {dist_mode!r}")
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("group= needs torch.distributed initialized "
+                         "(torch.distributed.init_process_group)")
+    if impl is None:
+        raise ValueError("group= runs on the tiled kernels; backend='torch' (the reference) "
+                         "has no distributed mode — use 'auto' or a kernel backend")
 
 
 def _non_negative(value, name):

@@ -71,8 +71,11 @@ inline void check_engine_inputs(const at::Tensor& q, const at::Tensor& k, const 
               q.scalar_type(), " and ", k.scalar_type());
   TORCH_CHECK(q.size(1) == k.size(1), "q and k must share D, got ", q.size(1), " and ",
               k.size(1));
-  TORCH_CHECK(!mask_diag || q.size(0) == k.size(0),
-              "mask_diag needs q and k with the same rows");
+  // mask_diag leaves out j == i: the first N rows of k are q's own rows (M ≥ N; the
+  // distributed losses put a rank's own rows first among the global candidates).
+  TORCH_CHECK(!mask_diag || q.size(0) <= k.size(0),
+              "mask_diag needs k to start with q's rows (M >= N), got N = ", q.size(0),
+              " and M = ", k.size(0));
   const auto acc = acc_type(q.scalar_type());
   const auto dev = q.device();
   check_vector(rq, "rq", q.size(0), acc, dev);

@@ -1,0 +1,115 @@
+"""Worker of tests/test_distributed.py: one rank of a gloo group on localhost. Kept in its
+own module so that torch.multiprocessing's spawn can import it."""
+import datetime
+import os
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+
+
+def problem(loss: str, counts, d: int, seed: int):
+    """The global batch (fp64), identical on every rank and in the parent."""
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+    if loss == "supcon_loss":
+        return {"features": r(n, 2, d), "labels": torch.randint(0, max(2, n // 3), (n,),
+                                                                generator=gen)}
+    if loss == "info_nce_bank":
+        return {"query": r(n, d), "positive_key": r(n, d), "negative_keys": r(2 * n, d)}
+    return {"a": r(n, d), "b": r(n, d)}
+
+
+def call(ck, loss, tensors, scalars, backend, **dist_kw):
+    """The loss on these tensors (the local slices, or the whole batch)."""
+    if loss == "clip_loss":
+        return ck.clip_loss(tensors["a"], tensors["b"], scalars[0], normalize=True,
+                            backend=backend, **dist_kw)
+    if loss == "siglip_loss":
+        return ck.siglip_loss(tensors["a"], tensors["b"], scalars[0], scalars[1],
+                              normalize=True, backend=backend, **dist_kw)
+    if loss == "info_nce":
+        return ck.info_nce(tensors["a"], tensors["b"], temperature=scalars[0], backend=backend,
+                           **dist_kw)
+    if loss == "info_nce_bank":
+        return ck.info_nce(tensors["query"], tensors["positive_key"], tensors["negative_keys"],
+                           temperature=scalars[0], backend=backend, **dist_kw)
+    if loss == "nt_xent_loss":
+        return ck.nt_xent_loss(tensors["a"], tensors["b"], temperature=scalars[0],
+                               backend=backend, **dist_kw)
+    if loss == "supcon_loss":
+        return ck.supcon_loss(tensors["features"], tensors["labels"], temperature=scalars[0],
+                              normalize=True, backend=backend, **dist_kw)
+    raise KeyError(loss)
+
+
+SCALARS = {"clip_loss": (7.0,), "siglip_loss": (5.0, -3.0), "info_nce": (0.3,),
+           "info_nce_bank": (0.3,), "nt_xent_loss": (0.4,), "supcon_loss": (0.5,)}
+
+
+def local_slices(tensors, counts, rank):
+    start = sum(counts[:rank])
+    out = {}
+    for k, v in tensors.items():
+        rows = v.shape[0]
+        # The bank is split like the batch: twice the rows per rank.
+        per = [c * rows // sum(counts) for c in counts]
+        s = sum(per[:rank])
+        out[k] = v[s:s + per[rank]]
+    return out
+
+
+def run(rank, world, init_file, out_dir, loss, counts, d, mode, backend, reduction):
+    os.environ.setdefault("CONTRASTIVE_KERNELS_POISON", "1")
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=60))
+        import contrastive_kernels as ck
+        torch.set_num_threads(1)
+        tensors = local_slices(problem(loss, counts, d, 0), counts, rank)
+        leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v)
+                  for k, v in tensors.items()}
+        scalars = [torch.tensor(s, dtype=torch.float64, requires_grad=True)
+                   for s in SCALARS[loss]]
+        out = call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD,
+                   dist_mode=mode, reduction=reduction) if reduction != "mean" else \
+            call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD, dist_mode=mode)
+        result = {"loss": out.detach()}
+        if reduction != "none":
+            out.backward()
+            result["grads"] = {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
+            result["scalar_grads"] = [s.grad for s in scalars]
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the parent reports it
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        sys.exit(1)
+
+
+def run_absent_peer(rank, world, init_file, out_dir):
+    """Rank 1 joins the group but leaves before the loss; rank 0 must get a clear error."""
+    import time
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=5))
+        if rank != 0:
+            return  # never calls the loss: its process exits
+        import contrastive_kernels as ck
+        x = torch.randn(4, 3)
+        t0 = time.perf_counter()
+        try:
+            ck.clip_loss(x, x, 5.0, group=dist.group.WORLD)
+            message = "no error"
+        except Exception as exc:  # noqa: BLE001
+            message = str(exc)
+        with open(os.path.join(out_dir, "rank0.txt"), "w") as f:
+            f.write(f"{time.perf_counter() - t0}\n{message}")
+    except Exception:
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
