@@ -44,10 +44,21 @@ def call(ck, loss, tensors, scalars, backend, **dist_kw):
     if loss == "supcon_loss":
         return ck.supcon_loss(tensors["features"], tensors["labels"], temperature=scalars[0],
                               normalize=True, backend=backend, **dist_kw)
+    if loss in ("clip_module", "siglip_module"):
+        # open_clip's constructor arguments; one process gives the plain loss.
+        world = dist.get_world_size() if dist_kw else 1
+        rank = dist.get_rank() if dist_kw else 0
+        if loss == "clip_module":
+            mod = ck.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank,
+                              world_size=world, normalize=True, backend=backend)
+            return mod(tensors["a"], tensors["b"], scalars[0])
+        mod = ck.SigLipLoss(rank=rank, world_size=world, normalize=True, backend=backend)
+        return mod(tensors["a"], tensors["b"], scalars[0], scalars[1])
     raise KeyError(loss)
 
 
-SCALARS = {"clip_loss": (7.0,), "siglip_loss": (5.0, -3.0), "info_nce": (0.3,),
+SCALARS = {"clip_loss": (7.0,), "siglip_loss": (5.0, -3.0), "clip_module": (7.0,),
+           "siglip_module": (5.0, -3.0), "info_nce": (0.3,),
            "info_nce_bank": (0.3,), "nt_xent_loss": (0.4,), "supcon_loss": (0.5,)}
 
 
