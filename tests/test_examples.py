@@ -1,0 +1,24 @@
+"""The examples run as documented (CPU, gloo)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+@pytest.mark.parametrize("mode", ["gather", "ring"])
+def test_ddp_clip_step_runs_under_torchrun(mode):
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         os.path.join(ROOT, "examples", "ddp_clip_step.py"), "--steps", "2",
+         "--batch-per-rank", "64", "--dist-mode", mode],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    losses = [float(line.split("loss ")[1].split()[0]) for line in out.stdout.splitlines()
+              if line.startswith("step ")]
+    assert len(losses) == 2 and all(x == x for x in losses)
