@@ -114,6 +114,17 @@ class _Ring:
         for r in reqs:
             r.wait()
 
+    @staticmethod
+    def advance(ring: "_Ring", ahead, dk_acc, step, block, keys):
+        """Backward hop: pass the accumulator on, then take (block, keys, accumulator) of
+        the next step (``ahead``: the block transfer started before the compute)."""
+        reqs, bufs = ring.start([dk_acc], step)
+        _Ring.finish(reqs)
+        if ahead is None:  # last step: the accumulator that arrived is this rank's own
+            return block, keys, bufs[0]
+        _Ring.finish(ahead[0])
+        return ahead[1][0], ahead[1][1], bufs[0]
+
 
 def _dense(grad, like):
     return torch.zeros_like(like) if grad is None else grad.to(like.dtype).contiguous()
@@ -165,6 +176,10 @@ class RingSoftmax(torch.autograd.Function):
         block, keys = k, col_key
         dk_acc = torch.zeros(k.shape, dtype=lse.dtype, device=q.device)
         for step in range(ring.size):
+            last = step == ring.size - 1
+            # The next block travels while this one is computed; its gradient accumulator
+            # follows once this rank has added to it (after the last step it goes home).
+            ahead = None if last else ring.start([block, keys], step)
             if block.shape[0]:
                 rk = impl.inverse_norms(block, normalize)
                 b_dq, b_dk, b_ds = impl.backward(q, block, rq, rk, scale, row_key, keys, lse,
@@ -174,14 +189,7 @@ class RingSoftmax(torch.autograd.Function):
                 dq += b_dq.to(dq.dtype)
                 dk_acc += b_dk.to(dk_acc.dtype)
                 dscale += b_ds.to(dscale.dtype)
-            # The accumulator travels with its block; after the last step it goes home.
-            tensors = [dk_acc] if step == ring.size - 1 else [block, keys, dk_acc]
-            reqs, bufs = ring.start(tensors, step)
-            _Ring.finish(reqs)
-            if step < ring.size - 1:
-                block, keys, dk_acc = bufs
-            else:
-                dk_acc = bufs[0]
+            block, keys, dk_acc = _Ring.advance(ring, ahead, dk_acc, step, block, keys)
         d_extra = None
         if extra is not None and ctx.needs_input_grad[3]:
             d_extra = (g_lse * torch.exp(extra - lse)).to(extra.dtype)
@@ -225,6 +233,7 @@ class RingPairwise(torch.autograd.Function):
         block, keys = k, col_key
         dk_acc = torch.zeros(k.shape, dtype=rq.dtype, device=q.device)
         for step in range(ring.size):
+            ahead = None if step == ring.size - 1 else ring.start([block, keys], step)
             if block.shape[0]:
                 rk = impl.inverse_norms(block, normalize)
                 _, b_dq, b_dk, b_dp = impl.pair_backward(kind, q, block, rq, rk, params,
@@ -234,12 +243,6 @@ class RingPairwise(torch.autograd.Function):
                 dq += b_dq.to(dq.dtype)
                 dk_acc += b_dk.to(dk_acc.dtype)
                 dparams += b_dp.to(dparams.dtype)
-            tensors = [dk_acc] if step == ring.size - 1 else [block, keys, dk_acc]
-            reqs, bufs = ring.start(tensors, step)
-            _Ring.finish(reqs)
-            if step < ring.size - 1:
-                block, keys, dk_acc = bufs
-            else:
-                dk_acc = bufs[0]
+            block, keys, dk_acc = _Ring.advance(ring, ahead, dk_acc, step, block, keys)
         return (dq.to(q.dtype), dk_acc.to(k.dtype), dparams.to(params.dtype),
                 None, None, None, None, None, None, None, None)
