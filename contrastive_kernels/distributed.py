@@ -118,6 +118,8 @@ class _Ring:
     def advance(ring: "_Ring", ahead, dk_acc, step, block, keys):
         """Backward hop: pass the accumulator on, then take (block, keys, accumulator) of
         the next step (``ahead``: the block transfer started before the compute)."""
+        if ring.size == 1:  # a group of one: nothing travels
+            return block, keys, dk_acc
         reqs, bufs = ring.start([dk_acc], step)
         _Ring.finish(reqs)
         if ahead is None:  # last step: the accumulator that arrived is this rank's own

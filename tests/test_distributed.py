@@ -67,8 +67,9 @@ def _check(loss, counts, d, mode, backend, tmp_path):
         torch.testing.assert_close(got, g, rtol=1e-8, atol=1e-12, msg=f"scalar grad {i}")
 
 
-# Uneven slices; the Triton interpreter is slow, so it runs W = 2 only.
-GROUPS = [(b, c) for b in BACKENDS for c in ((5, 3), (4, 2, 3)) if b == "cpu" or len(c) == 2]
+# Uneven slices, and a group of one; the Triton interpreter is slow, so it runs W = 2 only.
+GROUPS = [(b, c) for b in BACKENDS for c in ((5, 3), (4, 2, 3), (6,))
+          if b == "cpu" or len(c) == 2]
 
 
 @pytest.mark.parametrize("mode", ["gather", "ring"])
