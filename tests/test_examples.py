@@ -22,3 +22,14 @@ def test_ddp_clip_step_runs_under_torchrun(mode):
     losses = [float(line.split("loss ")[1].split()[0]) for line in out.stdout.splitlines()
               if line.startswith("step ")]
     assert len(losses) == 2 and all(x == x for x in losses)
+
+
+def test_simclr_digits_learns_and_matches_the_reference_curve():
+    # scikit-learn comes with the README's test install (".[test]")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import simclr_digits
+    before, after, fused = simclr_digits.main(["--epochs", "30"])
+    assert after > before + 0.1, (before, after)
+    _, _, ref = simclr_digits.main(["--epochs", "5", "--backend", "torch"])
+    for a, b in zip(fused[:5], ref):
+        assert abs(a - b) < 1e-3 * abs(b), (fused[:5], ref)
