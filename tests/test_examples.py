@@ -33,3 +33,11 @@ def test_simclr_digits_learns_and_matches_the_reference_curve():
     _, _, ref = simclr_digits.main(["--epochs", "5", "--backend", "torch"])
     for a, b in zip(fused[:5], ref):
         assert abs(a - b) < 1e-3 * abs(b), (fused[:5], ref)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_clip_synthetic_learns_retrieval(loss):
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import clip_synthetic
+    before, after = clip_synthetic.main(["--loss", loss, "--steps", "150"])
+    assert before < 0.1 and after > 0.8, (before, after)
