@@ -91,10 +91,13 @@ def _with_constexprs(sig: dict, constexprs: dict) -> dict:
     return out
 
 
-def _tile_configs(dtype) -> list[tuple[te.TileConfig, te.TileConfig]]:
+def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[te.TileConfig,
+                                                                    te.TileConfig]]:
+    """The distinct (forward, backward) tiles ``tile_config`` (the softmax engine's, or
+    the pairwise engine's) picks over the representative widths."""
     seen = []
     for d in REPRESENTATIVE_D:
-        cfgs = te.tile_config(d, dtype, interpret=False)
+        cfgs = tile_config(d, dtype, interpret=False)
         if cfgs not in seen:
             seen.append(cfgs)
     return seen
@@ -177,12 +180,7 @@ def pair_variants(passes, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
 
 
 def pair_tile_configs(dtype) -> list[tuple[te.TileConfig, te.TileConfig]]:
-    seen = []
-    for d in REPRESENTATIVE_D:
-        cfgs = tp.tile_config(d, dtype, interpret=False)
-        if cfgs not in seen:
-            seen.append(cfgs)
-    return seen
+    return _tile_configs(dtype, tp.tile_config)
 
 
 def hardest_variants(dtype, cfg: te.TileConfig) -> Iterator[Variant]:

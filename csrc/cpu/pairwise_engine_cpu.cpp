@@ -516,19 +516,7 @@ std::vector<at::Tensor> pair_backward(int64_t kind, const at::Tensor& q, const a
   }
   // SigLIP's dQ̂ = scale·dS·K̂: the scale enters with the normalization backward.
   at::Tensor scale = kind == kSiglip ? params.slice(0, 0, 1) : at::ones({1}, opts);
-  at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "pair_norm_bwd",
-                                  [&] {
-    using In = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(acc, "pair_norm_bwd_acc", [&] {
-      using T = scalar_t;
-      const T s = scale.item<T>();
-      normalize_backward_impl<In, T>(q.data_ptr<In>(), rq.data_ptr<T>(), dq_hat.data_ptr<T>(),
-                                     s, normalize, dq.data_ptr<In>(), n, d);
-      normalize_backward_impl<In, T>(k.data_ptr<In>(), rk.data_ptr<T>(), dk_hat.data_ptr<T>(),
-                                     s, normalize, dk.data_ptr<In>(), m, d);
-    });
-  });
+  auto [dq, dk] = finish_grads(q, k, rq, rk, dq_hat, dk_hat, scale, normalize);
   return {rows, dq, dk, dparams};
 }
 

@@ -361,19 +361,7 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
     dscale_rows.zero_();
   }
   (void)deterministic;  // every CPU path is deterministic for a fixed thread count
-  at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "norm_backward",
-                                  [&] {
-    using In = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(acc, "norm_backward_acc", [&] {
-      using T = scalar_t;
-      const T s = scale.item<T>();
-      normalize_backward_impl<In, T>(q.data_ptr<In>(), rq.data_ptr<T>(), dq_hat.data_ptr<T>(),
-                                     s, normalize, dq.data_ptr<In>(), n, d);
-      normalize_backward_impl<In, T>(k.data_ptr<In>(), rk.data_ptr<T>(), dk_hat.data_ptr<T>(),
-                                     s, normalize, dk.data_ptr<In>(), m, d);
-    });
-  });
+  auto [dq, dk] = finish_grads(q, k, rq, rk, dq_hat, dk_hat, scale, normalize);
   return {dq, dk, dscale_rows.sum()};
 }
 

@@ -114,4 +114,29 @@ void normalize_backward_impl(const In* x, const T* r, const T* g, T scale, bool 
   });
 }
 
+// dq, dk in the input dtype from the accumulated dQ̂, dK̂ (and the one-element scale that
+// multiplies them), through the normalization backward: the last step of both engines'
+// backward passes.
+inline std::pair<at::Tensor, at::Tensor> finish_grads(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& rq, const at::Tensor& rk,
+                                                      const at::Tensor& dq_hat,
+                                                      const at::Tensor& dk_hat,
+                                                      const at::Tensor& scale, bool normalize) {
+  const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
+  at::Tensor dq = ck::output(q.sizes(), q.options()), dk = ck::output(k.sizes(), k.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "finish_grads",
+                                  [&] {
+    using In = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(dq_hat.scalar_type(), "finish_grads_acc", [&] {
+      using T = scalar_t;
+      const T s = scale.item<T>();
+      normalize_backward_impl<In, T>(q.data_ptr<In>(), rq.data_ptr<T>(), dq_hat.data_ptr<T>(),
+                                     s, normalize, dq.data_ptr<In>(), n, d);
+      normalize_backward_impl<In, T>(k.data_ptr<In>(), rk.data_ptr<T>(), dk_hat.data_ptr<T>(),
+                                     s, normalize, dk.data_ptr<In>(), m, d);
+    });
+  });
+  return {dq, dk};
+}
+
 }  // namespace ck_cpu
