@@ -114,18 +114,39 @@ class _Ring:
         for r in reqs:
             r.wait()
 
-    @staticmethod
-    def advance(ring: "_Ring", ahead, dk_acc, step, block, keys):
-        """Backward hop: pass the accumulator on, then take (block, keys, accumulator) of
-        the next step (``ahead``: the block transfer started before the compute)."""
-        if ring.size == 1:  # a group of one: nothing travels
-            return block, keys, dk_acc
-        reqs, bufs = ring.start([dk_acc], step)
-        _Ring.finish(reqs)
-        if ahead is None:  # last step: the accumulator that arrived is this rank's own
-            return block, keys, bufs[0]
-        _Ring.finish(ahead[0])
-        return ahead[1][0], ahead[1][1], bufs[0]
+    def each_block(self, k, keys, compute) -> None:
+        """compute(step, block, block_keys) for every rank's (non-empty) key block, in ring
+        order starting with this rank's own; the next block is in flight meanwhile."""
+        block = k
+        for step in range(self.size):
+            pending = self.start([block, keys], step) if step < self.size - 1 else None
+            if block.shape[0]:
+                compute(step, block, keys)
+            if pending is not None:
+                self.finish(pending[0])
+                block, keys = pending[1]
+
+    def each_block_with_grad(self, k, keys, dtype, compute) -> torch.Tensor:
+        """The backward ring: compute(step, block, block_keys) returns the block's key
+        gradient, added to an accumulator that travels with the block and, after a full
+        circle, is returned here to its owner: dk (k's shape, ``dtype``)."""
+        block, acc = k, torch.zeros(k.shape, dtype=dtype, device=k.device)
+        for step in range(self.size):
+            # The next block travels while this one is computed; its accumulator follows
+            # once this rank has added to it.
+            ahead = None if step == self.size - 1 else self.start([block, keys], step)
+            if block.shape[0]:
+                acc += compute(step, block, keys).to(dtype)
+            if self.size == 1:  # a group of one: nothing travels
+                break
+            reqs, bufs = self.start([acc], step)
+            self.finish(reqs)
+            if ahead is None:  # last step: the accumulator that arrived is this rank's own
+                acc = bufs[0]
+            else:
+                self.finish(ahead[0])
+                (block, keys), acc = ahead[1], bufs[0]
+        return acc
 
 
 def _dense(grad, like):
@@ -149,18 +170,17 @@ class RingSoftmax(torch.autograd.Function):
         lse = extra.clone() if extra is not None else torch.full((n,), float("-inf"),
                                                                  dtype=acc, device=q.device)
         pos = torch.zeros(n, dtype=acc, device=q.device)
-        block, keys = k, col_key
-        for step in range(ring.size):
-            pending = ring.start([block, keys], step) if step < ring.size - 1 else None
-            if block.shape[0]:
-                rk = impl.inverse_norms(block, normalize)
-                b_lse, b_pos, _ = impl.forward(q, block, rq, rk, scale, row_key, keys, None,
-                                               mask_home and step == 0, False)
-                lse = torch.logaddexp(lse, b_lse)
-                pos = pos + b_pos
-            if pending is not None:
-                _Ring.finish(pending[0])
-                block, keys = pending[1]
+        stats = [lse, pos]
+
+        def add_block(step, block, keys):
+            rk = impl.inverse_norms(block, normalize)
+            b_lse, b_pos, _ = impl.forward(q, block, rq, rk, scale, row_key, keys, None,
+                                           mask_home and step == 0, False)
+            stats[0] = torch.logaddexp(stats[0], b_lse)
+            stats[1] = stats[1] + b_pos
+
+        ring.each_block(k, col_key, add_block)
+        lse, pos = stats
         ctx.save_for_backward(q, k, rq, scale, extra, row_key, col_key, lse)
         ctx.args = (mask_home, normalize, impl, group, counts)
         return lse, pos
@@ -175,27 +195,22 @@ class RingSoftmax(torch.autograd.Function):
         deterministic = torch.are_deterministic_algorithms_enabled()
         dq = torch.zeros(q.shape, dtype=lse.dtype, device=q.device)
         dscale = torch.zeros((), dtype=lse.dtype, device=q.device)
-        block, keys = k, col_key
-        dk_acc = torch.zeros(k.shape, dtype=lse.dtype, device=q.device)
-        for step in range(ring.size):
-            last = step == ring.size - 1
-            # The next block travels while this one is computed; its gradient accumulator
-            # follows once this rank has added to it (after the last step it goes home).
-            ahead = None if last else ring.start([block, keys], step)
-            if block.shape[0]:
-                rk = impl.inverse_norms(block, normalize)
-                b_dq, b_dk, b_ds = impl.backward(q, block, rq, rk, scale, row_key, keys, lse,
-                                                 empty, g_lse, g_pos, empty,
-                                                 mask_home and step == 0, normalize,
-                                                 deterministic)
-                dq += b_dq.to(dq.dtype)
-                dk_acc += b_dk.to(dk_acc.dtype)
-                dscale += b_ds.to(dscale.dtype)
-            block, keys, dk_acc = _Ring.advance(ring, ahead, dk_acc, step, block, keys)
+
+        def block_grad(step, block, keys):
+            nonlocal dscale
+            rk = impl.inverse_norms(block, normalize)
+            b_dq, b_dk, b_ds = impl.backward(q, block, rq, rk, scale, row_key, keys, lse, empty,
+                                             g_lse, g_pos, empty, mask_home and step == 0,
+                                             normalize, deterministic)
+            dq.add_(b_dq.to(dq.dtype))
+            dscale = dscale + b_ds.to(dscale.dtype)
+            return b_dk
+
+        dk = ring.each_block_with_grad(k, col_key, lse.dtype, block_grad)
         d_extra = None
         if extra is not None and ctx.needs_input_grad[3]:
             d_extra = (g_lse * torch.exp(extra - lse)).to(extra.dtype)
-        return (dq.to(q.dtype), dk_acc.to(k.dtype), dscale.to(scale.dtype), d_extra,
+        return (dq.to(q.dtype), dk.to(k.dtype), dscale.to(scale.dtype), d_extra,
                 None, None, None, None, None, None, None)
 
 
@@ -209,16 +224,13 @@ class RingPairwise(torch.autograd.Function):
         ring = _Ring(group, counts)
         rq = impl.inverse_norms(q, normalize)
         rows = torch.zeros(q.shape[0], dtype=rq.dtype, device=q.device)
-        block, keys = k, col_key
-        for step in range(ring.size):
-            pending = ring.start([block, keys], step) if step < ring.size - 1 else None
-            if block.shape[0]:
-                rk = impl.inverse_norms(block, normalize)
-                rows = rows + impl.pair_forward(kind, q, block, rq, rk, params, row_key, keys,
-                                                mask_home and step == 0)
-            if pending is not None:
-                _Ring.finish(pending[0])
-                block, keys = pending[1]
+
+        def add_block(step, block, keys):
+            rk = impl.inverse_norms(block, normalize)
+            rows.add_(impl.pair_forward(kind, q, block, rq, rk, params, row_key, keys,
+                                        mask_home and step == 0))
+
+        ring.each_block(k, col_key, add_block)
         ctx.save_for_backward(q, k, rq, params, row_key, col_key)
         ctx.args = (kind, mask_home, normalize, impl, group, counts)
         return rows
@@ -232,19 +244,16 @@ class RingPairwise(torch.autograd.Function):
         deterministic = torch.are_deterministic_algorithms_enabled()
         dq = torch.zeros(q.shape, dtype=rq.dtype, device=q.device)
         dparams = torch.zeros(3, dtype=rq.dtype, device=q.device)
-        block, keys = k, col_key
-        dk_acc = torch.zeros(k.shape, dtype=rq.dtype, device=q.device)
-        for step in range(ring.size):
-            ahead = None if step == ring.size - 1 else ring.start([block, keys], step)
-            if block.shape[0]:
-                rk = impl.inverse_norms(block, normalize)
-                _, b_dq, b_dk, b_dp = impl.pair_backward(kind, q, block, rq, rk, params,
-                                                         row_key, keys, g_row,
-                                                         mask_home and step == 0, normalize,
-                                                         False, deterministic)
-                dq += b_dq.to(dq.dtype)
-                dk_acc += b_dk.to(dk_acc.dtype)
-                dparams += b_dp.to(dparams.dtype)
-            block, keys, dk_acc = _Ring.advance(ring, ahead, dk_acc, step, block, keys)
-        return (dq.to(q.dtype), dk_acc.to(k.dtype), dparams.to(params.dtype),
+
+        def block_grad(step, block, keys):
+            rk = impl.inverse_norms(block, normalize)
+            _, b_dq, b_dk, b_dp = impl.pair_backward(kind, q, block, rq, rk, params, row_key,
+                                                     keys, g_row, mask_home and step == 0,
+                                                     normalize, False, deterministic)
+            dq.add_(b_dq.to(dq.dtype))
+            dparams.add_(b_dp.to(dparams.dtype))
+            return b_dk
+
+        dk = ring.each_block_with_grad(k, col_key, rq.dtype, block_grad)
+        return (dq.to(q.dtype), dk.to(k.dtype), dparams.to(params.dtype),
                 None, None, None, None, None, None, None, None)
