@@ -1,9 +1,8 @@
-import pytest
-
 from conftest import run_benchmark
 
+LOSSES = ["simcse_unsup_loss", "simcse_sup_loss"]  # conftest pairs each with its providers
 
-@pytest.mark.parametrize("loss", ["simcse_unsup_loss", "simcse_sup_loss"])
+
 def test_simcse(benchmark, loss, provider, size, mode):
     n, d, dtype = size
     run_benchmark(benchmark, loss, provider, n, d, dtype, mode)

@@ -1,9 +1,8 @@
-import pytest
-
 from conftest import run_benchmark
 
+LOSSES = ["supcon_loss"]  # conftest pairs each with its providers
 
-@pytest.mark.parametrize("loss", ["supcon_loss"])
+
 def test_supcon(benchmark, loss, provider, size, mode):
     n, d, dtype = size
     run_benchmark(benchmark, loss, provider, n, d, dtype, mode)

@@ -16,7 +16,8 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || 
 # Build for this GPU only (the full 8.0;9.0 build is CI's job): minutes saved.
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 arch=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=16 pip install -q --no-build-isolation -e ".[test]" 2>&1 | tail -2
+# --no-deps: the GPU machine has no network; torch, triton and pytest are already there.
+TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=16 pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
 python -m contrastive_kernels info | tee "$out/info.txt"
 
 status=0
@@ -26,7 +27,8 @@ timeout 180 python -m pytest tests -q -p no:cacheprovider --ignore=tests/test_ao
   -x 2>&1 | tee "$out/tests.txt" | tail -15 || status=1
 timeout 60 python -m contrastive_kernels check 2>&1 | tee "$out/check.txt" || status=1
 timeout 60 python -m pytest benchmarks/bench_clip.py benchmarks/bench_nt_xent.py -q \
-  -p no:cacheprovider -c benchmarks/pytest.ini --benchmark-json="$out/bench.json" \
+  -p no:cacheprovider -c benchmarks/pytest.ini -k "not torch-compiled and not N32768" \
+  --benchmark-json="$out/bench.json" \
   --benchmark-columns=mean,stddev 2>&1 | tee "$out/bench.txt" | tail -20 || status=1
 # Triton vs CUDA C++ vs eager and compiled reference (decides dispatch.CUDA_PREFERENCE).
 # torch.compile costs a compile per shape: compiled reference at 16k only.

@@ -1,7 +1,11 @@
 """pytest-benchmark JSON -> PNG plots and a markdown table.
 
+    python benchmarks/plot.py --run --write     # run the suite, plot, update RESULTS.md
+
+is the one command; it is the same as the two steps
+
     python -m pytest benchmarks -c benchmarks/pytest.ini --benchmark-json=benchmarks/.results/run.json
-    python benchmarks/plot.py benchmarks/.results/run.json [--write]
+    python benchmarks/plot.py benchmarks/.results/run.json --write
 
 One figure per (loss, mode): time and peak memory against N, log-log, one line per
 provider, saved as benchmarks/plots/<loss>_<mode>.png; the table lists every measurement
@@ -18,34 +22,73 @@ from collections import defaultdict
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def load(path) -> tuple[dict, list[dict]]:
+def load(*paths) -> tuple[dict, list[dict]]:
     """(machine info, one record per benchmark: loss, provider, n, d, dtype, mode, device,
-    seconds (median), peak_bytes)."""
-    data = json.loads(pathlib.Path(path).read_text())
-    rows = []
-    for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        if "loss" not in info:
-            continue
-        rows.append({**info, "seconds": b["stats"]["median"]})
-    return data.get("machine_info", {}), rows
+    seconds (median), peak_bytes, and "error" where the provider could not run). Several
+    files merge; a later file's record replaces an earlier one of the same case."""
+    records, machine = {}, {}
+    for path in paths:
+        data = json.loads(pathlib.Path(path).read_text())
+        machine = {**data.get("machine_info", {}), "datetime": data.get("datetime", "?")}
+        for b in data["benchmarks"]:
+            info = b.get("extra_info", {})
+            if "loss" not in info:
+                continue
+            key = tuple(info[k] for k in ("loss", "provider", "n", "d", "dtype", "mode"))
+            records[key] = {**info, "seconds": b["stats"]["median"]}
+    return machine, list(records.values())
+
+
+PROVIDER_ORDER = ("torch", "torch-compiled", "cpu", "cuda", "triton")
+
+
+def _semantics_note(provider: str, loss: str) -> str:
+    """'' for our providers and for peers computing exactly our loss, else a footnote."""
+    from peers import SAME
+    note = SAME.get(provider, {}).get(loss, "same")
+    return "" if note.startswith("same") else note
 
 
 def table(machine: dict, rows: list[dict]) -> str:
-    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("machine", "?"))
-    lines = [f"Machine: {cpu} ({machine.get('node', '?')}, python "
+    """A markdown table: one row per (loss, mode, N, D, dtype), one column per provider
+    holding median time, peak memory and speed-up over the eager reference (torch); peers
+    whose semantics differ from ours are marked † and footnoted."""
+    cpu = machine.get("cpu", {})
+    providers = sorted({r["provider"] for r in rows},
+                       key=lambda p: (PROVIDER_ORDER.index(p) if p in PROVIDER_ORDER
+                                      else len(PROVIDER_ORDER), p))
+    cells, notes = defaultdict(dict), {}
+    for r in rows:
+        cells[r["loss"], r["mode"], r["n"], r["d"], r["dtype"]][r["provider"]] = r
+    lines = [f"Run {machine.get('datetime', '?')[:10]}. Machine: {cpu.get('brand_raw', machine.get('machine', '?'))}, "
+             f"{cpu.get('count', '?')} CPUs ({machine.get('node', '?')}, python "
              f"{machine.get('python_version', '?')}); device "
-             f"{rows[0]['device'] if rows else '?'}.", "",
-             "| loss | mode | N | D | dtype | provider | median ms | peak memory MiB | "
-             "vs torch |", "|---|---|---|---|---|---|---|---|---|"]
-    ref = {(r["loss"], r["mode"], r["n"], r["d"], r["dtype"]): r["seconds"]
-           for r in rows if r["provider"] == "torch"}
-    for r in sorted(rows, key=lambda r: (r["loss"], r["mode"], r["n"], r["provider"])):
-        base = ref.get((r["loss"], r["mode"], r["n"], r["d"], r["dtype"]))
-        speed = f"{base / r['seconds']:.2f}x" if base else "-"
-        lines.append(f"| {r['loss']} | {r['mode']} | {r['n']} | {r['d']} | {r['dtype']} | "
-                     f"{r['provider']} | {r['seconds'] * 1e3:.1f} | "
-                     f"{r.get('peak_bytes', 0) / 2**20:.1f} | {speed} |")
+             f"{rows[0]['device'] if rows else '?'}. Each cell: median time, peak memory "
+             "above the inputs (allocated on CUDA, resident on CPU), speed-up over torch.", "",
+             "| loss | mode | N | D | dtype | " + " | ".join(providers) + " |",
+             "|---" * (5 + len(providers)) + "|"]
+    for key in sorted(cells):
+        row, base = cells[key], cells[key].get("torch")
+        out = []
+        for p in providers:
+            r = row.get(p)
+            if r is None:
+                out.append("")
+                continue
+            if "error" in r:
+                out.append(r["error"])
+                continue
+            speed = f" ({base['seconds'] / r['seconds']:.2f}x)" \
+                if base and "error" not in base else ""
+            note = _semantics_note(p, key[0])
+            mark = " †" if note else ""
+            if note:
+                notes[p, key[0]] = note
+            out.append(f"{r['seconds'] * 1e3:.1f} ms · {max(r.get('peak_bytes', 0), 0) / 2**20:.0f} "
+                       f"MiB{speed}{mark}")
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(out) + " |")
+    if notes:
+        lines += [""] + [f"† {p} on {loss}: {note}." for (p, loss), note in sorted(notes.items())]
     return "\n".join(lines)
 
 
@@ -57,13 +100,17 @@ def plot(rows: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = defaultdict(list)
     for r in rows:
-        groups[r["loss"], r["mode"]].append(r)
+        if "error" not in r:
+            groups[r["loss"], r["mode"]].append(r)
     written = []
     for (loss, mode), items in sorted(groups.items()):
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
         by_provider = defaultdict(list)
+        configs = {(r["d"], r["dtype"]) for r in items}
         for r in items:
-            by_provider[r["provider"]].append(r)
+            label = r["provider"] if len(configs) == 1 else \
+                f"{r['provider']} D={r['d']} {r['dtype']}"
+            by_provider[label].append(r)
         for provider, pts in sorted(by_provider.items()):
             pts.sort(key=lambda r: r["n"])
             ns = [r["n"] for r in pts]
@@ -88,11 +135,16 @@ def plot(rows: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="*", default=[str(HERE / ".results" / "run.json")],
+                    help="pytest-benchmark JSON files (later ones override)")
+    ap.add_argument("--run", action="store_true",
+                    help="first run the benchmark suite (pytest-benchmark) into JSON")
     ap.add_argument("--out", default=str(HERE / "plots"))
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args(argv)
-    machine, rows = load(args.json)
+    if args.run:
+        _run_suite(pathlib.Path(args.json[-1]))
+    machine, rows = load(*args.json)
     text = table(machine, rows)
     paths = plot(rows, pathlib.Path(args.out))
     links = "\n".join(f"![{p.stem}](plots/{p.name})" for p in paths)
@@ -101,6 +153,15 @@ def main(argv=None):
         from summarize import write_block
         write_block("BENCH", f"{text}\n\n{links}")
     return paths
+
+
+def _run_suite(json_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pytest", str(HERE), "-c", str(HERE / "pytest.ini"),
+                    "-q", "-p", "no:cacheprovider", f"--benchmark-json={json_path}"],
+                   check=True)
 
 
 if __name__ == "__main__":

@@ -6,34 +6,16 @@ written into benchmarks/RESULTS.md between <!-- NAME:BEGIN --> and <!-- NAME:END
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 def table(path: str) -> str:
-    data = json.loads(pathlib.Path(path).read_text())
-    rows = {}
-    for b in data["benchmarks"]:
-        e = b["extra_info"]
-        key = (e["loss"], e["mode"], e["n"], e["d"])
-        rows.setdefault(key, {})[e["provider"]] = (b["stats"]["median"], e["peak_bytes"])
-    machine = data.get("machine_info", {})
-    lines = [f"From `{pathlib.Path(path).name}` ({data.get('datetime', '?')[:10]}, "
-             f"{machine.get('cpu', {}).get('brand_raw', machine.get('machine', '?'))}, "
-             f"{machine.get('cpu', {}).get('count', '?')} CPUs). Peak = resident (CPU) or "
-             "allocated (CUDA) memory above the inputs, during the timed calls.",
-             "",
-             "| loss | mode | N | D | provider | median ms | peak MiB | vs torch |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (loss, mode, n, d), provs in sorted(rows.items()):
-        ref = provs.get("torch")
-        for prov, (t, peak) in sorted(provs.items(), key=lambda kv: kv[0] != "torch"):
-            speed = f"{ref[0] / t:.2f}x" if ref else "(no ref)"
-            lines.append(f"| {loss} | {mode} | {n} | {d} | {prov} | {t * 1e3:.1f} | "
-                         f"{peak / 2**20:.0f} | {speed} |")
-    return "\n".join(lines)
+    """The table of plot.py (one row per problem, one column per provider) for one JSON
+    file."""
+    from plot import load, table as provider_table
+    return f"From `{pathlib.Path(path).name}`. " + provider_table(*load(path))
 
 
 def main():

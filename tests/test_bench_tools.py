@@ -23,4 +23,28 @@ def test_plot_turns_benchmark_json_into_pngs_and_a_table(tmp_path):
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     machine, rows = plot.load(path)
     text = plot.table(machine, rows)
-    assert "| clip_loss | fwd_bwd | 4096 |" in text and "4.00x" in text
+    assert "| loss | mode | N | D | dtype | torch | cpu |" in text
+    assert "| clip_loss | fwd_bwd | 4096 | 64 | float32 | 16.4 ms · 64 MiB (1.00x) | " \
+           "4.1 ms · 64 MiB (4.00x) |" in text
+
+
+def test_plot_marks_peers_whose_semantics_differ(tmp_path):
+    import plot
+    rows = [{"loss": "contrastive_loss", "provider": p, "n": 64, "d": 8, "dtype": "float32",
+             "mode": "fwd", "device": "cpu", "peak_bytes": 0, "seconds": 1e-3}
+            for p in ("torch", "pml")]
+    text = plot.table({}, rows)
+    assert "(1.00x) † |" in text and "† pml on contrastive_loss: differs" in text
+
+
+def test_table_reports_a_provider_that_ran_out_of_memory(tmp_path):
+    import plot
+    rows = [{"loss": "nt_xent_loss", "provider": "torch", "n": 4096, "d": 8,
+             "dtype": "float32", "mode": "fwd", "device": "cpu", "peak_bytes": 2**20,
+             "seconds": 1e-3},
+            {"loss": "nt_xent_loss", "provider": "pml", "n": 4096, "d": 8, "dtype": "float32",
+             "mode": "fwd", "device": "cpu", "seconds": 0.0,
+             "error": "out of memory (asked for 64 GiB)"}]
+    text = plot.table({}, rows)
+    assert "| 1.0 ms · 1 MiB (1.00x) | out of memory (asked for 64 GiB) |" in text
+    assert [p.name for p in plot.plot(rows, tmp_path)] == ["nt_xent_loss_fwd.png"]
