@@ -122,8 +122,11 @@ setup(
     # torch's Linux CUDA wheels bring a matching triton; the CPU-only wheels do not.
     install_requires=["torch>=2.4", "numpy", "triton>=3.0; platform_system == 'Linux'"],
     # The examples' dependencies are part of "test": the test suite runs the examples.
-    extras_require={"test": ["pytest>=7", "pytest-benchmark>=4", "scikit-learn", "tqdm",
-                             "matplotlib"]},
+    # "peers": the libraries the benchmarks compare against (benchmarks/peers.py).
+    extras_require={"test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "scikit-learn",
+                             "tqdm", "matplotlib"],
+                    "peers": ["open_clip_torch", "pytorch-metric-learning", "info-nce-pytorch",
+                              "inf-cl"]},
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
     entry_points={"console_scripts": [
