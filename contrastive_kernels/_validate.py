@@ -63,6 +63,11 @@ def scalar(value, name: str, device, *, positive: bool = False) -> None:
             raise TypeError(f"{name} tensor must be floating point, got {value.dtype}")
         if value.device != device and value.device.type != "cpu":
             raise ValueError(f"{name} is on {value.device} but the features are on {device}")
+        if torch.compiler.is_compiling():
+            # Reading a tensor's value would end the graph; a traced loss checks the
+            # value of a float argument only (a learnable temperature is positive by
+            # construction, e.g. exp of a parameter).
+            return
         number = float(value.detach())
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)

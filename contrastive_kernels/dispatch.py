@@ -157,16 +157,27 @@ def resolve(backend: str, device: torch.device, loss: str) -> str:
 
 def select(backend: str, device: torch.device, loss: str) -> ModuleType | None:
     """The engine module for the chosen backend, or None for the PyTorch reference."""
-    name = resolve(backend, device, loss)
+    name = engine_name(backend, device.type, loss)
     if name == "torch":
         return None
-    if name == "triton":
-        ok, why = _triton_runs_on(device)
-        if not ok:
-            raise BackendUnavailableError(f"backend 'triton' cannot run here: {why}")
-        from .ops import triton_engine
-        return triton_engine
-    ok, why = _extension_runs_on(name, device)
+    from .ops.library import engine
+    return engine(name)
+
+
+@torch.compiler.assume_constant_result
+def engine_name(backend: str, device_type: str, loss: str) -> str:
+    """The backend that computes ``loss`` on ``device_type`` tensors ("torch" for the
+    reference), raising BackendUnavailableError when it cannot run here. Under
+    torch.compile it runs once while tracing and its answer is a constant of the graph
+    (the environment variable is read then)."""
+    device = torch.device(device_type)
+    name = resolve(backend, device, loss)
+    if name == "torch":
+        return name
+    ok, why = (_triton_runs_on(device) if name == "triton"
+               else _extension_runs_on(name, device))
     if not ok:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
-    return importlib.import_module(f"contrastive_kernels.ops.{name}_engine")
+    from .ops.library import engine
+    engine(name)  # import it now, outside any traced code
+    return name

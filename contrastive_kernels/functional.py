@@ -4,8 +4,15 @@ Every function accepts ``backend`` ∈ {"auto", "torch", "triton", "cuda", "cpu"
 is the reference that materializes the N×M logits, every other backend runs the tiled
 kernels and never holds an N×M tensor. Half-precision inputs return a float32 loss;
 float64 inputs return float64; gradients come back in the input dtype.
+
+Under ``torch.autocast`` every loss computes as outside it (fp32 accumulation; the
+reference in fp32 or wider, never in autocast's half precision) and accepts features of
+mixed floating dtypes, as autocast produces them, by promoting them to the widest; the
+gradient of each input still comes back in that input's dtype.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -23,6 +30,40 @@ from .ops import supcon as supcon_ops
 from .ops import triplet as triplet_ops
 
 
+def _outside_autocast(fn):
+    """Run a loss with autocast off on the features' device, promoting the floating
+    feature tensors (dim ≥ 1) to their widest dtype when autocast was on."""
+    @functools.wraps(fn)
+    def loss(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if not tensors or not torch.is_autocast_enabled(tensors[0].device.type):
+            return fn(*args, **kwargs)
+        widest = _widest([t for t in tensors if t.dim() > 0 and t.is_floating_point()])
+        args = [_promote(a, widest) for a in args]
+        kwargs = {key: _promote(a, widest) for key, a in kwargs.items()}
+        with torch.autocast(tensors[0].device.type, enabled=False):
+            return fn(*args, **kwargs)
+    return loss
+
+
+def _widest(tensors):
+    dtypes = {t.dtype for t in tensors}
+    if {torch.float16, torch.bfloat16} <= dtypes:
+        dtypes.add(torch.float32)  # neither half type holds the other
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        if dtype in dtypes:
+            return dtype
+    return None
+
+
+def _promote(value, widest):
+    if (widest is None or not isinstance(value, torch.Tensor) or value.dim() == 0
+            or not value.is_floating_point() or value.dtype == widest):
+        return value
+    return value.to(widest)
+
+
+@_outside_autocast
 def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean",
              normalize=True, backend="auto", group=None, dist_mode="gather"):
     """InfoNCE (info-nce-pytorch, ``negative_mode="unpaired"``).
@@ -53,6 +94,7 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
                                  normalize, impl)
 
 
+@_outside_autocast
 def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto",
                  group=None, dist_mode="gather"):
     """SimCLR NT-Xent. z1, z2 (N, D): two views, row i of z1 pairs with row i of z2.
@@ -75,6 +117,7 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, back
     return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl)
 
 
+@_outside_autocast
 def clip_loss(image_features, text_features, logit_scale, reduction="mean", normalize=False,
               backend="auto", group=None, dist_mode="gather"):
     """Symmetric CLIP loss (open_clip ``ClipLoss()(img, txt, logit_scale)``).
@@ -101,6 +144,7 @@ def clip_loss(image_features, text_features, logit_scale, reduction="mean", norm
                               impl)
 
 
+@_outside_autocast
 def siglip_loss(image_features, text_features, logit_scale, logit_bias, reduction="mean",
                 normalize=False, backend="auto", group=None, dist_mode="gather"):
     """SigLIP pairwise sigmoid loss (open_clip ``SigLipLoss()`` on one process).
@@ -128,6 +172,7 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, reductio
                                   reduction, normalize, impl)
 
 
+@_outside_autocast
 def simcse_unsup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
     """Unsupervised SimCSE. y_pred (N, D), N even: rows 2k and 2k+1 are two dropout views
     of one sentence. Cosine / lamda with the own row excluded. Returns a scalar (mean over
@@ -144,6 +189,7 @@ def simcse_unsup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
     return simcse_ops.simcse_unsup_loss(y_pred, lamda, reduction, impl)
 
 
+@_outside_autocast
 def simcse_sup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
     """Supervised SimCSE. y_pred (3B, D) as triplets (anchor 3k, positive 3k+1, hard
     negative 3k+2). Anchors against every non-anchor row; target of anchor k is column 2k.
@@ -160,6 +206,7 @@ def simcse_sup_loss(y_pred, lamda=0.05, reduction="mean", backend="auto"):
     return simcse_ops.simcse_sup_loss(y_pred, lamda, reduction, impl)
 
 
+@_outside_autocast
 def supcon_loss(features, labels=None, temperature=0.07, base_temperature=0.07,
                 reduction="mean", normalize=False, backend="auto", group=None,
                 dist_mode="gather"):
@@ -188,6 +235,7 @@ def supcon_loss(features, labels=None, temperature=0.07, base_temperature=0.07,
                                   normalize, impl)
 
 
+@_outside_autocast
 def n_pair_loss(anchors, positives, l2_reg=0.0, reduction="mean", backend="auto"):
     """Sohn's multi-class N-pair loss. anchors, positives (N, D); raw dot products, CE with
     targets arange, plus l2_reg·mean_i(‖a_i‖² + ‖p_i‖²). Returns a scalar, or (N,) for
@@ -204,6 +252,7 @@ def n_pair_loss(anchors, positives, l2_reg=0.0, reduction="mean", backend="auto"
     return n_pair_ops.n_pair_loss(anchors, positives, l2_reg, reduction, impl)
 
 
+@_outside_autocast
 def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squared=False,
                         normalize=False, reduction="mean", backend="auto"):
     """Batch-hard triplet loss (Hermans et al.). embeddings (N, D), labels (N,) integers.
@@ -224,6 +273,7 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squ
                                            reduction, impl)
 
 
+@_outside_autocast
 def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="auto"):
     """Pairwise margin contrastive loss (Hadsell et al.). embeddings (N, D), N ≥ 2; labels
     (N,) integers. Mean over ordered pairs i≠j of d² (same label) or relu(margin − d)².
@@ -256,6 +306,8 @@ def _distributed_ready(impl, group, dist_mode) -> None:
 
 
 def _non_negative(value, name):
+    if isinstance(value, torch.Tensor) and torch.compiler.is_compiling():
+        return  # a tensor's value is unknown while tracing (see _validate.scalar)
     number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not number >= 0:
         raise ValueError(f"{name} must be >= 0, got {number}")

@@ -86,7 +86,15 @@ class LargestTensor(TorchDispatchMode):
         self.op = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        body = _custom_op_body(func)
+        if body is not None:
+            # Our kernels run inside custom operators (ops/library.py); a dispatch mode
+            # sees an operator's outputs, not what it allocates inside. Run the body with
+            # this mode active again, so every tensor made inside is counted too.
+            with self:
+                out = body(*args, **(kwargs or {}))
+        else:
+            out = func(*args, **(kwargs or {}))
         for t in torch.utils._pytree.tree_leaves(out):
             if not isinstance(t, torch.Tensor):
                 continue
@@ -95,3 +103,12 @@ class LargestTensor(TorchDispatchMode):
             if t.numel() > self.largest:
                 self.largest, self.op = t.numel(), str(func)
         return out
+
+
+def _custom_op_body(func):
+    """The Python function behind one of our custom operators (None for any other op)."""
+    if getattr(func, "namespace", None) != "contrastive_kernels":
+        return None
+    from .ops import library
+    op = getattr(library, func._opname, None)
+    return getattr(op, "_init_fn", None)

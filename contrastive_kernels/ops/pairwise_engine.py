@@ -25,8 +25,10 @@ weight of each row's sum):
         -1 where there is none)
 
 ``pair_backward`` is one pass (3 tile products); with a uniform upstream gradient (a
-"mean" or "sum" loss) it runs in the forward, so forward+backward costs 3 products, and
-the backward only scales the saved gradients.
+"mean" or "sum" loss) it runs in the forward (the operator
+``contrastive_kernels::pair_loss_and_grad``), so forward+backward costs 3 products, and
+the backward only scales the saved gradients. Otherwise ``pair_forward`` (1 product) runs,
+and its autograd formula the recomputing ``pair_backward`` (ops/library.py).
 """
 from __future__ import annotations
 
@@ -34,54 +36,10 @@ from types import ModuleType
 
 import torch
 
+from .library import backend_name, pair_forward, pair_loss_and_grad
+
 SIGLIP = 0
 HADSELL = 1
-
-
-class PairwiseEngineFunction(torch.autograd.Function):
-    """(q, k, params) -> weight·Σ_i rows_i (reduced) or weight·rows (N,)."""
-
-    @staticmethod
-    def forward(ctx, q, k, params, row_key, col_key, kind: int, mask_diag: bool,
-                normalize: bool, weight: float, reduced: bool, impl: ModuleType,
-                deterministic: bool):
-        rq = impl.inverse_norms(q, normalize)
-        rk = rq if k is q else impl.inverse_norms(k, normalize)
-        ctx.args = (kind, mask_diag, normalize, weight, reduced, impl, deterministic)
-        wants_grad = any(ctx.needs_input_grad[:3])
-        if reduced and wants_grad:
-            # Every row gets the same upstream weight: form the gradient now (one pass for
-            # loss and gradient), and let backward scale it by the incoming scalar.
-            g_row = torch.full((q.shape[0],), weight, dtype=rq.dtype, device=q.device)
-            rows, dq, dk, dparams = impl.pair_backward(
-                kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag, normalize,
-                True, deterministic)
-            ctx.save_for_backward(dq, dk, dparams)
-            ctx.fused = True
-            return rows.sum() * weight
-        ctx.fused = False
-        rows = impl.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag)
-        ctx.save_for_backward(q, k, rq, rk, params, row_key, col_key)
-        return rows.sum() * weight if reduced else rows * weight
-
-    @staticmethod
-    def backward(ctx, grad):
-        kind, mask_diag, normalize, weight, reduced, impl, deterministic = ctx.args
-        if ctx.fused:
-            dq, dk, dparams = ctx.saved_tensors
-            g = grad.to(dparams.dtype)
-            dq = (dq * g.to(dq.dtype)) if ctx.needs_input_grad[0] else None
-            dk = (dk * g.to(dk.dtype)) if ctx.needs_input_grad[1] else None
-            dp = dparams * g if ctx.needs_input_grad[2] else None
-            return dq, dk, dp, *([None] * 9)
-        q, k, rq, rk, params, row_key, col_key = ctx.saved_tensors
-        g_row = (grad * weight).to(rq.dtype).expand(q.shape[0]).contiguous()
-        _, dq, dk, dparams = impl.pair_backward(kind, q, k, rq, rk, params, row_key, col_key,
-                                                g_row, mask_diag, normalize, False,
-                                                deterministic)
-        return (dq if ctx.needs_input_grad[0] else None,
-                dk if ctx.needs_input_grad[1] else None,
-                dparams if ctx.needs_input_grad[2] else None, *([None] * 9))
 
 
 def pair_params(like: torch.Tensor, scale=None, bias=None, margin=None) -> torch.Tensor:
@@ -109,6 +67,13 @@ def pairwise_engine(q, k, params, *, impl: ModuleType, kind: int, row_key, col_k
     q = q.contiguous()
     k = q if shared else k.contiguous()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    return PairwiseEngineFunction.apply(q, k, params, row_key.contiguous(),
-                                        col_key.contiguous(), kind, mask_diag, normalize,
-                                        float(weight), reduced, impl, deterministic)
+    args = (q, k, params, row_key.contiguous(), col_key.contiguous(), kind, mask_diag,
+            normalize, shared, deterministic)
+    wants_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                              or params.requires_grad)
+    if reduced and wants_grad:
+        # Every row gets the same upstream weight: form the gradient now (one pass for
+        # loss and gradient); the backward scales it by the incoming scalar.
+        return pair_loss_and_grad(*args, float(weight), backend_name(impl))[0]
+    rows = pair_forward(*args, backend_name(impl))[0]
+    return rows.sum() * weight if reduced else rows * weight

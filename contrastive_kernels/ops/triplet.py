@@ -5,6 +5,7 @@ import torch
 
 from ..reference import _prep
 from ._common import as_tensor, reduce_rows
+from .library import backend_name, hardest_pairs, subtract_rows
 
 
 def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reduction, impl):
@@ -16,12 +17,11 @@ def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reductio
     exact for duplicates, and the gradient reaches the selected rows only."""
     x = embeddings.contiguous()
     keys = labels.to(torch.int64).contiguous()
-    with torch.no_grad():
-        rx = impl.inverse_norms(x, normalize)
-        pos, neg = impl.hardest_pairs(x, rx, keys)
+    backend = backend_name(impl)
+    pos, neg = hardest_pairs(x.detach(), keys, normalize, backend)
     valid = (pos >= 0) & (neg >= 0)
     xp = _prep(x, normalize)
-    d_ap, d_an = SelectedDistances.apply(xp, pos, neg, valid, squared, impl)
+    d_ap, d_an = SelectedDistances.apply(xp, pos, neg, valid, squared, backend)
     vec = torch.relu(d_ap - d_an + as_tensor(margin, x))
     vec = torch.where(valid, vec, torch.zeros_like(vec))
     return reduce_rows(vec, reduction, valid)
@@ -32,18 +32,18 @@ class SelectedDistances(torch.autograd.Function):
 
     d is Euclidean (squared if asked) from the difference; rows with ``valid`` False give
     0 and pass no gradient. The backward scatters each pair's gradient to the selected
-    rows with the engine's ``add_rows`` where it has one (the CPU engine: in order, fast)
-    and ``index_add_`` otherwise."""
+    rows with the operator ``subtract_rows`` (the engine's ``add_rows`` where it has one:
+    the CPU engine, in order, fast; ``index_add_`` otherwise)."""
 
     @staticmethod
-    def forward(ctx, x, pos, neg, valid, squared: bool, impl):
+    def forward(ctx, x, pos, neg, valid, squared: bool, backend: str):
         pos = torch.where(valid, pos, torch.arange(x.shape[0], device=x.device))
         neg = torch.where(valid, neg, torch.arange(x.shape[0], device=x.device))
         diff_p, diff_n = x - x.index_select(0, pos), x - x.index_select(0, neg)
         d2p, d2n = diff_p.pow(2).sum(1), diff_n.pow(2).sum(1)
         dp, dn = (d2p, d2n) if squared else (d2p.sqrt(), d2n.sqrt())
         ctx.save_for_backward(diff_p, diff_n, dp, dn, pos, neg)
-        ctx.squared, ctx.impl = squared, impl
+        ctx.squared, ctx.backend = squared, backend
         return dp, dn
 
     @staticmethod
@@ -53,13 +53,7 @@ class SelectedDistances(torch.autograd.Function):
         coef_p = _chain(g_p, dp, ctx.squared)
         coef_n = _chain(g_n, dn, ctx.squared)
         v, u = coef_p[:, None] * diff_p, coef_n[:, None] * diff_n
-        dx = v + u
-        add = getattr(ctx.impl, "add_rows", None)
-        for idx, src in ((pos, v), (neg, u)):
-            if add is not None:
-                add(dx, idx, src.neg())
-            else:
-                dx.index_add_(0, idx, src, alpha=-1)
+        dx = subtract_rows(v + u, pos, v, neg, u, ctx.backend)
         return dx, None, None, None, None, None
 
 

@@ -1,0 +1,265 @@
+"""The kernel engines as PyTorch custom operators (``torch.library``), namespace
+``contrastive_kernels``.
+
+Every kernel call of the single-process losses goes through these operators, so that
+``torch.compile`` sees each as one opaque node with a fake (meta) implementation for
+shapes and a registered autograd formula whose backward is again an operator: a compiled
+model plus our loss traces with ``fullgraph=True``, and eager mode runs the same code.
+
+The kernel backend travels as a string (``"triton"``, ``"cuda"``, ``"cpu"``) and the
+engine module is looked up inside the operator; ``shared`` says that ``k`` is ``q`` (one
+set of norms, as in self-similarity). Outputs never alias inputs or each other: where the
+engine would reuse ``rq`` for ``rk``, the operator returns an empty ``rk`` instead.
+
+Shapes: q (N, D), k (M, D) of one floating dtype; rq (N,), rk (M,) (or (0,) when shared)
+in the accumulation dtype (float64 for float64 inputs, else float32); keys int64.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_NS = "contrastive_kernels"
+_ENGINES: dict = {}
+
+
+def engine(backend: str):
+    """The engine module of a kernel backend name (imported once)."""
+    module = _ENGINES.get(backend)
+    if module is None:
+        module = importlib.import_module(f"contrastive_kernels.ops.{backend}_engine")
+        _ENGINES[backend] = module
+    return module
+
+
+def backend_name(impl) -> str:
+    """The backend name of an engine module (``contrastive_kernels.ops.cpu_engine`` ->
+    ``"cpu"``)."""
+    return impl.__name__.rsplit(".", 1)[-1][:-len("_engine")]
+
+
+def _acc(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _vec(x: Tensor, n) -> Tensor:
+    return x.new_empty((n,), dtype=_acc(x))
+
+
+# ---------------------------------------------------------------------------------------
+# The softmax engine (ops/softmax_engine.py).
+# ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::softmax_forward", mutates_args=())
+def softmax_forward(q: Tensor, k: Tensor, scale: Tensor, extra: Optional[Tensor],
+                    row_key: Tensor, col_key: Tensor, mask_diag: bool, need_col: bool,
+                    normalize: bool, shared: bool, deterministic: bool,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(lse (N,), pos (N,), clse (M,) or (0,), rq (N,), rk (M,) or (0,) when shared)."""
+    impl = engine(backend)
+    rq = impl.inverse_norms(q, normalize)
+    rk = rq if shared else impl.inverse_norms(k, normalize)
+    lse, pos, clse = impl.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
+                                  need_col)
+    return lse, pos, clse, rq, (rq.new_empty((0,)) if shared else rk)
+
+
+@softmax_forward.register_fake
+def _(q, k, scale, extra, row_key, col_key, mask_diag, need_col, normalize, shared,
+      deterministic, backend):
+    n, m = q.shape[0], k.shape[0]
+    return (_vec(q, n), _vec(q, n), _vec(q, m if need_col else 0), _vec(q, n),
+            _vec(q, 0 if shared else m))
+
+
+@torch.library.custom_op(f"{_NS}::softmax_backward", mutates_args=())
+def softmax_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, scale: Tensor,
+                     row_key: Tensor, col_key: Tensor, lse: Tensor, clse: Tensor,
+                     g_lse: Tensor, g_pos: Tensor, g_clse: Tensor, mask_diag: bool,
+                     normalize: bool, deterministic: bool,
+                     backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq (N, D), dk (M, D) in the input dtype, dscale 0-dim)."""
+    dq, dk, dscale = engine(backend).backward(q, k, rq, rk, scale, row_key, col_key, lse,
+                                              clse, g_lse, g_pos, g_clse, mask_diag,
+                                              normalize, deterministic)
+    return dq, (dk.clone() if dk is dq else dk), dscale
+
+
+@softmax_backward.register_fake
+def _(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
+      normalize, deterministic, backend):
+    return torch.empty_like(q), torch.empty_like(k), scale.new_empty(())
+
+
+def _softmax_setup(ctx, inputs, output):
+    (q, k, scale, extra, row_key, col_key, mask_diag, _need_col, normalize, shared,
+     deterministic, backend) = inputs
+    lse, _pos, clse, rq, rk = output
+    ctx.save_for_backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, extra)
+    ctx.flags = (mask_diag, normalize, shared, deterministic, backend)
+
+
+def _softmax_grad(ctx, g_lse, g_pos, g_clse, _g_rq, _g_rk):
+    q, k, rq, rk, scale, row_key, col_key, lse, clse, extra = ctx.saved_tensors
+    mask_diag, normalize, shared, deterministic, backend = ctx.flags
+    g_lse, g_pos, g_clse = _dense(g_lse, lse), _dense(g_pos, lse), _dense(g_clse, clse)
+    dq, dk, dscale = softmax_backward(q, k, rq, rq if shared else rk, scale, row_key,
+                                      col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
+                                      normalize, deterministic, backend)
+    d_extra = None
+    if extra is not None and ctx.needs_input_grad[3]:
+        # The extra logit is one more softmax candidate: d lse / d extra = its probability.
+        d_extra = (g_lse * torch.exp(extra.to(lse.dtype) - lse)).to(extra.dtype)
+    return (dq, dk, dscale.to(scale.dtype) if ctx.needs_input_grad[2] else None, d_extra,
+            None, None, None, None, None, None, None, None)
+
+
+def _dense(grad, like):
+    """An upstream gradient as a contiguous tensor in like's dtype (zeros where unused)."""
+    if grad is None:
+        return torch.zeros_like(like)
+    return grad.to(like.dtype).contiguous()
+
+
+torch.library.register_autograd(f"{_NS}::softmax_forward", _softmax_grad,
+                                setup_context=_softmax_setup)
+
+
+# ---------------------------------------------------------------------------------------
+# The pairwise engine (ops/pairwise_engine.py). kind: 0 SigLIP, 1 Hadsell.
+# ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::pair_forward", mutates_args=())
+def pair_forward(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor, col_key: Tensor,
+                 kind: int, mask_diag: bool, normalize: bool, shared: bool,
+                 deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows (N,), rq (N,), rk (M,) or (0,) when shared): the 1-product forward."""
+    impl = engine(backend)
+    rq = impl.inverse_norms(q, normalize)
+    rk = rq if shared else impl.inverse_norms(k, normalize)
+    rows = impl.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag)
+    return rows, rq, (rq.new_empty((0,)) if shared else rk)
+
+
+@pair_forward.register_fake
+def _(q, k, params, row_key, col_key, kind, mask_diag, normalize, shared, deterministic,
+      backend):
+    return _vec(q, q.shape[0]), _vec(q, q.shape[0]), _vec(q, 0 if shared else k.shape[0])
+
+
+@torch.library.custom_op(f"{_NS}::pair_backward", mutates_args=())
+def pair_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, params: Tensor,
+                  row_key: Tensor, col_key: Tensor, g_row: Tensor, kind: int,
+                  mask_diag: bool, normalize: bool, want_rows: bool, deterministic: bool,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(rows (N,) or (0,) unless want_rows, dq (N, D), dk (M, D), dparams (3,))."""
+    rows, dq, dk, dparams = engine(backend).pair_backward(
+        kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag, normalize,
+        want_rows, deterministic)
+    return rows, dq, (dk.clone() if dk is dq else dk), dparams
+
+
+@pair_backward.register_fake
+def _(q, k, rq, rk, params, row_key, col_key, g_row, kind, mask_diag, normalize,
+      want_rows, deterministic, backend):
+    return (_vec(q, q.shape[0] if want_rows else 0), torch.empty_like(q), torch.empty_like(k),
+            torch.empty_like(params))
+
+
+def _pair_setup(ctx, inputs, output):
+    (q, k, params, row_key, col_key, kind, mask_diag, normalize, shared, deterministic,
+     backend) = inputs
+    _rows, rq, rk = output
+    ctx.save_for_backward(q, k, rq, rk, params, row_key, col_key)
+    ctx.flags = (kind, mask_diag, normalize, shared, deterministic, backend)
+
+
+def _pair_grad(ctx, g_rows, _g_rq, _g_rk):
+    q, k, rq, rk, params, row_key, col_key = ctx.saved_tensors
+    kind, mask_diag, normalize, shared, deterministic, backend = ctx.flags
+    _, dq, dk, dparams = pair_backward(q, k, rq, rq if shared else rk, params, row_key,
+                                       col_key, _dense(g_rows, rq), kind, mask_diag,
+                                       normalize, False, deterministic, backend)
+    return (dq, dk, dparams) + (None,) * 8
+
+
+torch.library.register_autograd(f"{_NS}::pair_forward", _pair_grad, setup_context=_pair_setup)
+
+
+@torch.library.custom_op(f"{_NS}::pair_loss_and_grad", mutates_args=())
+def pair_loss_and_grad(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor,
+                       col_key: Tensor, kind: int, mask_diag: bool, normalize: bool,
+                       shared: bool, deterministic: bool, weight: float,
+                       backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(total 0-dim = weight·Σ_i rows_i, and its gradients dq (N, D), dk (M, D),
+    dparams (3,)): a reduced loss's forward and backward in one pass of 3 tile products.
+    The autograd formula only scales the returned gradients. The weight (1/count for a
+    mean) is applied inside, so half-precision gradients are formed at their final scale."""
+    impl = engine(backend)
+    rq = impl.inverse_norms(q, normalize)
+    rk = rq if shared else impl.inverse_norms(k, normalize)
+    g_row = torch.full_like(rq, weight)
+    rows, dq, dk, dparams = impl.pair_backward(kind, q, k, rq, rk, params, row_key, col_key,
+                                               g_row, mask_diag, normalize, True,
+                                               deterministic)
+    return rows.sum() * weight, dq, (dk.clone() if dk is dq else dk), dparams
+
+
+@pair_loss_and_grad.register_fake
+def _(q, k, params, row_key, col_key, kind, mask_diag, normalize, shared, deterministic,
+      weight, backend):
+    return _vec(q, 0).sum(), torch.empty_like(q), torch.empty_like(k), torch.empty_like(params)
+
+
+def _fused_setup(ctx, inputs, output):
+    _total, dq, dk, dparams = output
+    ctx.save_for_backward(dq, dk, dparams)
+
+
+def _fused_grad(ctx, g_total, _g_dq, _g_dk, _g_dparams):
+    dq, dk, dparams = ctx.saved_tensors
+    g = g_total.to(dparams.dtype)
+    return (dq * g.to(dq.dtype), dk * g.to(dk.dtype), dparams * g) + (None,) * 9
+
+
+torch.library.register_autograd(f"{_NS}::pair_loss_and_grad", _fused_grad,
+                                setup_context=_fused_setup)
+
+
+# ---------------------------------------------------------------------------------------
+# Batch-hard mining and the triplet backward's scatter (ops/triplet.py).
+# ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::hardest_pairs", mutates_args=())
+def hardest_pairs(x: Tensor, key: Tensor, normalize: bool,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    """(pos (N,), neg (N,)) int64: per row of x (N, D) the farthest same-key row (j ≠ i)
+    and the nearest other-key row, lowest index on ties, -1 where there is none."""
+    impl = engine(backend)
+    return tuple(impl.hardest_pairs(x, impl.inverse_norms(x, normalize), key))
+
+
+@hardest_pairs.register_fake
+def _(x, key, normalize, backend):
+    n = x.shape[0]
+    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=torch.int64)
+
+
+@torch.library.custom_op(f"{_NS}::subtract_rows", mutates_args=())
+def subtract_rows(dst: Tensor, idx_a: Tensor, src_a: Tensor, idx_b: Tensor, src_b: Tensor,
+                  backend: str) -> Tensor:
+    """A copy of dst (N, D) with src_a[r] subtracted from row idx_a[r], then src_b[r] from
+    row idx_b[r], in row order (deterministic): idx (K,) int64, src (K, D)."""
+    out = dst.clone()
+    add = getattr(engine(backend), "add_rows", None)
+    for idx, src in ((idx_a, src_a), (idx_b, src_b)):
+        if add is not None:
+            add(out, idx, src.neg().contiguous())
+        else:
+            out.index_add_(0, idx, src, alpha=-1)
+    return out
+
+
+@subtract_rows.register_fake
+def _(dst, idx_a, src_a, idx_b, src_b, backend):
+    return torch.empty_like(dst)
