@@ -34,8 +34,10 @@ def load(*paths) -> tuple[dict, list[dict]]:
             info = b.get("extra_info", {})
             if "loss" not in info:
                 continue
+            # bench_cpu_scaling's rows (N to 64k, D shrinking with N) plot on their own.
+            series = "scaling" if "cpu_scaling" in b.get("fullname", "") else "suite"
             key = tuple(info[k] for k in ("loss", "provider", "n", "d", "dtype", "mode"))
-            records[key] = {**info, "seconds": b["stats"]["median"]}
+            records[key] = {**info, "series": series, "seconds": b["stats"]["median"]}
     return machine, list(records.values())
 
 
@@ -101,16 +103,14 @@ def plot(rows: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
     groups = defaultdict(list)
     for r in rows:
         if "error" not in r:
-            groups[r["loss"], r["mode"]].append(r)
+            groups[r["loss"], r["mode"], r.get("series", "suite")].append(r)
     written = []
-    for (loss, mode), items in sorted(groups.items()):
+    for (loss, mode, series), items in sorted(groups.items()):
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
         by_provider = defaultdict(list)
-        configs = {(r["d"], r["dtype"]) for r in items}
+        configs = sorted({(r["n"], r["d"], r["dtype"]) for r in items})
         for r in items:
-            label = r["provider"] if len(configs) == 1 else \
-                f"{r['provider']} D={r['d']} {r['dtype']}"
-            by_provider[label].append(r)
+            by_provider[r["provider"]].append(r)
         for provider, pts in sorted(by_provider.items()):
             pts.sort(key=lambda r: r["n"])
             ns = [r["n"] for r in pts]
@@ -124,9 +124,16 @@ def plot(rows: list[dict], out_dir: pathlib.Path) -> list[pathlib.Path]:
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)
         ax_t.legend()
-        fig.suptitle(f"{loss}, {mode}")
+        shapes = sorted({(d, dtype) for _, d, dtype in configs})
+        if len(shapes) == 1:
+            detail = f"D = {shapes[0][0]}, {shapes[0][1]}"
+        else:
+            detail = ", ".join(f"N={n}: D={d}" for n, d, _ in
+                               sorted({(n, d, t) for n, d, t in configs}))
+        fig.suptitle(f"{loss}, {mode} ({detail})")
         fig.tight_layout()
-        path = out_dir / f"{loss}_{mode}.png"
+        suffix = "" if series == "suite" else f"_{series}"
+        path = out_dir / f"{loss}_{mode}{suffix}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
