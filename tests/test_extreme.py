@@ -206,14 +206,13 @@ VALUES = torch.tensor([-1.5, -1.0, -0.5, -0.25, 0.25, 0.5, 1.0, 1.5], dtype=torc
 needs_cpu = pytest.mark.skipif("cpu" not in KERNEL_BACKENDS, reason="needs the C++ CPU engine")
 
 
-def _close(actual, expected, what, floor=0.0):
-    """The table's relative error (max error over the tensor's scale, or over ``floor``,
-    the size of the terms it sums) against fp32's tolerance widened 10×: a query's
-    gradient here is accumulated in fp32 over 4,300 column tiles of 256 keys, and that
-    accumulation's rounding grows with the number of tiles (measured: 6e-5 for dq; 1e-7
-    for the loss, 3e-6 for the SigLIP gradients)."""
-    err = relative_error(actual, expected, floor)
-    assert err <= 10 * tolerance(torch.float32), f"{what}: relative error {err:.2e}"
+def _close(actual, expected, what):
+    """The table's relative error (max error over the tensor's scale) within fp32's
+    tolerance. A query here sums 4,300 column tiles of 256 keys, each adding the same sum
+    (a periodic bank): a single fp32 running sum drifted to 6e-5 in lse and in dq; the
+    engines' two-level sums keep both at about 2e-6."""
+    err = relative_error(actual, expected)
+    assert err <= tolerance(torch.float32), f"{what}: relative error {err:.2e}"
 
 
 @needs_cpu

@@ -151,33 +151,39 @@ struct Grads {
 
 template <typename T>
 void grad_rows(const Pairs<T>& a, const Grads<T>& out, int64_t i0, int64_t bm_, T* tile, T* ds,
-               T* dk_part, T* colsum_part) {
+               T* sum_scratch, T* dk_part, T* colsum_part) {
   if (out.rows) std::fill(out.rows + i0, out.rows + i0 + bm_, T(0));
+  BlockSum<T> dq_sum(out.dq + i0 * a.d, sum_scratch, bm_ * a.d);
   std::fill(out.acc0 + i0, out.acc0 + i0 + bm_, T(0));
   std::fill(out.acc1 + i0, out.acc1 + i0 + bm_, T(0));
   for (int64_t j0 = 0; j0 < a.m; j0 += a.bn) {
     const int64_t w = std::min(a.bn, a.m - j0);
     pair_tile(a, i0, bm_, j0, w, tile, ds, out.rows ? out.rows + i0 : nullptr, out.acc0 + i0,
               out.acc1 + i0);
-    gemm_nn<T>(bm_, a.d, w, ds, w, a.kh + j0 * a.d, a.d, T(1), out.dq + i0 * a.d, a.d);
+    gemm_nn<T>(bm_, a.d, w, ds, w, a.kh + j0 * a.d, a.d, dq_sum.beta(), dq_sum.dst(), a.d);
+    dq_sum.added();
     if (dk_part) {
       gemm_tn<T>(w, a.d, bm_, ds, w, a.qh + i0 * a.d, a.d, T(1), dk_part + j0 * a.d, a.d);
       if (a.kind == kHadsell) add_column_sums(ds, bm_, w, colsum_part + j0);
     }
   }
+  dq_sum.flush();
 }
 
 // The column-block second pass (when per-partition dK̂ partials would be too large).
 template <typename T>
 void grad_cols(const Pairs<T>& a, const Grads<T>& out, int64_t j0, int64_t w, T* tile, T* ds,
-               T* row_scratch) {
+               T* row_scratch, T* sum_scratch) {
+  BlockSum<T> dk_sum(out.dk + j0 * a.d, sum_scratch, w * a.d);
   for (int64_t i0 = 0; i0 < a.n; i0 += a.bm) {
     const int64_t bm_ = std::min(a.bm, a.n - i0);
     pair_tile(a, i0, bm_, j0, w, tile, ds, static_cast<T*>(nullptr), row_scratch,
               row_scratch + a.bm);
-    gemm_tn<T>(w, a.d, bm_, ds, w, a.qh + i0 * a.d, a.d, T(1), out.dk + j0 * a.d, a.d);
+    gemm_tn<T>(w, a.d, bm_, ds, w, a.qh + i0 * a.d, a.d, dk_sum.beta(), dk_sum.dst(), a.d);
+    dk_sum.added();
     if (a.kind == kHadsell) add_column_sums(ds, bm_, w, out.colsum + j0);
   }
+  dk_sum.flush();
 }
 
 template <typename T>
@@ -189,11 +195,12 @@ void backward_impl(const Pairs<T>& a, const Grads<T>& out, std::vector<at::Tenso
     for (int64_t p = p0; p < p1; ++p) {
       T* tile = work[p].data_ptr<T>();
       T* ds = tile + a.bm * a.bn;
+      T* sum_scratch = ds + a.bm * a.bn + 2 * a.bm;
       T* dk_part = partials ? (p == 0 ? out.dk : dk_parts[p - 1].data_ptr<T>()) : nullptr;
       T* col_part = partials ? (p == 0 ? out.colsum : col_parts[p - 1].data_ptr<T>()) : nullptr;
       for (int64_t b = rows.begin(p); b < rows.end(p); ++b) {
         const int64_t i0 = b * a.bm;
-        grad_rows(a, out, i0, std::min(a.bm, a.n - i0), tile, ds, dk_part, col_part);
+        grad_rows(a, out, i0, std::min(a.bm, a.n - i0), tile, ds, sum_scratch, dk_part, col_part);
       }
     }
   });
@@ -220,7 +227,8 @@ void backward_impl(const Pairs<T>& a, const Grads<T>& out, std::vector<at::Tenso
       T* row_scratch = ds + a.bm * a.bn;
       for (int64_t b = cols.begin(p); b < cols.end(p); ++b) {
         const int64_t j0 = b * a.bn;
-        grad_cols(a, out, j0, std::min(a.bn, a.m - j0), tile, ds, row_scratch);
+        grad_cols(a, out, j0, std::min(a.bn, a.m - j0), tile, ds, row_scratch,
+                  row_scratch + 2 * a.bm);
       }
     }
   });
@@ -480,9 +488,10 @@ std::vector<at::Tensor> pair_backward(int64_t kind, const at::Tensor& q, const a
     const int64_t bm = std::min(block_m, n), bn = std::min(block_n, m);
     const Split rows_split = split_blocks(n, bm);
     const bool partials = (rows_split.parts - 1) * m * d <= max_partial_elements;
-    // Per partition: the tile, dS, and (column pass) two row scratch vectors.
+    // Per partition: the tile, dS, (column pass) two row scratch vectors, and the
+    // two-level sum's block (BlockSum).
     auto work = scratch(std::max(rows_split.parts, split_blocks(m, bn).parts),
-                        2 * bm * bn + 2 * bm, opts);
+                        2 * bm * bn + 2 * bm + std::max(bm, bn) * d, opts);
     std::vector<at::Tensor> dk_parts, col_parts;
     for (int64_t p = 1; partials && p < rows_split.parts; ++p) {
       dk_parts.push_back(at::zeros({m, d}, opts));

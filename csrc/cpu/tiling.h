@@ -67,6 +67,36 @@ void valid_ranges(int64_t w, int64_t diag, F&& f) {
   f(diag + 1, w);
 }
 
+// Sums a long run of tile products into one contiguous block of an output (a row block
+// of dQ̂, a column block of dK̂) in two levels: up to kGroup products into block-local
+// scratch (the first with beta 0), then the scratch into the output. A single running sum
+// over T tiles gathers rounding in proportion to T (measured on a 1.1M-key bank, dQ̂:
+// 5.7e-5 relative at 4,300 column tiles of 256, 7.8e-6 at 270 tiles of 4,096); two levels
+// keep each element about kGroup + T/kGroup additions deep. The order is fixed, so the
+// result stays bitwise reproducible.
+template <typename T>
+class BlockSum {
+ public:
+  static constexpr int kGroup = 32;
+  BlockSum(T* out, T* scratch, int64_t elements) : out_(out), buf_(scratch), n_(elements) {}
+  T* dst() const { return buf_; }                               // where the next product goes
+  T beta() const { return pending_ == 0 ? T(0) : T(1); }        // ...and with which beta
+  void added() {
+    if (++pending_ == kGroup) flush();
+  }
+  void flush() {
+    if (pending_ == 0) return;
+    for (int64_t e = 0; e < n_; ++e) out_[e] += buf_[e];
+    pending_ = 0;
+  }
+
+ private:
+  T* out_;
+  T* buf_;
+  int64_t n_;
+  int pending_ = 0;
+};
+
 // Scratch of one partition, allocated before the parallel region (as tensors, so that
 // allocation tracking sees them; one per partition, so none grows with the thread count).
 inline std::vector<at::Tensor> scratch(int64_t parts, int64_t elements, const at::TensorOptions& o) {
