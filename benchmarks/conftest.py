@@ -19,7 +19,7 @@ import torch
 
 from contrastive_kernels import backend_info
 from contrastive_kernels.problems import make_problem
-from peers import peer_call, peer_providers
+from peers import SAME as PEER_LOSSES, peer_call, peer_providers
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -109,7 +109,7 @@ def run_benchmark(benchmark, loss: str, provider: str, n: int, d: int, dtype,
     run, leaves = make_problem(loss, n, d, dtype, DEVICE)
 
     call = run
-    if provider in ("open_clip", "pml", "info-nce-pytorch", "inf-cl"):
+    if provider in PEER_LOSSES:
         peer = peer_call(provider, loss, leaves, n, DEVICE)
         call = lambda _: peer()  # noqa: E731
     elif provider == "torch-compiled":
@@ -124,6 +124,8 @@ def run_benchmark(benchmark, loss: str, provider: str, n: int, d: int, dtype,
             torch.autograd.grad(out, leaves)
         _sync()
 
+    case = dict(loss=loss, provider=provider, n=n, d=d, dtype=str(dtype)[6:], mode=mode,
+                device=str(DEVICE))
     _mmap_threshold(TIMING_THRESHOLD)
     try:
         step()  # warm-up: torch.compile / Triton compilation, allocator
@@ -133,9 +135,7 @@ def run_benchmark(benchmark, loss: str, provider: str, n: int, d: int, dtype,
         # A provider that cannot hold the problem is a result, not a crash: recorded with
         # its error (and no time) so the table says so.
         benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-        benchmark.extra_info.update(loss=loss, provider=provider, n=n, d=d,
-                                    dtype=str(dtype)[6:], mode=mode, device=str(DEVICE),
-                                    error=_oom_message(exc))
+        benchmark.extra_info.update(case, error=_oom_message(exc))
         return
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
     _mmap_threshold(MEMORY_THRESHOLD)
@@ -144,9 +144,7 @@ def run_benchmark(benchmark, loss: str, provider: str, n: int, d: int, dtype,
     step()
     peak = _peak_bytes(baseline)
     _mmap_threshold(TIMING_THRESHOLD)
-    benchmark.extra_info.update(loss=loss, provider=provider, n=n, d=d,
-                                dtype=str(dtype)[6:], mode=mode, device=str(DEVICE),
-                                peak_bytes=peak)
+    benchmark.extra_info.update(case, peak_bytes=peak)
 
 
 def _oom_message(exc: BaseException) -> str:

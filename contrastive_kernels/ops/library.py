@@ -49,6 +49,22 @@ def _vec(x: Tensor, n) -> Tensor:
     return x.new_empty((n,), dtype=_acc(x))
 
 
+def _norms(impl, q: Tensor, k: Tensor, normalize: bool, shared: bool):
+    """(rq, rk): the inverse norms of q and k, computed once when k is q (rk is rq)."""
+    rq = impl.inverse_norms(q, normalize)
+    return rq, (rq if shared else impl.inverse_norms(k, normalize))
+
+
+def _own(rq: Tensor, rk: Tensor) -> Tensor:
+    """rk as an operator output: empty where it is rq (outputs may not alias)."""
+    return rq.new_empty((0,)) if rk is rq else rk
+
+
+def _distinct(dq: Tensor, dk: Tensor) -> Tensor:
+    """dk as an operator output: a copy where the engine returned dq itself."""
+    return dk.clone() if dk is dq else dk
+
+
 # ---------------------------------------------------------------------------------------
 # The softmax engine (ops/softmax_engine.py).
 # ---------------------------------------------------------------------------------------
@@ -59,11 +75,10 @@ def softmax_forward(q: Tensor, k: Tensor, scale: Tensor, extra: Optional[Tensor]
                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(lse (N,), pos (N,), clse (M,) or (0,), rq (N,), rk (M,) or (0,) when shared)."""
     impl = engine(backend)
-    rq = impl.inverse_norms(q, normalize)
-    rk = rq if shared else impl.inverse_norms(k, normalize)
+    rq, rk = _norms(impl, q, k, normalize, shared)
     lse, pos, clse = impl.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
                                   need_col)
-    return lse, pos, clse, rq, (rq.new_empty((0,)) if shared else rk)
+    return lse, pos, clse, rq, _own(rq, rk)
 
 
 @softmax_forward.register_fake
@@ -84,7 +99,7 @@ def softmax_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, scale: Tensor
     dq, dk, dscale = engine(backend).backward(q, k, rq, rk, scale, row_key, col_key, lse,
                                               clse, g_lse, g_pos, g_clse, mask_diag,
                                               normalize, deterministic)
-    return dq, (dk.clone() if dk is dq else dk), dscale
+    return dq, _distinct(dq, dk), dscale
 
 
 @softmax_backward.register_fake
@@ -136,10 +151,9 @@ def pair_forward(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor, col_key:
                  deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(rows (N,), rq (N,), rk (M,) or (0,) when shared): the 1-product forward."""
     impl = engine(backend)
-    rq = impl.inverse_norms(q, normalize)
-    rk = rq if shared else impl.inverse_norms(k, normalize)
+    rq, rk = _norms(impl, q, k, normalize, shared)
     rows = impl.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag)
-    return rows, rq, (rq.new_empty((0,)) if shared else rk)
+    return rows, rq, _own(rq, rk)
 
 
 @pair_forward.register_fake
@@ -157,7 +171,7 @@ def pair_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, params: Tensor,
     rows, dq, dk, dparams = engine(backend).pair_backward(
         kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag, normalize,
         want_rows, deterministic)
-    return rows, dq, (dk.clone() if dk is dq else dk), dparams
+    return rows, dq, _distinct(dq, dk), dparams
 
 
 @pair_backward.register_fake
@@ -197,13 +211,12 @@ def pair_loss_and_grad(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor,
     The autograd formula only scales the returned gradients. The weight (1/count for a
     mean) is applied inside, so half-precision gradients are formed at their final scale."""
     impl = engine(backend)
-    rq = impl.inverse_norms(q, normalize)
-    rk = rq if shared else impl.inverse_norms(k, normalize)
+    rq, rk = _norms(impl, q, k, normalize, shared)
     g_row = torch.full_like(rq, weight)
     rows, dq, dk, dparams = impl.pair_backward(kind, q, k, rq, rk, params, row_key, col_key,
                                                g_row, mask_diag, normalize, True,
                                                deterministic)
-    return rows.sum() * weight, dq, (dk.clone() if dk is dq else dk), dparams
+    return rows.sum() * weight, dq, _distinct(dq, dk), dparams
 
 
 @pair_loss_and_grad.register_fake
