@@ -47,6 +47,12 @@ class LossCase:
     normalizes: bool = True  # features are L2-normalized inside the loss
 
 
+def loss_fn(problem: str):
+    """The public loss of a problem name of contrastive_kernels.problems (info_nce_bank is
+    info_nce with negative_keys)."""
+    return getattr(ck, "info_nce" if problem == "info_nce_bank" else problem)
+
+
 def _leaf(x, dtype=None):
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         return x

@@ -11,7 +11,8 @@ import torch
 import contrastive_kernels as ck
 from contrastive_kernels.ops import library
 from contrastive_kernels.testing import relative_error, tolerance
-from harness import DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare, generator
+from harness import (DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare, generator,
+                     loss_fn)
 
 TEMPERATURE_LOSSES = ("info_nce", "info_nce_bank", "nt_xent_loss", "clip_loss",
                       "siglip_loss", "simcse_unsup_loss", "simcse_sup_loss", "supcon_loss")
@@ -58,8 +59,7 @@ def _case(loss, style="plain", temperature=0.5):
                                           % 3], {"margin": 1.0}),
         }[loss]()
 
-    fn = getattr(ck, "info_nce" if loss == "info_nce_bank" else loss)
-    return LossCase(fn, make, normalizes=loss in TEMPERATURE_LOSSES)
+    return LossCase(loss_fn(loss), make, normalizes=loss in TEMPERATURE_LOSSES)
 
 
 def _gen(*key):
@@ -125,8 +125,7 @@ def test_rows_off_every_tile_size(loss, backend):
 
 
 def _call(loss, args, kwargs, backend):
-    fn = getattr(ck, "info_nce" if loss == "info_nce_bank" else loss)
-    return fn(*args, backend=backend, **kwargs)
+    return loss_fn(loss)(*args, backend=backend, **kwargs)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "strided"])

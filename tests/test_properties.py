@@ -11,7 +11,7 @@ import contrastive_kernels as ck
 from contrastive_kernels import dispatch
 from contrastive_kernels.ops import library
 from contrastive_kernels.problems import ENGINE_LOSSES, make_problem
-from harness import DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare
+from harness import DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare, loss_fn
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -53,9 +53,8 @@ def _case(loss, classes, param, normalize, seed):
                                          {"margin": param * 2}),
         }[loss]()
 
-    fn = getattr(ck, "info_nce" if loss == "info_nce_bank" else loss)
     always = loss in ("simcse_unsup_loss", "simcse_sup_loss")  # cosine similarity
-    return LossCase(fn, make, normalizes=always or (normalize and loss not in (
+    return LossCase(loss_fn(loss), make, normalizes=always or (normalize and loss not in (
         "n_pair_loss", "triplet_margin_loss", "contrastive_loss")))
 
 
