@@ -53,8 +53,10 @@ def labels(y, name: str, n: int, device) -> None:
         raise ValueError(f"{name} is on {y.device} but the features are on {device}")
 
 
-def scalar(value, name: str, device, *, positive: bool = False) -> None:
-    """A Python number or a 0-dim floating tensor on the features' device."""
+def scalar(value, name: str, device, *, positive: bool = False,
+           non_negative: bool = False) -> None:
+    """A Python number or a 0-dim floating tensor on the features' device; ``positive``:
+    > 0, ``non_negative``: >= 0 (NaN fails both)."""
     if isinstance(value, torch.Tensor):
         if value.dim() != 0:
             raise ValueError(f"{name} must be a float or a 0-dim tensor, got shape "
@@ -75,6 +77,8 @@ def scalar(value, name: str, device, *, positive: bool = False) -> None:
         raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
     if positive and not number > 0:
         raise ValueError(f"{name} must be > 0, got {number}")
+    if non_negative and not number >= 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
 
 
 def reduction(value) -> None:

@@ -260,8 +260,7 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squ
     Returns a scalar (mean over valid anchors), or (N,) for reduction="none"."""
     check.features(embeddings, "embeddings")
     check.labels(labels, "labels", embeddings.shape[0], embeddings.device)
-    check.scalar(margin, "margin", embeddings.device)
-    _non_negative(margin, "margin")
+    check.scalar(margin, "margin", embeddings.device, non_negative=True)
     if mining != "batch_hard":
         raise ValueError(f"mining must be 'batch_hard', got {mining!r}")
     check.reduction(reduction)
@@ -282,8 +281,7 @@ def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="
     if embeddings.shape[0] < 2:
         raise ValueError("embeddings needs at least 2 rows: the loss is over pairs i≠j")
     check.labels(labels, "labels", embeddings.shape[0], embeddings.device)
-    check.scalar(margin, "margin", embeddings.device)
-    _non_negative(margin, "margin")
+    check.scalar(margin, "margin", embeddings.device, non_negative=True)
     check.reduction(reduction)
     impl = dispatch.select(backend, embeddings.device, "contrastive_loss")
     if impl is None:
@@ -303,11 +301,3 @@ def _distributed_ready(impl, group, dist_mode) -> None:
     if impl is None:
         raise ValueError("group= runs on the tiled kernels; backend='torch' (the reference) "
                          "has no distributed mode — use 'auto' or a kernel backend")
-
-
-def _non_negative(value, name):
-    if isinstance(value, torch.Tensor) and torch.compiler.is_compiling():
-        return  # a tensor's value is unknown while tracing (see _validate.scalar)
-    number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-    if not number >= 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
