@@ -8,18 +8,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import re
 import sys
 import time
 
 import triton
 
-from contrastive_kernels.ops import aot
+from contrastive_kernels.proof import aot
+from results_md import write_block
 
 HERE = pathlib.Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 JSON_OUT = HERE / "aot_resources.json"
-BEGIN, END = "<!-- AOT:BEGIN -->", "<!-- AOT:END -->"
 
 
 def _table(reports) -> str:
@@ -56,14 +54,8 @@ def main() -> int:
     bad = aot.problems(reports)
     ok = [r for r in reports if not isinstance(r, str)]
     JSON_OUT.write_text(json.dumps([dataclasses.asdict(r) for r in ok], indent=1))
-    block = f"{BEGIN}\n{_summary(ok, time.time() - start)}\n{_table(ok)}\n{END}"
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
-                      flags=re.S)
-    else:
-        text += f"\n## Static GPU proof: Triton kernels compiled for sm_80 / sm_90\n\n{block}\n"
-    RESULTS.write_text(text)
+    write_block("AOT", f"{_summary(ok, time.time() - start)}\n{_table(ok)}",
+                heading="## Static GPU proof: Triton kernels compiled for sm_80 / sm_90")
     print("\n".join(bad) or f"all {len(ok)} kernels compiled, no spills, tensor cores used")
     return 1 if bad else 0
 

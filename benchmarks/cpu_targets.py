@@ -28,7 +28,7 @@ import time
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels.ops import cpu_engine
+from contrastive_kernels.backends import cpu as cpu_engine
 
 
 
@@ -210,7 +210,7 @@ def main():
     text = report(args)
     print(text)
     if args.write:
-        from summarize import write_block
+        from results_md import write_block
         write_block("CPU", text)
 
 

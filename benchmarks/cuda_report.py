@@ -15,7 +15,7 @@ import datetime
 import torch
 
 from contrastive_kernels import dispatch
-from contrastive_kernels.ops import cuda_resources
+from contrastive_kernels.proof import cuda_resources
 
 
 
@@ -49,7 +49,7 @@ def main():
     text = report()
     print(text)
     if ap.parse_args().write:
-        from summarize import write_block
+        from results_md import write_block
         write_block("CUDA", text)
 
 

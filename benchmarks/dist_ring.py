@@ -99,7 +99,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.write:
-        from summarize import write_block
+        from results_md import write_block
         write_block("DIST", text)
 
 

@@ -123,7 +123,7 @@ def main():
     text = report(args)
     print(text)
     if args.write:
-        from summarize import write_block
+        from results_md import write_block
         write_block("PAIRWISE", text)
 
 

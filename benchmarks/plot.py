@@ -157,7 +157,7 @@ def main(argv=None):
     links = "\n".join(f"![{p.stem}](plots/{p.name})" for p in paths)
     print(text)
     if args.write:
-        from summarize import write_block
+        from results_md import write_block
         write_block("BENCH", f"{text}\n\n{links}")
     return paths
 

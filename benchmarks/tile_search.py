@@ -3,7 +3,7 @@
 For each dtype class and feature-width class, walk candidate tiles from the largest down
 and keep the first one whose *every* launchable variant (all flag sets, both precisions
 for fp32, all backward passes) compiles for sm_80 and sm_90 without spilling. The result
-is printed as the ``_TILE_TABLE`` literal of ops/triton_engine.py; tests/test_aot.py then
+is printed as the ``_TILE_TABLE`` literal of contrastive_kernels/backends/triton/softmax.py; tests/test_aot.py then
 re-proves the whole launcher set. Larger tiles first because they reload less per FLOP;
 no timing is involved (that needs a GPU).
 
@@ -18,8 +18,8 @@ import itertools
 
 import torch
 
-from contrastive_kernels.ops import aot
-from contrastive_kernels.ops import triton_engine as te
+from contrastive_kernels.proof import aot
+from contrastive_kernels.backends.triton.tiles import NUM_STAGES, TileConfig
 
 PAIRS = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 FP64_PAIRS = ((32, 32), (32, 16), (16, 32), (16, 16))
@@ -39,7 +39,7 @@ def _candidates(cls: str, max_d, pairs=None):
 def _clean(cls, max_d, kind, cand) -> bool:
     bm, bn, bk, warps = cand
     d_pow2 = max_d if max_d is not None else None
-    cfg = te.TileConfig(bm, bn, bk or d_pow2, bk is None, warps, te._NUM_STAGES)
+    cfg = TileConfig(bm, bn, bk or d_pow2, bk is None, warps, NUM_STAGES)
     variants = [v for dt in DTYPES[cls] for v in aot.kernel_variants(kind, dt, cfg)]
     return not aot.problems(aot.compile_all(variants=variants))
 

@@ -2,7 +2,7 @@
 
 Loss code asks :func:`select` for a kernel engine; it gets ``None`` for the pure-PyTorch
 reference (``"torch"``) or a module implementing the tiled engine interface
-(``inverse_norms``/``forward``/``backward``, see ``ops/triton_engine.py``).
+(``inverse_norms``/``forward``/``backward``, see ``engines/softmax.py`` and ``engines/pairwise.py``).
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def select(backend: str, device: torch.device, loss: str) -> ModuleType | None:
     name = engine_name(backend, device.type, loss)
     if name == "torch":
         return None
-    from .ops.library import engine
+    from .engines.library import engine
     return engine(name)
 
 
@@ -178,6 +178,6 @@ def engine_name(backend: str, device_type: str, loss: str) -> str:
                else _extension_runs_on(name, device))
     if not ok:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
-    from .ops.library import engine
+    from .engines.library import engine
     engine(name)  # import it now, outside any traced code
     return name

@@ -18,16 +18,16 @@ import torch
 
 from . import _validate as check
 from . import dispatch, reference
-from .ops import clip as clip_ops
-from .ops import contrastive as contrastive_ops
-from .ops import dist_losses
-from .ops import info_nce as info_nce_ops
-from .ops import n_pair as n_pair_ops
-from .ops import nt_xent as nt_xent_ops
-from .ops import simcse as simcse_ops
-from .ops import siglip as siglip_ops
-from .ops import supcon as supcon_ops
-from .ops import triplet as triplet_ops
+from .losses import clip as clip_ops
+from .losses import contrastive as contrastive_ops
+from .distributed import losses as dist_losses
+from .losses import info_nce as info_nce_ops
+from .losses import n_pair as n_pair_ops
+from .losses import nt_xent as nt_xent_ops
+from .losses import simcse as simcse_ops
+from .losses import siglip as siglip_ops
+from .losses import supcon as supcon_ops
+from .losses import triplet as triplet_ops
 
 
 def _outside_autocast(fn):

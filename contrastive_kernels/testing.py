@@ -88,7 +88,7 @@ class LargestTensor(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         body = _custom_op_body(func)
         if body is not None:
-            # Our kernels run inside custom operators (ops/library.py); a dispatch mode
+            # Our kernels run inside custom operators (engines/library.py); a dispatch mode
             # sees an operator's outputs, not what it allocates inside. Run the body with
             # this mode active again, so every tensor made inside is counted too.
             with self:
@@ -109,6 +109,6 @@ def _custom_op_body(func):
     """The Python function behind one of our custom operators (None for any other op)."""
     if getattr(func, "namespace", None) != "contrastive_kernels":
         return None
-    from .ops import library
+    from .engines import library
     op = getattr(library, func._opname, None)
     return getattr(op, "_init_fn", None)

@@ -85,7 +85,7 @@ CK_HD T normalized_grad(T scale, T inv_norm, T g, T radial, T x) {
 
 // ---------------------------------------------------------------------------------------
 // Pairwise (non-softmax) losses: the value and derivative of one pair's term. Both C++
-// engines and the Triton kernels (ops/triton_pairwise.py, same formulas) use these rules.
+// engines and the Triton kernels (backends/triton/pairwise.py, same formulas) use these rules.
 // ---------------------------------------------------------------------------------------
 
 // log(1 + e^v) without overflow: max(v, 0) + log1p(e^{-|v|}). Written so NaN propagates

@@ -224,7 +224,7 @@ def check_triplet(x, labels, backend, margin, normalize, reduction="mean") -> bo
     rounding of the distances; the loss equals the reference's; and where the mined rows
     are the reference's own (returns True), the caller can run the whole comparison
     (gradients too) with ``compare``."""
-    from contrastive_kernels.ops import library
+    from contrastive_kernels.engines import library
     from contrastive_kernels.testing import assert_close as close
     pos, neg = library.hardest_pairs(x, labels, normalize, backend)
     xd = x.detach().double()

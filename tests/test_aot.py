@@ -5,8 +5,8 @@ cores (HMMA on sm_80; HMMA or HGMMA on sm_90)."""
 import pytest
 import torch
 
-from contrastive_kernels.ops import aot
-from contrastive_kernels.ops import triton_engine as te
+from contrastive_kernels.proof import aot
+from contrastive_kernels.backends.triton import softmax as te
 
 pytestmark = pytest.mark.skipif(not aot.toolchain_available(),
                                 reason="triton's bundled ptxas/cuobjdump are missing")
@@ -21,7 +21,7 @@ def test_representative_widths_cover_every_tile_class():
 
 
 def test_pairwise_widths_cover_every_pairwise_tile_class():
-    from contrastive_kernels.ops import triton_pairwise as tp
+    from contrastive_kernels.backends.triton import pairwise as tp
     for dtype in aot.DTYPES:
         listed = set(aot.pair_tile_configs(dtype))
         for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:

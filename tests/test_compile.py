@@ -1,11 +1,11 @@
-"""torch.compile: the kernels are custom operators (ops/library.py) with fake
+"""torch.compile: the kernels are custom operators (engines/library.py) with fake
 implementations and registered autograd, so every loss traces with fullgraph=True (a graph
 break raises) and gives the eager values and gradients."""
 import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels.ops import library
+from contrastive_kernels.engines import library
 from contrastive_kernels.problems import ENGINE_LOSSES, make_problem
 from harness import DEVICE, KERNEL_BACKENDS
 

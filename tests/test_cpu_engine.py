@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not dispatch.backend_info()["cpu"]["available"],
 
 
 def _engine():
-    from contrastive_kernels.ops import cpu_engine
+    from contrastive_kernels.backends import cpu as cpu_engine
     return cpu_engine
 
 

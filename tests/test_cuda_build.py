@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from contrastive_kernels import dispatch
-from contrastive_kernels.ops import aot, cuda_resources
+from contrastive_kernels.proof import aot, cuda_resources
 
 
 def _nvcc_present() -> bool:

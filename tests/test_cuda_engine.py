@@ -173,7 +173,7 @@ def _reference_mining(x, labels, normalize):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_hardest_pairs_match_reference_indices(dtype, normalize):
-    from contrastive_kernels.ops import cuda_engine
+    from contrastive_kernels.backends import cuda as cuda_engine
     # Coarse integer grid: many exact ties (lowest index must win), duplicates, a label
     # that occurs once (no positive: -1) and rows across several 64-row tiles.
     gen = torch.Generator().manual_seed(20)
@@ -208,7 +208,7 @@ def test_hardest_pairs_match_reference_indices(dtype, normalize):
 
 
 def test_hardest_pairs_nan_and_single_class():
-    from contrastive_kernels.ops import cuda_engine
+    from contrastive_kernels.backends import cuda as cuda_engine
     x = _features(70, 16, 22).float()
     x[5, 3] = float("nan")
     labels = torch.zeros(70, dtype=torch.int64, device="cuda")

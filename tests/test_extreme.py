@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels.ops import library
+from contrastive_kernels.engines import library
 from contrastive_kernels.testing import relative_error, tolerance
 from harness import (DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare, generator,
                      loss_fn)

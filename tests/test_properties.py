@@ -9,7 +9,7 @@ import torch
 
 import contrastive_kernels as ck
 from contrastive_kernels import dispatch
-from contrastive_kernels.ops import library
+from contrastive_kernels.engines import library
 from contrastive_kernels.problems import ENGINE_LOSSES, make_problem
 from harness import DEVICE, KERNEL_BACKENDS, LossCase, check_triplet, compare, loss_fn
 

@@ -6,7 +6,7 @@
 // A pair loss has no row statistics, so one pass over the tiles gives the loss and, given
 // the upstream weights, the gradient: recompute the tile (product 1), turn it into dS in
 // place, dQ̂ += dS·K̂ (product 2), dK̂ += dSᵀ·Q̂ (product 3). The interface (kinds, shapes)
-// is documented in contrastive_kernels/ops/pairwise_engine.py; the per-pair rules are
+// is documented in contrastive_kernels/engines/pairwise.py; the per-pair rules are
 // ck::siglip_* / ck::hadsell_* (tile_math.h), vectorized in vec_math.h.
 //
 // Hadsell distances come from the Gram form ||q̂||² + ||k̂||² − 2<q̂, k̂>, except for the

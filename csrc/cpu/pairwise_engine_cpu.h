@@ -1,6 +1,6 @@
 // Entry points of the CPU pairwise engine (pairwise_engine_cpu.cpp), bound to Python next
 // to the softmax engine's in softmax_engine_cpu.cpp. The interface is documented in
-// contrastive_kernels/ops/pairwise_engine.py.
+// contrastive_kernels/engines/pairwise.py.
 #pragma once
 
 #include <torch/extension.h>

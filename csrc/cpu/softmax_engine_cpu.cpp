@@ -1,6 +1,6 @@
 // The softmax-family engine on the CPU: tiled, BLAS-backed, parallel over row blocks.
 //
-// Same contract as ops/triton_engine.py (see ops/softmax_engine.py):
+// Same contract as engines/softmax.py:
 //   lse_i  = log([e^{extra_i}] + Σ_{j valid} e^{S_ij}),  pos_i = Σ_{valid, keys match} S_ij,
 //   clse_j = log Σ_{i valid} e^{S_ij},                   S_ij = scale·<q̂_i, k̂_j>,
 // and the recomputing backward. Memory is O((N+M)·D + threads·(tile + M)): a bm×bn tile of
@@ -281,7 +281,7 @@ void backward_impl(const Bwd<T>& a, T* dq, T* dk, T* dscale, std::vector<at::Ten
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
-// Entry points (the engine interface of ops/softmax_engine.py)
+// Entry points (the engine interface of engines/softmax.py)
 // ---------------------------------------------------------------------------------------
 at::Tensor inverse_norms(const at::Tensor& x, bool normalize) {
   check_features(x, "x");

@@ -1,4 +1,4 @@
-// The pairwise (non-softmax) engine in CUDA C++: the contract of ops/pairwise_engine.py.
+// The pairwise (non-softmax) engine in CUDA C++: the contract of engines/pairwise.py.
 //
 // Same tiles as the softmax engine (tile_products.cuh: 64×64 pair tiles, D in 32-wide
 // chunks, 128 threads; 32×32 for fp64; wmma HMMA for half inputs, SIMT FMA for fp32/fp64),

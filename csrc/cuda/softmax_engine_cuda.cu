@@ -1,4 +1,4 @@
-// The softmax-family engine in CUDA C++: the same contract as ops/triton_engine.py.
+// The softmax-family engine in CUDA C++: the same contract as engines/softmax.py.
 //
 // Tiles (compile-time, per input type; see TileShape):
 //   half/bf16/fp32: 64×64 logit tiles, D streamed in 32-wide chunks, 128 threads (4 warps).

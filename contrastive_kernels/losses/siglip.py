@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._common import arange
-from .pairwise_engine import SIGLIP, pair_params, pairwise_engine
+from ..engines.pairwise import SIGLIP, pair_params, pairwise_engine
 
 
 def siglip_loss(image_features, text_features, logit_scale, logit_bias, reduction, normalize,

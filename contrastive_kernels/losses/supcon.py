@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._common import as_tensor, reduce_rows
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def flatten_views(features, labels):

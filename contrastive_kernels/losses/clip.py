@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._common import arange, as_tensor, reduce_rows
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def clip_loss(image_features, text_features, logit_scale, reduction, normalize, impl):

@@ -1,7 +1,7 @@
 """The C++ CPU engine (csrc/cpu): launch parameters and the engine interface.
 
 Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
-``ops/triton_engine.py`` on top of the ``contrastive_kernels._C_cpu`` extension. The tile
+``engines/softmax.py`` on top of the ``contrastive_kernels._C_cpu`` extension. The tile
 sizes are chosen here, never in C++: a bm×bn tile of logits per thread is the only
 similarity-shaped storage, so memory stays O((N+M)·D + threads·(bm·bn + M)) at any N.
 """
@@ -55,10 +55,10 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
 
 
 # ----------------------------------------------------------------------------------------
-# The pairwise engine (ops/pairwise_engine.py): same tiles, a per-pair epilogue.
+# The pairwise engine (engines/pairwise.py): same tiles, a per-pair epilogue.
 # ----------------------------------------------------------------------------------------
 def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag: bool):
-    """rows (N,): Σ_j of the pair terms of row i (see ops/pairwise_engine.py)."""
+    """rows (N,): Σ_j of the pair terms of row i (see engines/pairwise.py)."""
     bm, bn = tile_config(q.dtype)
     return _ext.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag, bm, bn)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .pairwise_engine import HADSELL, pair_params, pairwise_engine
+from ..engines.pairwise import HADSELL, pair_params, pairwise_engine
 
 
 def contrastive_loss(embeddings, labels, margin, reduction, impl):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._common import arange, inverse_temperature, reduce_rows
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl):

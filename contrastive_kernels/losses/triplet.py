@@ -5,7 +5,7 @@ import torch
 
 from ..reference import _prep
 from ._common import as_tensor, reduce_rows
-from .library import backend_name, hardest_pairs, subtract_rows
+from ..engines.library import backend_name, hardest_pairs, subtract_rows
 
 
 def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reduction, impl):

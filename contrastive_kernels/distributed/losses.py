@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed as D
-from ._common import acc_dtype, as_tensor, inverse_temperature, row_dot
-from .pairwise_engine import SIGLIP, pair_params, pairwise_engine
-from .softmax_engine import EngineOptions, softmax_engine
-from .supcon import flatten_views
+from . import collectives as D
+from ..losses._common import acc_dtype, as_tensor, inverse_temperature, row_dot
+from ..engines.pairwise import SIGLIP, pair_params, pairwise_engine
+from ..engines.softmax import EngineOptions, softmax_engine
+from ..losses.supcon import flatten_views
 
 
 class Context:

@@ -28,7 +28,7 @@ weight of each row's sum):
 "mean" or "sum" loss) it runs in the forward (the operator
 ``contrastive_kernels::pair_loss_and_grad``), so forward+backward costs 3 products, and
 the backward only scales the saved gradients. Otherwise ``pair_forward`` (1 product) runs,
-and its autograd formula the recomputing ``pair_backward`` (ops/library.py).
+and its autograd formula the recomputing ``pair_backward`` (engines/library.py).
 """
 from __future__ import annotations
 

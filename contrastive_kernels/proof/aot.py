@@ -20,8 +20,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import triton_engine as te
-from . import triton_pairwise as tp
+from ..backends.triton import pairwise as tp
+from ..backends.triton import softmax as te
+from ..backends.triton import tiles
+from ..backends.triton.tiles import TileConfig
+
+KERNEL_PACKAGE = "contrastive_kernels.backends.triton"
 
 ARCHES = (80, 90)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -31,7 +35,7 @@ REPRESENTATIVE_D = (1, 17, 33, 65, 129)
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
         torch.float64: "*fp64"}
 
-# Flag sets the losses can request (ops/<loss>.py): plain, MoCo bank, self-similarity, CLIP.
+# Flag sets the losses can request (losses/<loss>.py): plain, MoCo bank, self-similarity, CLIP.
 FWD_FLAGS = (
     dict(MASK_DIAG=False, HAS_EXTRA=False, NEED_COL=False),
     dict(MASK_DIAG=False, HAS_EXTRA=True, NEED_COL=False),
@@ -51,14 +55,14 @@ BWD_MASKS = (dict(MASK_DIAG=False, HAS_COL=False), dict(MASK_DIAG=True, HAS_COL=
 @dataclass(frozen=True)
 class Variant:
     name: str
-    kernel: str  # attribute of triton_engine (a name, so variants pickle to workers)
+    kernel: str  # attribute of ``module`` (a name, so variants pickle to workers)
     signature: dict
     constexprs: dict
     num_warps: int
     num_stages: int
     dtype: torch.dtype
     is_mma: bool  # contains a tile product that should use tensor cores
-    module: str = "triton_engine"  # the ops module that defines the kernel
+    module: str = "softmax"  # the module of KERNEL_PACKAGE that defines the kernel
     maxnreg: int | None = None  # the launcher's register cap, when it sets one
 
 
@@ -91,8 +95,8 @@ def _with_constexprs(sig: dict, constexprs: dict) -> dict:
     return out
 
 
-def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[te.TileConfig,
-                                                                    te.TileConfig]]:
+def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[TileConfig,
+                                                                    TileConfig]]:
     """The distinct (forward, backward) tiles ``tile_config`` (the softmax engine's, or
     the pairwise engine's) picks over the representative widths."""
     seen = []
@@ -103,11 +107,11 @@ def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[te.TileConfig
     return seen
 
 
-def _tiles(cfg: te.TileConfig, acc) -> dict:
+def _tiles(cfg: TileConfig, acc) -> dict:
     return dict(BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk, ACC=acc, UPCAST=False)
 
 
-def _tag(dtype, cfg: te.TileConfig) -> str:
+def _tag(dtype, cfg: TileConfig) -> str:
     chunk = "" if cfg.one_chunk else "c"
     return (f"{str(dtype)[6:]}_{cfg.block_m}x{cfg.block_n}k{cfg.block_k}{chunk}"
             f"w{cfg.num_warps}")
@@ -117,9 +121,9 @@ def _flag_tag(flags: dict) -> str:
     return "".join(k[0] for k, v in flags.items() if v is True) or "-"
 
 
-def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
+def kernel_variants(kind: str, dtype, cfg: TileConfig) -> Iterator[Variant]:
     """Every flag/precision variant of one engine kernel ("fwd" or "bwd") at one tile."""
-    acc = te._tl_dtype(dtype)
+    acc = tiles.tl_acc(dtype)
     for prec in _precisions(dtype):
         if kind == "fwd":
             for flags in FWD_FLAGS:
@@ -139,7 +143,7 @@ def kernel_variants(kind: str, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
                               ce, cfg.num_warps, cfg.num_stages, dtype, True)
 
 
-# Pairwise engine passes (ops/triton_pairwise.py): the forward (forward tiles), and the
+# Pairwise engine passes (backends/triton/pairwise.py): the forward (forward tiles), and the
 # backward's one-pass (atomic) and deterministic row pass, and the deterministic column
 # pass (backward tiles). mask_diag and want_rows are runtime arguments of every pass.
 PAIR_FWD_PASSES = (dict(GRAD=False, TRANSPOSED=False, ATOMIC_B=False),)
@@ -164,9 +168,9 @@ def _hardest_signature(dtype):
             "N": "i32", "D": "i32", "stride_x": "i64"}
 
 
-def pair_variants(passes, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
+def pair_variants(passes, dtype, cfg: TileConfig) -> Iterator[Variant]:
     """Every KIND × pass × precision variant of the pairwise tile kernel at one tile."""
-    acc = te._tl_dtype(dtype)
+    acc = tiles.tl_acc(dtype)
     for prec in _precisions(dtype):
         for kind, kind_tag in PAIR_KINDS:
             for flags in passes:
@@ -175,21 +179,21 @@ def pair_variants(passes, dtype, cfg: te.TileConfig) -> Iterator[Variant]:
                 tag = "".join(k[0] for k, v in flags.items() if v is True)
                 yield Variant(f"pair_{kind_tag}_{_tag(dtype, cfg)}_{prec}_{tag}",
                               "_pair_kernel", _with_constexprs(_pair_signature(dtype), ce), ce,
-                              cfg.num_warps, cfg.num_stages, dtype, True, "triton_pairwise",
+                              cfg.num_warps, cfg.num_stages, dtype, True, "pairwise",
                               tp.MAXNREG)
 
 
-def pair_tile_configs(dtype) -> list[tuple[te.TileConfig, te.TileConfig]]:
+def pair_tile_configs(dtype) -> list[tuple[TileConfig, TileConfig]]:
     return _tile_configs(dtype, tp.tile_config)
 
 
-def hardest_variants(dtype, cfg: te.TileConfig) -> Iterator[Variant]:
-    acc = te._tl_dtype(dtype)
+def hardest_variants(dtype, cfg: TileConfig) -> Iterator[Variant]:
+    acc = tiles.tl_acc(dtype)
     for prec in _precisions(dtype):
         ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, **_tiles(cfg, acc))
         yield Variant(f"hardest_{_tag(dtype, cfg)}_{prec}", "_hardest_kernel",
                       _with_constexprs(_hardest_signature(dtype), ce), ce, cfg.num_warps,
-                      cfg.num_stages, dtype, True, "triton_pairwise", tp.MAXNREG)
+                      cfg.num_stages, dtype, True, "pairwise", tp.MAXNREG)
 
 
 def engine_variants() -> Iterator[Variant]:
@@ -208,33 +212,33 @@ def pairwise_variants(dtype) -> Iterator[Variant]:
         yield from pair_variants(PAIR_FWD_PASSES, dtype, fwd_cfg)
         yield from pair_variants(PAIR_BWD_PASSES, dtype, bwd_cfg)
         yield from hardest_variants(dtype, fwd_cfg)
-    x, a, acc = _PTR[dtype], _acc(dtype), te._tl_dtype(dtype)
+    x, a, acc = _PTR[dtype], _acc(dtype), tiles.tl_acc(dtype)
     for block_r, block_d in _row_widths():
         ce = dict(BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
         sig = {"X": x, "R": a, "OUT": a, "N": "i32", "D": "i32", "stride_x": "i64"}
         yield Variant(f"sq_norm_{str(dtype)[6:]}_r{block_r}d{block_d}", "_sq_norm_kernel",
-                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "triton_pairwise")
+                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "pairwise")
 
 
 def _row_widths():
-    return sorted({te._row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
+    return sorted({tiles.row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
 
 
 def _row_kernel_variants(dtype) -> Iterator[Variant]:
-    x, a, acc = _PTR[dtype], _acc(dtype), te._tl_dtype(dtype)
+    x, a, acc = _PTR[dtype], _acc(dtype), tiles.tl_acc(dtype)
     tag = str(dtype)[6:]
     for block_r, block_d in _row_widths():
-        ce = dict(EPS_C=te.EPS, BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
+        ce = dict(EPS_C=tiles.EPS, BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
         sig = {"X": x, "R": a, "N": "i32", "D": "i32", "stride_x": "i64"}
         yield Variant(f"inv_norm_{tag}_r{block_r}d{block_d}", "_inv_norm_kernel",
-                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False)
+                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "norms")
         for normalize in (False, True):
             ce2 = dict(ce, NORMALIZE=normalize)
             sig = {"X": x, "R": a, "G": a, "SCALE": a, "DX": x, "N": "i32", "D": "i32",
                    "stride_x": "i64", "stride_g": "i64", "stride_dx": "i64"}
             yield Variant(f"norm_bwd_{tag}_r{block_r}d{block_d}_n{int(normalize)}",
                           "_norm_backward_kernel", _with_constexprs(sig, ce2), ce2, 4, 1,
-                          dtype, False)
+                          dtype, False, "norms")
     ce = dict(BLOCK=128, ACC=acc)
     sig = {"COL_M": a, "COL_L": a, "CLSE": a, "P": "i32", "M": "i32"}
     yield Variant(f"merge_col_{tag}", "_merge_col_kernel", _with_constexprs(sig, ce), ce,
@@ -289,7 +293,7 @@ def _cubin_stats(cubin: bytes) -> dict:
 
 def compile_variant(v: Variant, arch: int) -> "CompileReport":
     """Compile one variant for sm_<arch> and read its resource usage from the cubin."""
-    module = importlib.import_module(f"{__package__}.{v.module}")
+    module = importlib.import_module(f"{KERNEL_PACKAGE}.{v.module}")
     src = ASTSource(fn=getattr(module, v.kernel), signature=v.signature,
                     constexprs=v.constexprs)
     opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}

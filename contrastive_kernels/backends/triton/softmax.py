@@ -9,104 +9,25 @@ The engine computes, for anchor rows ``q`` (N×D) against candidate rows ``k`` (
 
 in tiles, never holding an N×M tensor, and the backward by recomputing S tile by tile from
 the saved log-sum-exps. "valid" excludes out-of-range rows/columns and, with MASK_DIAG, i==j.
-The loss-specific parts (targets, weights, reductions) are O(N) torch code in ops/<loss>.py.
+The loss-specific parts (targets, weights, reductions) are O(N) torch code in losses/<loss>.py.
 """
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-EPS = 1e-12
+from .norms import finish_grad
+from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
+                    interpret_tiles, interpreting, load_rows, out_buffer, pow2_scale,
+                    precision, tl_acc, upcast)
 
 
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
-@triton.jit
-def _inv_norm_kernel(X, R, N, D, stride_x, EPS_C: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """R[i] = 1 / max(||X[i]||, eps)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    sq = tl.zeros([BLOCK_R], ACC)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
-                    mask=(rows[:, None] < N) & (cols[None, :] < D), other=0.0).to(ACC)
-        sq += tl.sum(x * x, 1)
-    r = 1.0 / tl.maximum(tl.sqrt(sq), EPS_C)
-    tl.store(R + rows, r, mask=rows < N)
-
-
-@triton.jit
-def _norm_backward_kernel(X, R, G, SCALE, DX, N, D, stride_x, stride_g, stride_dx,
-                          EPS_C: tl.constexpr, NORMALIZE: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """dX from G = Σ_j dS_ij r_j k_j: dx̂ = scale·G, then the F.normalize backward."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < N
-    scale = tl.load(SCALE).to(ACC)
-    r = tl.load(R + rows, mask=row_ok, other=1.0).to(ACC)
-    radial = tl.zeros([BLOCK_R], ACC)
-    if NORMALIZE:
-        # ⟨dx̂, x̂⟩ over the whole row first: the tangential projection needs all of D.
-        for d0 in range(0, D, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D)
-            m = row_ok[:, None] & (cols[None, :] < D)
-            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(ACC)
-            g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=m, other=0.0).to(ACC)
-            radial += tl.sum(g * x, 1)
-        # Where the norm was clamped at eps, x̂ = x/eps and the clamp passes no gradient.
-        unclamped = r < 1.0 / EPS_C
-        radial = tl.where(unclamped, radial * r * r, 0.0)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        m = row_ok[:, None] & (cols[None, :] < D)
-        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(ACC)
-        g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=m, other=0.0).to(ACC)
-        if NORMALIZE:
-            dx = scale * r[:, None] * (g - radial[:, None] * x)
-        else:
-            dx = scale * g
-        tl.store(DX + rows[:, None] * stride_dx + cols[None, :],
-                 dx.to(DX.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
-              BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-              ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Raw ⟨a_i, b_j⟩ for one BLOCK_A×BLOCK_B tile, reduced over D in BLOCK_K chunks."""
-    acc = tl.zeros([BLOCK_A, BLOCK_B], ACC)
-    for d0 in range(0, D, BLOCK_K):
-        offs_d = d0 + tl.arange(0, BLOCK_K)
-        a = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
-                    mask=(offs_a[:, None] < NA) & (offs_d[None, :] < D), other=0.0)
-        bt = tl.load(B + offs_b[None, :] * stride_b + offs_d[:, None],
-                     mask=(offs_b[None, :] < NB) & (offs_d[:, None] < D), other=0.0)
-        if UPCAST:
-            a = a.to(ACC)
-            bt = bt.to(ACC)
-        acc = tl.dot(a, bt, acc, input_precision=PREC, out_dtype=ACC)
-    return acc
-
-
-@triton.jit
-def _load_rows(X, offs, n, D, stride,
-               BLOCK_K: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    """The whole (padded) rows X[offs, :D] as one BLOCK×BLOCK_K tile (D ≤ BLOCK_K)."""
-    offs_d = tl.arange(0, BLOCK_K)
-    x = tl.load(X + offs[:, None] * stride + offs_d[None, :],
-                mask=(offs[:, None] < n) & (offs_d[None, :] < D), other=0.0)
-    if UPCAST:
-        x = x.to(ACC)
-    return x
-
-
 @triton.jit
 def _softmax_fwd_kernel(
         Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY, EXTRA,
@@ -137,15 +58,15 @@ def _softmax_fwd_kernel(
             l_i = tl.zeros([BLOCK_M], ACC)
         pos_i = tl.zeros([BLOCK_M], ACC)
         if ONE_CHUNK:
-            q_tile = _load_rows(Q, offs_m, N, D, stride_q, BLOCK_K, ACC, UPCAST)
+            q_tile = load_rows(Q, offs_m, N, D, stride_q, BLOCK_K, ACC, UPCAST)
         for cb in range(0, tl.cdiv(M, BLOCK_N)):
             offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
             col_ok = offs_n < M
             if ONE_CHUNK:
-                k_tile = _load_rows(K, offs_n, M, D, stride_k, BLOCK_K, ACC, UPCAST)
+                k_tile = load_rows(K, offs_n, M, D, stride_k, BLOCK_K, ACC, UPCAST)
                 dots = tl.dot(q_tile, tl.trans(k_tile), input_precision=PREC, out_dtype=ACC)
             else:
-                dots = _dot_tile(Q, K, offs_m, offs_n, N, M, D, stride_q, stride_k,
+                dots = dot_tile(Q, K, offs_m, offs_n, N, M, D, stride_q, stride_k,
                                  BLOCK_M, BLOCK_N, BLOCK_K, ACC, UPCAST, PREC)
             rk = tl.load(RK + offs_n, mask=col_ok, other=0.0).to(ACC)
             s = dots * (scale * rq)[:, None] * rk[None, :]
@@ -217,17 +138,17 @@ def _softmax_bwd_kernel(
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
     dscale = tl.zeros([BLOCK_A], ACC)
     if ONE_CHUNK:
-        a_tile = _load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
+        a_tile = load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
         da_acc = tl.zeros([BLOCK_A, BLOCK_K], ACC)
     for bb in range(0, tl.cdiv(NB, BLOCK_B)):
         offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         b_ok = offs_b < NB
         rb = tl.load(RB + offs_b, mask=b_ok, other=0.0).to(ACC)
         if ONE_CHUNK:
-            b_tile = _load_rows(B, offs_b, NB, D, stride_b, BLOCK_K, ACC, UPCAST)
+            b_tile = load_rows(B, offs_b, NB, D, stride_b, BLOCK_K, ACC, UPCAST)
             dots = tl.dot(a_tile, tl.trans(b_tile), input_precision=PREC, out_dtype=ACC)
         else:
-            dots = _dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
+            dots = dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
                              BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
         # S is rounded exactly as the forward rounded it (same factors, same grouping), so
         # P = exp(S - lse) sums to 1 over each row as the forward's lse implies.
@@ -309,25 +230,6 @@ def _softmax_bwd_kernel(
 # --------------------------------------------------------------------------------------
 # Launch configuration (chosen here, in Python, never inside the kernels)
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TileConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    one_chunk: bool
-    num_warps: int
-    num_stages: int
-
-
-# Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
-# backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
-# next_pow2(D), num_warps[, num_stages]). Chosen by benchmarks/tile_search.py: for each
-# class the largest tiles whose every launchable variant (all flag sets, precisions and
-# backward passes) compiles for sm_80 and sm_90 without spilling. The backward holds more
-# live tiles (S, dS, two accumulators), hence its smaller blocks; fp32 in IEEE mode is an
-# FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
-# 64. Above the last one-tile class D is streamed in BLOCK_K chunks. Not tuned by timing:
-# that needs a GPU.
 _TILE_TABLE = {
     "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
              (32, (128, 64, None, 8), (64, 32, None, 8)),
@@ -342,33 +244,6 @@ _TILE_TABLE = {
              (32, (32, 32, None, 4), (32, 16, None, 8)),
              (None, (32, 32, 32, 8), (32, 32, 32, 8))),
 }
-_NUM_STAGES = 2
-_INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
-_INTERPRET_CHUNK_K = 16
-
-
-POISON_ENV = "CONTRASTIVE_KERNELS_POISON"
-
-
-def _out(shape, dtype, device) -> torch.Tensor:
-    """An output buffer every element of which a kernel must write.
-
-    With CONTRASTIVE_KERNELS_POISON=1 (the test suite sets it) it starts as NaN, so an
-    element a kernel forgot to write shows up as NaN instead of stale memory.
-    """
-    if os.environ.get(POISON_ENV) == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _dtype_class(dtype: torch.dtype) -> str:
-    if dtype == torch.float64:
-        return "fp64"
-    return "fp32" if dtype == torch.float32 else "half"
 
 
 def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None
@@ -376,60 +251,15 @@ def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None
     """(forward, backward) tiles for feature width D and input dtype: the launcher's only
     source of tile sizes."""
     interpret = interpreting() if interpret is None else interpret
-    d_pow2 = max(16, triton.next_power_of_2(D))
     if interpret:
-        one = d_pow2 <= 32  # exercise both the one-tile and the D-streaming paths
-        cfg = TileConfig(_INTERPRET_BLOCK, _INTERPRET_BLOCK,
-                         d_pow2 if one else _INTERPRET_CHUNK_K, one, 4, 1)
+        cfg = interpret_tiles(D)
         return cfg, cfg
-    for max_d, fwd, bwd in _TILE_TABLE[_dtype_class(dtype)]:
+    d_pow2 = max(16, triton.next_power_of_2(D))
+    for max_d, fwd, bwd in _TILE_TABLE[dtype_class(dtype)]:
         if max_d is None or d_pow2 <= max_d:
             return tuple(TileConfig(t[0], t[1], t[2] or d_pow2, t[2] is None, t[3],
-                                    t[4] if len(t) > 4 else _NUM_STAGES) for t in (fwd, bwd))
+                                    t[4] if len(t) > 4 else NUM_STAGES) for t in (fwd, bwd))
     raise AssertionError("the tile table ends with a catch-all class")
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp64 for fp64 inputs, fp32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
-def _upcast(dtype: torch.dtype) -> bool:
-    # The interpreter computes tl.dot on bf16 wrongly; compute half inputs in fp32 there.
-    return interpreting() and dtype in (torch.float16, torch.bfloat16)
-
-
-def _row_block(D: int) -> tuple[int, int]:
-    """(rows, D chunk) of the row-wise kernels: 1024-element tiles, which compile without
-    spills for every dtype on sm_80/sm_90 (these kernels are memory-bound anyway)."""
-    block_d = max(16, min(triton.next_power_of_2(max(D, 1)), 256))
-    return max(1, 1024 // block_d), block_d
-
-
-def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """r (N,) in the accumulation dtype: 1/max(||x_i||, eps), or ones when not normalizing."""
-    n, d = x.shape
-    acc = acc_dtype(x.dtype)
-    if not normalize:
-        return torch.ones(n, dtype=acc, device=x.device)
-    r = _out((n,), acc, x.device)
-    if n == 0:
-        return r
-    block_r, block_d = _row_block(d)
-    _inv_norm_kernel[(triton.cdiv(n, block_r),)](
-        x, r, n, d, x.stride(0), EPS_C=EPS, BLOCK_R=block_r, BLOCK_D=block_d,
-        ACC=_tl_dtype(x.dtype))
-    return r
 
 
 @functools.lru_cache(maxsize=None)
@@ -458,8 +288,8 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     m = k.shape[0]
     acc = acc_dtype(q.dtype)
     cfg = tile_config(d, q.dtype)[0]
-    lse = _out((n,), acc, q.device)
-    pos = _out((n,), acc, q.device)
+    lse = out_buffer((n,), acc, q.device)
+    pos = out_buffer((n,), acc, q.device)
     n_row_blocks = triton.cdiv(n, cfg.block_m)
     if need_col:
         progs = _col_programs(n_row_blocks, q.device)
@@ -473,14 +303,14 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
         lse, pos, col_m, col_l, n, m, d, q.stride(0), k.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         ONE_CHUNK=cfg.one_chunk, MASK_DIAG=mask_diag, HAS_EXTRA=extra is not None,
-        NEED_COL=need_col, ACC=_tl_dtype(q.dtype), UPCAST=_upcast(q.dtype),
-        PREC=_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        NEED_COL=need_col, ACC=tl_acc(q.dtype), UPCAST=upcast(q.dtype),
+        PREC=precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not need_col:
         return lse, pos, lse.new_empty(0)
-    clse = _out((m,), acc, q.device)
+    clse = out_buffer((m,), acc, q.device)
     block = 128
     _merge_col_kernel[(triton.cdiv(m, block),)](col_m, col_l, clse, progs, m,
-                                                 BLOCK=block, ACC=_tl_dtype(q.dtype))
+                                                 BLOCK=block, ACC=tl_acc(q.dtype))
     return lse, pos, clse
 
 
@@ -494,21 +324,8 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
         db.stride(0), BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
         ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, MASK_DIAG=mask_diag,
         HAS_COL=has_col, ATOMIC_B=atomic_b, WRITE_DSCALE=write_dscale,
-        ACC=_tl_dtype(a.dtype), UPCAST=_upcast(a.dtype), PREC=_precision(a.dtype),
+        ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype), PREC=precision(a.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-def _finish_grad(x, r, g_acc, scale, normalize):
-    n, d = x.shape
-    dx = _out(x.shape, x.dtype, x.device)
-    if n == 0:
-        return dx
-    block_r, block_d = _row_block(d)
-    _norm_backward_kernel[(triton.cdiv(n, block_r),)](
-        x, r, g_acc, scale, dx, n, d, x.stride(0), g_acc.stride(0), dx.stride(0),
-        EPS_C=EPS, NORMALIZE=normalize, BLOCK_R=block_r, BLOCK_D=block_d,
-        ACC=_tl_dtype(x.dtype))
-    return dx
 
 
 def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
@@ -520,14 +337,6 @@ def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
         bound = bound + g_clse.abs().max()
     return pow2_scale(bound * torch.maximum(rq.abs().max(), rk.abs().max()))
 
-
-def pow2_scale(bound: torch.Tensor) -> torch.Tensor:
-    """σ = 2^e (0-dim, on the device, no synchronization) with σ·bound ≤ 2^14, for fp16
-    tile-product operands bounded in magnitude by ``bound``; 1 where bound is 0 or not
-    finite. Shared by the softmax and pairwise engines."""
-    e = torch.floor(torch.log2(16384.0 / bound))
-    e = torch.where(torch.isfinite(e), e.clamp(-100, 100), torch.zeros_like(e))
-    return torch.exp2(e)
 
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
@@ -553,7 +362,7 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
         g_clse = g_clse * sigma if has_col else g_clse
     dq_acc = torch.zeros((n, d), dtype=acc, device=q.device)
     dk_acc = torch.zeros((m, d), dtype=acc, device=q.device)
-    dscale_rows = _out((n,), acc, q.device)
+    dscale_rows = out_buffer((n,), acc, q.device)
     g_clse = g_clse if has_col else g_lse
     common = dict(mask_diag=mask_diag, has_col=has_col)
     _launch_grad(q, k, rq, rk, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
@@ -567,11 +376,6 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
         dq_acc.div_(sigma)
         dk_acc.div_(sigma)
         dscale_rows.div_(sigma)
-    dq = _finish_grad(q, rq, dq_acc, scale, normalize)
-    dk = _finish_grad(k, rk, dk_acc, scale, normalize)
+    dq = finish_grad(q, rq, dq_acc, scale, normalize)
+    dk = finish_grad(k, rk, dk_acc, scale, normalize)
     return dq, dk, dscale_rows.sum()
-
-
-# The pairwise engine (SigLIP, Hadsell, batch-hard mining) lives in its own module; its
-# entry points are attributes of this one, the module dispatch hands to the losses.
-from .triton_pairwise import hardest_pairs, pair_backward, pair_forward  # noqa: E402,F401

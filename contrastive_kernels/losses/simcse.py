@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._common import arange, inverse_temperature, reduce_rows
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def simcse_unsup_loss(y_pred, lamda, reduction, impl):

@@ -1,6 +1,6 @@
 """Triton kernels of the pairwise engine (SigLIP, Hadsell) and batch-hard mining.
 
-The interface is documented in ops/pairwise_engine.py; the per-pair rules are those of
+The interface is documented in engines/pairwise.py; the per-pair rules are those of
 csrc/tile_math.h (softplus, sigmoid, siglip_term/grad, gram_sq_dist, near_coincident,
 hadsell_term/grad/margin_grad, beats_max/min), written here with the same formulas, the
 same NaN behaviour and the same near-coincident constant.
@@ -39,6 +39,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .norms import finish_grad
+from .tiles import (NUM_STAGES, TileConfig, dot_tile, dtype_class, interpret_tiles,
+                    interpreting, load_rows, out_buffer, pow2_scale, precision, row_block,
+                    tl_acc, upcast)
 
 SIGLIP = 0
 HADSELL = 1
@@ -140,6 +145,170 @@ def _sq_norm_kernel(X, R, OUT, N, D, stride_x,
     tl.store(OUT + rows, sq * r * r, mask=ok)
 
 
+@triton.jit
+def _pair_tile(dots, ra, rb, ROW_KEY, COL_KEY, G, offs_a, offs_b, a_ok, b_ok, key_a, g,
+               mask_diag, GRAD: tl.constexpr, TRANSPOSED: tl.constexpr, ACC: tl.constexpr):
+    """(c, match, valid, g) of one tile: the Gram entries c_ij = (dots·rq_i)·rk_j in both
+    orientations (so both passes see the same c), which pairs share a key, which pairs
+    count, and the row weights (per column of the tile when TRANSPOSED)."""
+    if TRANSPOSED:
+        c = dots * rb[None, :] * ra[:, None]
+        rkey_b = tl.load(ROW_KEY + offs_b, mask=b_ok, other=-1)[None, :]
+        match = rkey_b == key_a
+        if GRAD:
+            g = tl.load(G + offs_b, mask=b_ok, other=0.0).to(ACC)[None, :]
+    else:
+        c = dots * ra[:, None] * rb[None, :]
+        ckey_b = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
+        match = key_a == ckey_b
+    valid = a_ok[:, None] & b_ok[None, :]
+    valid = valid & ((offs_a[:, None] != offs_b[None, :]) | (mask_diag == 0))
+    return c, match, valid, g
+
+
+@triton.jit
+def _siglip_terms(c, match, valid, g, scale, bias, rows_acc, want_rows, GRAD: tl.constexpr):
+    """SigLIP's tile: the loss rows (want_rows) and dS (GRAD; c itself otherwise).
+    siglip_term(u) = softplus(w), siglip_grad(u) = ∓σ(w), w = (match ? −u : u)."""
+    u = scale * c + bias
+    w = tl.where(match, -u, u)
+    if want_rows != 0:
+        rows_acc += tl.sum(tl.where(valid, _softplus(w), 0.0), 1)
+    ds = c
+    if GRAD:
+        sg = _sigmoid(w)
+        ds = g * tl.where(match, -sg, sg)
+    return rows_acc, ds
+
+
+@triton.jit
+def _hadsell_terms(A, B, SQB, offs_a, offs_b, a_ok, b_ok, ra, rb, sqa, c, match, valid, g,
+                   margin, rows_acc, p_margin, want_rows, D, stride_a, stride_b,
+                   GRAD: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_A: tl.constexpr,
+                   BLOCK_B: tl.constexpr, ACC: tl.constexpr):
+    """Hadsell's tile: distances (near-coincident pairs recomputed), the loss rows
+    (want_rows), dS with respect to c (GRAD; c itself otherwise) and the dmargin partials."""
+    sqb = tl.load(SQB + offs_b, mask=b_ok, other=0.0).to(ACC)
+    if TRANSPOSED:
+        nsum = sqb[None, :] + sqa[:, None]
+    else:
+        nsum = sqa[:, None] + sqb[None, :]
+    d2 = _sq_dist_tile(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c, valid,
+                       D, stride_a, stride_b, BLOCK_A, BLOCK_B, ACC)
+    dist = _sqrt(d2)
+    t = margin - dist
+    if want_rows != 0:
+        term = tl.where(match, d2, tl.where(t < 0, 0.0, t * t))
+        rows_acc += tl.sum(tl.where(valid, term, 0.0), 1)
+    ds = c
+    if GRAD:
+        # dist > 0 rather than d2 > 0: an fp32 sqrt may flush a denormal d2 to 0.
+        hg = tl.where((dist > 0) & (t > 0), _div(-t, tl.where(dist > 0, dist, 1.0)),
+                      tl.where(d2 != d2, d2, 0.0))
+        hg = tl.where(match, 1.0, hg)
+        ds = -2.0 * (g * hg)
+        if not TRANSPOSED:
+            mg = tl.where(match, 0.0, tl.where(t < 0, 0.0, 2.0 * t))
+            p_margin += tl.sum(tl.where(valid, g * mg, 0.0), 1)
+    return rows_acc, p_margin, ds
+
+
+@triton.jit
+def _row_reductions(ds, c, p_scale, p_bias, own_sum, SUM_B, offs_b, b_ok,
+                    KIND: tl.constexpr, TRANSPOSED: tl.constexpr, ATOMIC_B: tl.constexpr):
+    """The O(N) reductions of dS: SigLIP's dscale/dbias partials per row; Hadsell's row
+    sums (and column sums, by atomics) that the diagonal gradient terms need."""
+    if KIND == 0:
+        if not TRANSPOSED:
+            p_scale += tl.sum(ds * c, 1)
+            p_bias += tl.sum(ds, 1)
+    else:
+        own_sum += tl.sum(ds, 1)
+        if ATOMIC_B:
+            tl.atomic_add(SUM_B + offs_b, tl.sum(ds, 0), mask=b_ok, sem="relaxed")
+    return p_scale, p_bias, own_sum
+
+
+@triton.jit
+def _grad_operands(ds, ra, rb, TILE_SCALE: tl.constexpr):
+    """(dS·r_a, dS·r_b, 1/σ_t): the gradient products' dS operands, scaled with TILE_SCALE
+    by the tile's own power of two σ_t, σ_t·max|dS·r| ≤ 2^14 (1 where that max is 0 or
+    not finite), whose inverse the caller applies to the fp32 products."""
+    if TILE_SCALE:
+        amax = tl.max(tl.abs(ds)) * tl.maximum(tl.max(ra), tl.max(rb))
+        e = tl.floor(tl.log2(16384.0 / amax))
+        e = tl.where((e == e) & (e < 1.0e30) & (e > -1.0e30),
+                     tl.minimum(tl.maximum(e, -100.0), 100.0), 0.0)
+        sig = _pow2_bits(e)
+        inv = _pow2_bits(-e)
+        ds_b = ds * rb[None, :] * sig
+        ds_a = ds * ra[:, None] * sig
+    else:
+        inv = 1.0
+        ds_b = ds * rb[None, :]
+        ds_a = ds * ra[:, None]
+    return ds_a, ds_b, inv
+
+
+@triton.jit
+def _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv, DB, offs_b, b_ok, D,
+                            stride_db, ATOMIC_B: tl.constexpr, TILE_SCALE: tl.constexpr,
+                            BLOCK_K: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """D in one register tile: dA accumulates in registers; dB += dSᵀ·A by atomics."""
+    if TILE_SCALE:
+        da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
+                         out_dtype=ACC) * inv
+    else:
+        da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                        input_precision=PREC, out_dtype=ACC)
+    if ATOMIC_B:
+        db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
+                         input_precision=PREC, out_dtype=ACC)
+        if TILE_SCALE:
+            db_part = db_part * inv
+        offs_d = tl.arange(0, BLOCK_K)
+        tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
+                      mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+    return da_acc
+
+
+@triton.jit
+def _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b, inv, D,
+                            stride_a, stride_b, stride_da, stride_db,
+                            ATOMIC_B: tl.constexpr, TILE_SCALE: tl.constexpr,
+                            BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+                            UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """D streamed in chunks: the owned accumulator rows live in DA (read-modify-write by
+    this program only, so still deterministic); dB += dSᵀ·A by atomics."""
+    for d0 in range(0, D, BLOCK_K):
+        offs_d = d0 + tl.arange(0, BLOCK_K)
+        d_ok = offs_d[None, :] < D
+        b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
+                      mask=b_ok[:, None] & d_ok, other=0.0)
+        if UPCAST:
+            b_c = b_c.to(ACC)
+        da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+        da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
+        if TILE_SCALE:
+            da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
+                           out_dtype=ACC) * inv
+        else:
+            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
+                          out_dtype=ACC)
+        tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
+        if ATOMIC_B:
+            a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
+                          mask=a_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                a_c = a_c.to(ACC)
+            db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
+                             input_precision=PREC, out_dtype=ACC)
+            if TILE_SCALE:
+                db_part = db_part * inv
+            tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :],
+                          db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
+
+
 @triton.jit(do_not_specialize=["mask_diag", "want_rows"])
 def _pair_kernel(
         A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
@@ -163,6 +332,10 @@ def _pair_kernel(
       DB[b]   += Σ_a dS_ab r_a A[a]          (ATOMIC_B)
       SUM_A[a] Σ_b dS_ab, SUM_B[b] += Σ_a dS_ab   (Hadsell, GRAD / ATOMIC_B)
       PART[0|1|2, a] per-row dscale, dbias, dmargin partials (GRAD, not TRANSPOSED)
+
+    Per tile: the tile product, the pairs (_pair_tile), the kind's terms
+    (_siglip_terms / _hadsell_terms), the reductions of dS (_row_reductions) and the two
+    gradient products (_grad_operands, then _resident_ or _streamed_grad_products).
     """
     pid = tl.program_id(0)
     scale = tl.load(PARAMS).to(ACC)
@@ -171,12 +344,14 @@ def _pair_kernel(
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < NA
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
+    sqa = ra  # read by Hadsell only
     if KIND == 1:
         sqa = tl.load(SQA + offs_a, mask=a_ok, other=0.0).to(ACC)
+    g = ra  # the row weights (GRAD only); per tile when TRANSPOSED (_pair_tile)
     if TRANSPOSED:
-        ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
+        key_a = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
     else:
-        rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
+        key_a = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
         if GRAD:
             g = tl.load(G + offs_a, mask=a_ok, other=0.0).to(ACC)[:, None]
     rows_acc = tl.zeros([BLOCK_A], ACC)
@@ -185,7 +360,7 @@ def _pair_kernel(
     p_bias = tl.zeros([BLOCK_A], ACC)
     p_margin = tl.zeros([BLOCK_A], ACC)
     if ONE_CHUNK:
-        a_tile = te._load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
+        a_tile = load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
         if GRAD:
             da_acc = tl.zeros([BLOCK_A, BLOCK_K], ACC)
     for bb in range(0, tl.cdiv(NB, BLOCK_B)):
@@ -193,123 +368,37 @@ def _pair_kernel(
         b_ok = offs_b < NB
         rb = tl.load(RB + offs_b, mask=b_ok, other=0.0).to(ACC)
         if ONE_CHUNK:
-            b_tile = te._load_rows(B, offs_b, NB, D, stride_b, BLOCK_K, ACC, UPCAST)
+            b_tile = load_rows(B, offs_b, NB, D, stride_b, BLOCK_K, ACC, UPCAST)
             dots = tl.dot(a_tile, tl.trans(b_tile), input_precision=PREC, out_dtype=ACC)
         else:
-            dots = te._dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
-                                BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
-        # c_ij = (dots·rq_i)·rk_j in both orientations, so both passes see the same c.
-        if TRANSPOSED:
-            c = dots * rb[None, :] * ra[:, None]
-            rkey_b = tl.load(ROW_KEY + offs_b, mask=b_ok, other=-1)[None, :]
-            match = rkey_b == ckey
-            if GRAD:
-                g = tl.load(G + offs_b, mask=b_ok, other=0.0).to(ACC)[None, :]
-        else:
-            c = dots * ra[:, None] * rb[None, :]
-            ckey_b = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
-            match = rkey == ckey_b
-        valid = a_ok[:, None] & b_ok[None, :]
-        valid = valid & ((offs_a[:, None] != offs_b[None, :]) | (mask_diag == 0))
+            dots = dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
+                            BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
+        c, match, valid, g_tile = _pair_tile(dots, ra, rb, ROW_KEY, COL_KEY, G, offs_a,
+                                             offs_b, a_ok, b_ok, key_a, g, mask_diag, GRAD,
+                                             TRANSPOSED, ACC)
         if KIND == 0:
-            # siglip_term(u) = softplus(w), siglip_grad(u) = ∓σ(w), w = (match ? −u : u)
-            u = scale * c + bias
-            w = tl.where(match, -u, u)
-            if want_rows != 0:
-                rows_acc += tl.sum(tl.where(valid, _softplus(w), 0.0), 1)
-            if GRAD:
-                sg = _sigmoid(w)
-                ds = g * tl.where(match, -sg, sg)
+            rows_acc, ds = _siglip_terms(c, match, valid, g_tile, scale, bias, rows_acc,
+                                         want_rows, GRAD)
         else:
-            sqb = tl.load(SQB + offs_b, mask=b_ok, other=0.0).to(ACC)
-            if TRANSPOSED:
-                nsum = sqb[None, :] + sqa[:, None]
-            else:
-                nsum = sqa[:, None] + sqb[None, :]
-            d2 = _sq_dist_tile(A, B, offs_a, offs_b, a_ok, b_ok, ra, rb, nsum, c, valid,
-                               D, stride_a, stride_b, BLOCK_A, BLOCK_B, ACC)
-            dist = _sqrt(d2)
-            t = margin - dist
-            if want_rows != 0:
-                term = tl.where(match, d2, tl.where(t < 0, 0.0, t * t))
-                rows_acc += tl.sum(tl.where(valid, term, 0.0), 1)
-            if GRAD:
-                # dist > 0 rather than d2 > 0: an fp32 sqrt may flush a denormal d2 to 0.
-                hg = tl.where((dist > 0) & (t > 0), _div(-t, tl.where(dist > 0, dist, 1.0)),
-                              tl.where(d2 != d2, d2, 0.0))
-                hg = tl.where(match, 1.0, hg)
-                ds = -2.0 * (g * hg)
-                if not TRANSPOSED:
-                    mg = tl.where(match, 0.0, tl.where(t < 0, 0.0, 2.0 * t))
-                    p_margin += tl.sum(tl.where(valid, g * mg, 0.0), 1)
+            rows_acc, p_margin, ds = _hadsell_terms(
+                A, B, SQB, offs_a, offs_b, a_ok, b_ok, ra, rb, sqa, c, match, valid, g_tile,
+                margin, rows_acc, p_margin, want_rows, D, stride_a, stride_b, GRAD,
+                TRANSPOSED, BLOCK_A, BLOCK_B, ACC)
         if GRAD:
             ds = tl.where(valid, ds, 0.0)
-            if KIND == 0:
-                if not TRANSPOSED:
-                    p_scale += tl.sum(ds * c, 1)
-                    p_bias += tl.sum(ds, 1)
-            else:
-                own_sum += tl.sum(ds, 1)
-                if ATOMIC_B:
-                    tl.atomic_add(SUM_B + offs_b, tl.sum(ds, 0), mask=b_ok, sem="relaxed")
-            if TILE_SCALE:
-                # σ_t = 2^e with σ_t·max|dS·r| ≤ 2^14 (1 where that max is 0 or not finite).
-                amax = tl.max(tl.abs(ds)) * tl.maximum(tl.max(ra), tl.max(rb))
-                e = tl.floor(tl.log2(16384.0 / amax))
-                e = tl.where((e == e) & (e < 1.0e30) & (e > -1.0e30),
-                             tl.minimum(tl.maximum(e, -100.0), 100.0), 0.0)
-                sig = _pow2_bits(e)
-                inv = _pow2_bits(-e)
-                ds_b = ds * rb[None, :] * sig
-                ds_a = ds * ra[:, None] * sig
-            else:
-                ds_b = ds * rb[None, :]
-                ds_a = ds * ra[:, None]
+            p_scale, p_bias, own_sum = _row_reductions(ds, c, p_scale, p_bias, own_sum,
+                                                       SUM_B, offs_b, b_ok, KIND,
+                                                       TRANSPOSED, ATOMIC_B)
+            ds_a, ds_b, inv = _grad_operands(ds, ra, rb, TILE_SCALE)
             if ONE_CHUNK:
-                if TILE_SCALE:
-                    da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
-                                     out_dtype=ACC) * inv
-                else:
-                    da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
-                                    input_precision=PREC, out_dtype=ACC)
-                if ATOMIC_B:
-                    db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
-                                     input_precision=PREC, out_dtype=ACC)
-                    if TILE_SCALE:
-                        db_part = db_part * inv
-                    offs_d = tl.arange(0, BLOCK_K)
-                    tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
-                                  mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
+                da_acc = _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv,
+                                                 DB, offs_b, b_ok, D, stride_db, ATOMIC_B,
+                                                 TILE_SCALE, BLOCK_K, ACC, PREC)
             else:
-                # D streamed in chunks: the owned accumulator rows live in DA
-                # (read-modify-write by this program only, so still deterministic).
-                for d0 in range(0, D, BLOCK_K):
-                    offs_d = d0 + tl.arange(0, BLOCK_K)
-                    d_ok = offs_d[None, :] < D
-                    b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
-                                  mask=b_ok[:, None] & d_ok, other=0.0)
-                    if UPCAST:
-                        b_c = b_c.to(ACC)
-                    da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-                    da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                    if TILE_SCALE:
-                        da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
-                                       out_dtype=ACC) * inv
-                    else:
-                        da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
-                                      out_dtype=ACC)
-                    tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
-                    if ATOMIC_B:
-                        a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
-                                      mask=a_ok[:, None] & d_ok, other=0.0)
-                        if UPCAST:
-                            a_c = a_c.to(ACC)
-                        db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
-                                         input_precision=PREC, out_dtype=ACC)
-                        if TILE_SCALE:
-                            db_part = db_part * inv
-                        tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :],
-                                      db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
+                _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a,
+                                        ds_b, inv, D, stride_a, stride_b, stride_da,
+                                        stride_db, ATOMIC_B, TILE_SCALE, BLOCK_K, ACC,
+                                        UPCAST, PREC)
     if want_rows != 0:
         tl.store(ROWS + offs_a, rows_acc, mask=a_ok)
     if GRAD:
@@ -346,7 +435,7 @@ def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
     idx_p = tl.full([BLOCK_A], -1, tl.int64)
     idx_n = tl.full([BLOCK_A], -1, tl.int64)
     if ONE_CHUNK:
-        a_tile = te._load_rows(X, offs_a, N, D, stride_x, BLOCK_K, ACC, UPCAST)
+        a_tile = load_rows(X, offs_a, N, D, stride_x, BLOCK_K, ACC, UPCAST)
     for bb in range(0, tl.cdiv(N, BLOCK_B)):
         offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         b_ok = offs_b < N
@@ -354,10 +443,10 @@ def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
         sqb = tl.load(SQ + offs_b, mask=b_ok, other=0.0).to(ACC)
         key_b = tl.load(KEY + offs_b, mask=b_ok, other=-2)
         if ONE_CHUNK:
-            b_tile = te._load_rows(X, offs_b, N, D, stride_x, BLOCK_K, ACC, UPCAST)
+            b_tile = load_rows(X, offs_b, N, D, stride_x, BLOCK_K, ACC, UPCAST)
             dots = tl.dot(a_tile, tl.trans(b_tile), input_precision=PREC, out_dtype=ACC)
         else:
-            dots = te._dot_tile(X, X, offs_a, offs_b, N, N, D, stride_x, stride_x,
+            dots = dot_tile(X, X, offs_a, offs_b, N, N, D, stride_x, stride_x,
                                 BLOCK_A, BLOCK_B, BLOCK_K, ACC, UPCAST, PREC)
         c = dots * ra[:, None] * rb[None, :]
         ok = a_ok[:, None] & b_ok[None, :]
@@ -399,13 +488,13 @@ def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
 def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """‖r_i·x_i‖² (N,) in the accumulation dtype."""
     n, d = x.shape
-    out = te._out((n,), r.dtype, x.device)
+    out = out_buffer((n,), r.dtype, x.device)
     if n == 0:
         return out
-    block_r, block_d = te._row_block(d)
+    block_r, block_d = row_block(d)
     _sq_norm_kernel[(triton.cdiv(n, block_r),)](
         x, r, out, n, d, x.stride(0), BLOCK_R=block_r, BLOCK_D=block_d,
-        ACC=te._tl_dtype(x.dtype))
+        ACC=tl_acc(x.dtype))
     return out
 
 
@@ -415,7 +504,7 @@ def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 # engine's (tile_config): the pair epilogue (softplus, sigmoid and a division, or the
 # distance, its near-coincident check and the margin terms) keeps several more tile-sized
 # values live, and these are the largest tiles that compile without spills for every
-# pass on sm_80 and sm_90 (measured with ops/aot.py; tests/test_aot.py holds them to it).
+# pass on sm_80 and sm_90 (measured with proof/aot.py; tests/test_aot.py holds them to it).
 # Untimed: no GPU has been available to trade tile size against occupancy.
 # ptxas's default register heuristic leaves some of these kernels at ~96-128 registers
 # and spills one long-lived value across the tile loop (8 B of local memory); an explicit
@@ -425,7 +514,7 @@ MAXNREG = 255
 
 def _launch_options(cfg) -> dict:
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not te.interpreting():
+    if not interpreting():
         opts["maxnreg"] = MAXNREG
     return opts
 
@@ -439,13 +528,14 @@ _PAIR_TILES = {
 
 def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None):
     """(forward, backward) TileConfigs of the pairwise and mining kernels for width D."""
-    interpret = te.interpreting() if interpret is None else interpret
+    interpret = interpreting() if interpret is None else interpret
     if interpret:
-        return te.tile_config(D, dtype, interpret=True)
+        cfg = interpret_tiles(D)
+        return cfg, cfg
     d_pow2 = max(16, triton.next_power_of_2(D))
-    for max_d, fwd, bwd in _PAIR_TILES[te._dtype_class(dtype)]:
+    for max_d, fwd, bwd in _PAIR_TILES[dtype_class(dtype)]:
         if max_d is None or d_pow2 <= max_d:
-            return tuple(te.TileConfig(t[0], t[1], t[2], False, t[3], te._NUM_STAGES)
+            return tuple(TileConfig(t[0], t[1], t[2], False, t[3], NUM_STAGES)
                          for t in (fwd, bwd))
     raise AssertionError("the pairwise tile table ends with a catch-all class")
 
@@ -461,8 +551,8 @@ def _launch_pair(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
         KIND=kind, GRAD=grad, TRANSPOSED=transposed,
         ATOMIC_B=atomic_b, TILE_SCALE=tile_scale(kind, a.dtype),
         BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-        ONE_CHUNK=cfg.one_chunk, ACC=te._tl_dtype(a.dtype), UPCAST=te._upcast(a.dtype),
-        PREC=te._precision(a.dtype), **_launch_options(cfg))
+        ONE_CHUNK=cfg.one_chunk, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
+        PREC=precision(a.dtype), **_launch_options(cfg))
 
 
 def tile_scale(kind: int, dtype: torch.dtype) -> bool:
@@ -481,7 +571,7 @@ def _norms(kind, q, k, rq, rk):
 def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag):
     """rows (N,) = Σ_{j valid} term_ij, in the accumulation dtype."""
     n, d = q.shape
-    rows = te._out((n,), rq.dtype, q.device)
+    rows = out_buffer((n,), rq.dtype, q.device)
     if n == 0:
         return rows
     sq_q, sq_k = _norms(kind, q, k, rq, rk)
@@ -504,7 +594,7 @@ def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag
     m = k.shape[0]
     acc = rq.dtype
     dev = q.device
-    rows = te._out((n,), acc, dev) if want_rows else torch.empty(0, dtype=acc, device=dev)
+    rows = out_buffer((n,), acc, dev) if want_rows else torch.empty(0, dtype=acc, device=dev)
     dq_acc = torch.zeros((n, d), dtype=acc, device=dev)
     dk_acc = torch.zeros((m, d), dtype=acc, device=dev)
     sum_q = torch.zeros(n, dtype=acc, device=dev)
@@ -517,7 +607,7 @@ def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag
         if kind == SIGLIP and q.dtype == torch.float16:
             # |dS_ij| ≤ |g_i|: one power of two σ keeps σ·|dS·r| ≤ 2^14 (fp16 operand);
             # results are divided by σ once (exact).
-            sigma = te.pow2_scale(g_row.abs().max() * torch.maximum(rq.abs().max(),
+            sigma = pow2_scale(g_row.abs().max() * torch.maximum(rq.abs().max(),
                                                                      rk.abs().max()))
             g_row = g_row * sigma
         sq_q, sq_k = _norms(kind, q, k, rq, rk)
@@ -541,8 +631,8 @@ def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag
     # SigLIP: dq̂ = scale·dS·K̂ (the logit scale is the normalization backward's factor);
     # Hadsell: dS already is the Gram-entry gradient.
     scale = params if kind == SIGLIP else params.new_ones(1)
-    dq = te._finish_grad(q, rq, dq_acc, scale, normalize)
-    dk = te._finish_grad(k, rk, dk_acc, scale, normalize)
+    dq = finish_grad(q, rq, dq_acc, scale, normalize)
+    dk = finish_grad(k, rk, dk_acc, scale, normalize)
     return rows, dq, dk, part.sum(1)
 
 
@@ -561,11 +651,7 @@ def hardest_pairs(x, rx, key):
     _hardest_kernel[(triton.cdiv(n, cfg.block_m),)](
         x, rx, sq, key, pos, neg, n, d, x.stride(0), BLOCK_A=cfg.block_m,
         BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk,
-        ACC=te._tl_dtype(x.dtype), UPCAST=te._upcast(x.dtype), PREC=te._precision(x.dtype),
+        ACC=tl_acc(x.dtype), UPCAST=upcast(x.dtype), PREC=precision(x.dtype),
         **_launch_options(cfg))
     return pos, neg
 
-
-# At the bottom: triton_engine re-exports this module's entry points from its last line, so
-# either module can be imported first (the kernels and wrappers resolve ``te`` at use).
-from . import triton_engine as te  # noqa: E402

@@ -30,15 +30,15 @@ def engine(backend: str):
     """The engine module of a kernel backend name (imported once)."""
     module = _ENGINES.get(backend)
     if module is None:
-        module = importlib.import_module(f"contrastive_kernels.ops.{backend}_engine")
+        module = importlib.import_module(f"contrastive_kernels.backends.{backend}")
         _ENGINES[backend] = module
     return module
 
 
 def backend_name(impl) -> str:
-    """The backend name of an engine module (``contrastive_kernels.ops.cpu_engine`` ->
+    """The backend name of an engine module (``contrastive_kernels.backends.cpu`` ->
     ``"cpu"``)."""
-    return impl.__name__.rsplit(".", 1)[-1][:-len("_engine")]
+    return impl.__name__.rsplit(".", 1)[-1]
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -66,7 +66,7 @@ def _distinct(dq: Tensor, dk: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# The softmax engine (ops/softmax_engine.py).
+# The softmax engine (engines/softmax.py).
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op(f"{_NS}::softmax_forward", mutates_args=())
 def softmax_forward(q: Tensor, k: Tensor, scale: Tensor, extra: Optional[Tensor],
@@ -143,7 +143,7 @@ torch.library.register_autograd(f"{_NS}::softmax_forward", _softmax_grad,
 
 
 # ---------------------------------------------------------------------------------------
-# The pairwise engine (ops/pairwise_engine.py). kind: 0 SigLIP, 1 Hadsell.
+# The pairwise engine (engines/pairwise.py). kind: 0 SigLIP, 1 Hadsell.
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op(f"{_NS}::pair_forward", mutates_args=())
 def pair_forward(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor, col_key: Tensor,
@@ -241,7 +241,7 @@ torch.library.register_autograd(f"{_NS}::pair_loss_and_grad", _fused_grad,
 
 
 # ---------------------------------------------------------------------------------------
-# Batch-hard mining and the triplet backward's scatter (ops/triplet.py).
+# Batch-hard mining and the triplet backward's scatter (losses/triplet.py).
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op(f"{_NS}::hardest_pairs", mutates_args=())
 def hardest_pairs(x: Tensor, key: Tensor, normalize: bool,

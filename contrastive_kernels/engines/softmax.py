@@ -1,11 +1,11 @@
 """The softmax-family engine, shared by every softmax loss.
 
-Each loss in ops/<loss>.py only chooses the candidate rows, the keys that mark positives,
+Each loss in losses/<loss>.py only chooses the candidate rows, the keys that mark positives,
 the diagonal mask and the scale, then assembles its per-row loss from the engine's O(N)
 outputs. The kernel backend (Triton, C++ CPU or CUDA) is a module exposing
 ``inverse_norms``, ``forward`` and ``backward`` with the signatures of
-``ops/triton_engine.py``; it runs inside the custom operator
-``contrastive_kernels::softmax_forward`` (ops/library.py), whose autograd formula calls
+``backends/triton/softmax.py``; it runs inside the custom operator
+``contrastive_kernels::softmax_forward`` (engines/library.py), whose autograd formula calls
 ``softmax_backward``:
 
     lse_i = log([e^{extra_i}] + Σ_{j∈C(i)} e^{S_ij}),  pos_i = Σ_{j∈C(i), rkey_i=ckey_j} S_ij,

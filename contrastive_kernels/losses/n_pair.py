@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._common import acc_dtype, arange, reduce_rows
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def n_pair_loss(anchors, positives, l2_reg, reduction, impl):

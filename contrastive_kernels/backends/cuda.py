@@ -1,8 +1,8 @@
 """The CUDA C++ engine (csrc/cuda): launch parameters and the engine interface.
 
 Implements ``inverse_norms``/``forward``/``backward`` with the signatures of
-``ops/triton_engine.py``, and ``pair_forward``/``pair_backward``/``hardest_pairs`` of
-``ops/pairwise_engine.py``, on top of ``contrastive_kernels._C_cuda``. Tile shapes are
+``engines/softmax.py``, and ``pair_forward``/``pair_backward``/``hardest_pairs`` of
+``engines/pairwise.py``, on top of ``contrastive_kernels._C_cuda``. Tile shapes are
 compile-time in the kernels (64×64 logit tiles, D in 32-wide chunks; 32×32 for fp64: see
 csrc/cuda/softmax_engine_cuda.cu for why); the one launch parameter chosen here is the
 number of persistent programs of the CLIP forward, whose column partials cost
@@ -49,7 +49,7 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
                                g_pos, g_clse, mask_diag, normalize, deterministic))
 
 
-# --- the pairwise engine (ops/pairwise_engine.py): SigLIP, Hadsell, batch-hard mining ----
+# --- the pairwise engine (engines/pairwise.py): SigLIP, Hadsell, batch-hard mining ----
 def pair_forward(kind: int, q, k, rq, rk, params, row_key, col_key, mask_diag: bool):
     """rows (N,) in the accumulation dtype: Σ over the valid pairs of row i of the term of
     ``kind`` (0 SIGLIP, 1 HADSELL). params (3,) = [scale, bias, margin], read on the device."""

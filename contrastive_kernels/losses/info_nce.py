@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
-from .softmax_engine import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, softmax_engine
 
 
 def info_nce(query, positive_key, negative_keys, temperature, reduction, normalize, impl):

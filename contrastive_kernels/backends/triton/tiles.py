@@ -1,0 +1,142 @@
+"""What both Triton engines share: the tile-loading helpers their kernels inline, the tile
+configuration type, the output-buffer rule and the dtype/precision choices of a launch.
+
+Imported by ``softmax.py``, ``pairwise.py`` and ``norms.py``; it imports none of them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+EPS = 1e-12
+
+
+@triton.jit
+def dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
+              BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+              ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Raw ⟨a_i, b_j⟩ for one BLOCK_A×BLOCK_B tile, reduced over D in BLOCK_K chunks."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], ACC)
+    for d0 in range(0, D, BLOCK_K):
+        offs_d = d0 + tl.arange(0, BLOCK_K)
+        a = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
+                    mask=(offs_a[:, None] < NA) & (offs_d[None, :] < D), other=0.0)
+        bt = tl.load(B + offs_b[None, :] * stride_b + offs_d[:, None],
+                     mask=(offs_b[None, :] < NB) & (offs_d[:, None] < D), other=0.0)
+        if UPCAST:
+            a = a.to(ACC)
+            bt = bt.to(ACC)
+        acc = tl.dot(a, bt, acc, input_precision=PREC, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def load_rows(X, offs, n, D, stride,
+               BLOCK_K: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """The whole (padded) rows X[offs, :D] as one BLOCK×BLOCK_K tile (D ≤ BLOCK_K)."""
+    offs_d = tl.arange(0, BLOCK_K)
+    x = tl.load(X + offs[:, None] * stride + offs_d[None, :],
+                mask=(offs[:, None] < n) & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(ACC)
+    return x
+
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    one_chunk: bool
+    num_warps: int
+    num_stages: int
+
+
+# Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
+# backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
+# next_pow2(D), num_warps[, num_stages]). Chosen by benchmarks/tile_search.py: for each
+# class the largest tiles whose every launchable variant (all flag sets, precisions and
+# backward passes) compiles for sm_80 and sm_90 without spilling. The backward holds more
+# live tiles (S, dS, two accumulators), hence its smaller blocks; fp32 in IEEE mode is an
+# FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
+# 64. Above the last one-tile class D is streamed in BLOCK_K chunks. Not tuned by timing:
+
+
+NUM_STAGES = 2
+_INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
+_INTERPRET_CHUNK_K = 16
+
+
+POISON_ENV = "CONTRASTIVE_KERNELS_POISON"
+
+
+def out_buffer(shape, dtype, device) -> torch.Tensor:
+    """An output buffer every element of which a kernel must write.
+
+    With CONTRASTIVE_KERNELS_POISON=1 (the test suite sets it) it starts as NaN, so an
+    element a kernel forgot to write shows up as NaN instead of stale memory.
+    """
+    if os.environ.get(POISON_ENV) == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dtype_class(dtype: torch.dtype) -> str:
+    if dtype == torch.float64:
+        return "fp64"
+    return "fp32" if dtype == torch.float32 else "half"
+
+
+def interpret_tiles(D: int) -> TileConfig:
+    """The interpreter's tile for width D (every engine, every pass): small, so that CPU
+    tests cross several tile boundaries, one register tile up to D = 32 and D streamed in
+    chunks above, so both code paths run."""
+    d_pow2 = max(16, triton.next_power_of_2(D))
+    one = d_pow2 <= 32
+    return TileConfig(_INTERPRET_BLOCK, _INTERPRET_BLOCK, d_pow2 if one else _INTERPRET_CHUNK_K,
+                      one, 4, 1)
+
+
+def tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp64 for fp64 inputs, fp32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    # The interpreter computes tl.dot on bf16 wrongly; compute half inputs in fp32 there.
+    return interpreting() and dtype in (torch.float16, torch.bfloat16)
+
+
+def row_block(D: int) -> tuple[int, int]:
+    """(rows, D chunk) of the row-wise kernels: 1024-element tiles, which compile without
+    spills for every dtype on sm_80/sm_90 (these kernels are memory-bound anyway)."""
+    block_d = max(16, min(triton.next_power_of_2(max(D, 1)), 256))
+    return max(1, 1024 // block_d), block_d
+
+
+def pow2_scale(bound: torch.Tensor) -> torch.Tensor:
+    """σ = 2^e (0-dim, on the device, no synchronization) with σ·bound ≤ 2^14, for fp16
+    tile-product operands bounded in magnitude by ``bound``; 1 where bound is 0 or not
+    finite. Shared by the softmax and pairwise engines."""
+    e = torch.floor(torch.log2(16384.0 / bound))
+    e = torch.where(torch.isfinite(e), e.clamp(-100, 100), torch.zeros_like(e))
+    return torch.exp2(e)
