@@ -4,6 +4,7 @@ instruction streams (addresses, encodings and the function header stripped).
 
     python benchmarks/sass_diff.py --base HEAD~1 --kernel _pair_kernel
     python benchmarks/sass_diff.py --base HEAD --kernel _pair_kernel --kernel _hardest_kernel
+    python benchmarks/sass_diff.py --base 18f6cdb --head 13fcb47 --all
 
 Each side runs in its own interpreter with that side's ``contrastive_kernels`` first on
 ``sys.path`` (the revision is unpacked with ``git archive``), enumerates its own AOT
@@ -66,15 +67,26 @@ print(json.dumps(out))
 '''
 
 
-def _side(root: str, kernels: list[str]) -> dict:
-    res = subprocess.run([sys.executable, "-c", _SIDE, root, ",".join(kernels)],
-                         capture_output=True, text=True, cwd=tempfile.gettempdir())
-    if res.returncode:
-        raise SystemExit(f"compiling at {root} failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+ALL_KERNELS = ("_softmax_fwd_kernel", "_softmax_bwd_kernel", "_merge_col_kernel",
+               "_inv_norm_kernel", "_norm_backward_kernel", "_pair_kernel",
+               "_hardest_kernel", "_sq_norm_kernel")
+
+
+def _start(root: str, kernels: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _SIDE, root, ",".join(kernels)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tempfile.gettempdir())
+
+
+def _finish(proc: subprocess.Popen, root: str) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"compiling at {root} failed:\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _unpack(rev: str, into: str) -> str:
+    os.makedirs(into)
     archive = subprocess.run(["git", "archive", rev, "contrastive_kernels"], cwd=REPO,
                              capture_output=True, check=True).stdout
     path = os.path.join(into, "archive.tar")
@@ -87,12 +99,20 @@ def _unpack(rev: str, into: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="git revision to compare against")
-    ap.add_argument("--kernel", action="append", required=True,
+    ap.add_argument("--head", help="git revision to compare (default: the working tree)")
+    ap.add_argument("--kernel", action="append", default=[],
                     help="kernel function name (repeatable), e.g. _pair_kernel")
+    ap.add_argument("--all", action="store_true", help="every kernel of the AOT list")
     args = ap.parse_args()
+    kernels = list(ALL_KERNELS) if args.all else args.kernel
+    if not kernels:
+        ap.error("name a --kernel or pass --all")
     with tempfile.TemporaryDirectory() as tmp:
-        base = _side(_unpack(args.base, tmp), args.kernel)
-        head = _side(str(REPO), args.kernel)
+        base_root = _unpack(args.base, os.path.join(tmp, "base"))
+        head_root = _unpack(args.head, os.path.join(tmp, "head")) if args.head else str(REPO)
+        # The two sides compile at once, one process each.
+        procs = [_start(base_root, kernels), _start(head_root, kernels)]
+        base, head = _finish(procs[0], base_root), _finish(procs[1], head_root)
     names = sorted(set(base) | set(head))
     bad = 0
     for name in names:
@@ -102,7 +122,7 @@ def main() -> int:
         print(f"{'same' if same else 'DIFFERS':8} {name}  "
               f"{b[1] if b else '-'} -> {h[1] if h else '-'} instructions")
     print(f"{len(names) - bad} of {len(names)} compiled kernels have identical SASS "
-          f"({args.base} vs the working tree)")
+          f"({args.base} vs {args.head or 'the working tree'})")
     return 1 if bad else 0
 
 

@@ -315,12 +315,23 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squ
     with torch.no_grad():
         ap_idx = d.masked_fill(~pos, float("-inf")).max(dim=1).indices
         an_idx = d.masked_fill(~neg, float("inf")).min(dim=1).indices
-    d_ap = d.gather(1, ap_idx[:, None]).squeeze(1)
-    d_an = d.gather(1, an_idx[:, None]).squeeze(1)
     valid = pos.any(dim=1) & neg.any(dim=1)
+    # The selected distances come from the differences of the selected rows (an anchor
+    # without a triplet is paired with itself), so the gradient reaches exactly the rows
+    # of the selected pairs: a non-finite row makes non-finite only the gradients of the
+    # rows paired with it, not (through 0·NaN in a dense N×N backward) every row.
+    own = torch.arange(n, device=x.device)
+    d_ap = _selected_distance(x, torch.where(valid, ap_idx, own), squared)
+    d_an = _selected_distance(x, torch.where(valid, an_idx, own), squared)
     vec = torch.relu(d_ap - d_an + margin)
     vec = torch.where(valid, vec, torch.zeros_like(vec))
     return reduce_rows(vec, reduction, valid)
+
+
+def _selected_distance(x: torch.Tensor, idx: torch.Tensor, squared: bool) -> torch.Tensor:
+    """[N] distances d(x_i, x_idx_i) from the difference (squared if ``squared``)."""
+    d2 = (x - x.index_select(0, idx)).pow(2).sum(dim=1)
+    return d2 if squared else _safe_sqrt(d2)
 
 
 def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean"):

@@ -36,6 +36,10 @@ inline void check_features(const at::Tensor& x, const char* name, c10::DeviceTyp
   TORCH_CHECK(x.device().type() == device, name, " must be a ", c10::DeviceTypeName(device),
               " tensor, got ", x.device());
   TORCH_CHECK(x.dim() == 2, name, " must be 2-D (rows, D), got ", x.dim(), "-D");
+  // Zero rows (N = 0 or M = 0) are handled by every entry point; a zero width is not a
+  // feature vector (and BLAS rejects its leading dimension), so it is refused here.
+  TORCH_CHECK(x.size(1) > 0, name, " must have at least one feature column (D >= 1), got D = ",
+              x.size(1));
   TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,

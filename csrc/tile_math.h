@@ -47,10 +47,12 @@ CK_HD T lse_shift(T m) {
   return m == neg_inf<T>() ? T(0) : m;
 }
 
-// log-sum-exp from its running max and sum; l == 0 only when m is already -inf.
+// log-sum-exp from its running max and sum; l == 0 only when m is already -inf (no
+// candidate: the result is -inf). A NaN sum (a NaN logit, or +inf − +inf) stays NaN: the
+// running max may have dropped the NaN (fmax, PTX max.f32), the sum never does.
 template <typename T>
 CK_HD T finish_lse(T m, T l) {
-  return m + log(l > T(0) ? l : T(1));
+  return m + log(l == T(0) ? T(1) : l);
 }
 
 // Merge a partial (pm, pl) into (m, l): both sums are taken relative to their own max.

@@ -185,10 +185,23 @@ def loss_tests(case: LossCase, prefix: str = "") -> dict:
 
     @backends
     def test_nan_propagates(backend):
-        args, kwargs = case.make(5, 4, torch.float32, generator(case.fn.__name__, "nan"))
+        """A NaN in the last row of the last feature tensor (a key, bank or hard-negative
+        row, never only the anchor's own positive logit): the rows that are NaN under
+        "none" are those of the float64 reference, and the mean is NaN. The full matrix
+        (every input, row position, ±Inf, scalars, gradients) is tests/test_nonfinite.py."""
+        args, kwargs = case.make(33, 4, torch.float32, generator(case.fn.__name__, "nan"))
         args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        args[0].view(-1)[5] = float("nan")
-        out = case.fn(*args, reduction="mean", backend=backend, **kwargs)
+        last = max(i for i, a in enumerate(args) if isinstance(a, torch.Tensor)
+                   and a.dtype.is_floating_point)
+        args[last].view(-1, args[last].shape[-1])[-1, 1] = float("nan")
+        ref_args = [_leaf(a, torch.float64) if isinstance(a, torch.Tensor) else a
+                    for a in args]
+        for reduction in ("none", "mean"):
+            if reduction not in case.reductions:
+                continue
+            out = case.fn(*args, reduction=reduction, backend=backend, **kwargs)
+            ref = case.fn(*ref_args, reduction=reduction, backend="torch", **kwargs)
+            assert torch.equal(torch.isfinite(out).cpu(), torch.isfinite(ref).cpu())
         assert torch.isnan(out).all()
 
     @backends

@@ -62,6 +62,40 @@ def test_pairwise_variants_cover_every_launchable_flag_set():
                                               and v.dtype == torch.float16)
 
 
+def _lse_variants():
+    """One variant of each kernel with a running max, per accumulation dtype."""
+    seen, out = set(), []
+    for v in aot.engine_variants():
+        key = (v.kernel, v.dtype in (torch.float64,))
+        if v.kernel in aot.NAN_MAX_KERNELS and key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+def test_running_maxima_propagate_nan_in_the_compiled_code():
+    """On a GPU tl.maximum/tl.max compile to PTX max.f32, which returns the other operand
+    for NaN (the interpreter's numpy maximum propagates it, so CPU tests cannot see this).
+    The log-sum-exp kernels must compile to max.NaN.f32, or for fp64 to max.f64 with an
+    explicit NaN test, and to no NaN-dropping max at all."""
+    reports = aot.compile_all(variants=_lse_variants(), arches=(90,))
+    assert len(reports) == 2 * len(aot.NAN_MAX_KERNELS)
+    for r in reports:
+        assert not isinstance(r, str), r
+        assert r.nan_max > 0 and r.plain_max == 0, r
+
+
+def test_the_ptx_max_check_can_fail():
+    assert aot.ptx_max_counts("max.f32 %f1, %f2, %f3;") == (0, 1)
+    assert aot.ptx_max_counts("max.NaN.f32 %f1, %f2, %f3;") == (1, 0)
+    assert aot.ptx_max_counts("max.f64 %fd1, %fd2, %fd3;") == (0, 1)
+    assert aot.ptx_max_counts("setp.nan.f64 %p1, %fd2, %fd3; max.f64 %fd1, %fd2, %fd3;") \
+        == (1, 0)
+    bad = aot.CompileReport("x", 90, 1, 0, 0, 0, 0, "float32", False, "-",
+                            "_softmax_fwd_kernel", 3, 1)
+    assert aot.problems([bad])
+
+
 def test_every_variant_compiles_without_spills_and_uses_tensor_cores():
     reports = aot.compile_all()
     bad = aot.problems(reports)

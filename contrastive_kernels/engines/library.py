@@ -41,6 +41,14 @@ def backend_name(impl) -> str:
     return impl.__name__.rsplit(".", 1)[-1]
 
 
+def _check_width(x: Tensor, name: str) -> None:
+    """Every engine handles zero rows (N = 0 or M = 0); a zero feature width is refused on
+    every backend alike (the C++ boundaries refuse it too)."""
+    if x.dim() != 2 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be 2-D (rows, D) with D >= 1, got shape "
+                         f"{tuple(x.shape)}")
+
+
 def _acc(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -74,6 +82,7 @@ def softmax_forward(q: Tensor, k: Tensor, scale: Tensor, extra: Optional[Tensor]
                     normalize: bool, shared: bool, deterministic: bool,
                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(lse (N,), pos (N,), clse (M,) or (0,), rq (N,), rk (M,) or (0,) when shared)."""
+    _check_width(q, "q")
     impl = engine(backend)
     rq, rk = _norms(impl, q, k, normalize, shared)
     lse, pos, clse = impl.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
@@ -150,6 +159,7 @@ def pair_forward(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor, col_key:
                  kind: int, mask_diag: bool, normalize: bool, shared: bool,
                  deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(rows (N,), rq (N,), rk (M,) or (0,) when shared): the 1-product forward."""
+    _check_width(q, "q")
     impl = engine(backend)
     rq, rk = _norms(impl, q, k, normalize, shared)
     rows = impl.pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag)
@@ -210,6 +220,7 @@ def pair_loss_and_grad(q: Tensor, k: Tensor, params: Tensor, row_key: Tensor,
     dparams (3,)): a reduced loss's forward and backward in one pass of 3 tile products.
     The autograd formula only scales the returned gradients. The weight (1/count for a
     mean) is applied inside, so half-precision gradients are formed at their final scale."""
+    _check_width(q, "q")
     impl = engine(backend)
     rq, rk = _norms(impl, q, k, normalize, shared)
     g_row = torch.full_like(rq, weight)
@@ -248,6 +259,7 @@ def hardest_pairs(x: Tensor, key: Tensor, normalize: bool,
                   backend: str) -> tuple[Tensor, Tensor]:
     """(pos (N,), neg (N,)) int64: per row of x (N, D) the farthest same-key row (j ≠ i)
     and the nearest other-key row, lowest index on ties, -1 where there is none."""
+    _check_width(x, "x")
     impl = engine(backend)
     return tuple(impl.hardest_pairs(x, impl.inverse_norms(x, normalize), key))
 

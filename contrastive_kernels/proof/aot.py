@@ -257,6 +257,30 @@ class CompileReport:
     dtype: str
     is_mma: bool
     mma_kinds: str = "-"   # which tensor-core instructions appear (HMMA, HGMMA, DMMA)
+    kernel: str = ""       # the kernel function the variant instantiates
+    nan_max: int = 0       # PTX max instructions that propagate NaN (see _ptx_max_counts)
+    plain_max: int = 0     # PTX max instructions that return the other operand for NaN
+
+
+# Kernels whose running maxima decide a log-sum-exp: a NaN logit must reach the result.
+NAN_MAX_KERNELS = ("_softmax_fwd_kernel", "_merge_col_kernel", "_inv_norm_kernel")
+
+_MAX_NAN_RE = re.compile(r"\bmax\.NaN\.(?:f32|f16|bf16|f16x2|bf16x2)\b")
+_MAX_F32_RE = re.compile(r"\bmax(?:\.ftz)?\.f32\b")
+_MAX_F64_RE = re.compile(r"\bmax\.f64\b")
+_NAN_TEST_F64_RE = re.compile(r"\bsetp\.nan\.f64\b")
+
+
+def ptx_max_counts(ptx: str) -> tuple[int, int]:
+    """(NaN-propagating, NaN-dropping) float max instructions of a PTX listing. PTX
+    ``max.f32``/``max.f64`` return the non-NaN operand; ``max.NaN.f32`` propagates NaN; PTX
+    has no ``max.NaN.f64``, so a propagating fp64 max is ``max.f64`` plus an explicit NaN
+    test (``setp.nan.f64``) selecting the NaN: each ``max.f64`` without such a test counts
+    as dropping."""
+    f64 = len(_MAX_F64_RE.findall(ptx))
+    nan_tests = len(_NAN_TEST_F64_RE.findall(ptx))
+    propagating = len(_MAX_NAN_RE.findall(ptx)) + min(f64, nan_tests)
+    return propagating, len(_MAX_F32_RE.findall(ptx)) + max(0, f64 - nan_tests)
 
 
 def _tool(name: str) -> str:
@@ -301,9 +325,11 @@ def compile_variant(v: Variant, arch: int) -> "CompileReport":
         opts["maxnreg"] = v.maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     st = _cubin_stats(compiled.asm["cubin"])
+    nan_max, plain_max = ptx_max_counts(compiled.asm["ptx"])
     return CompileReport(v.name, arch, st["registers"], compiled.metadata.shared,
                          st["stack"] + st["local"], st["local_insts"], st["mma"],
-                         str(v.dtype)[6:], v.is_mma, st["mma_kinds"])
+                         str(v.dtype)[6:], v.is_mma, st["mma_kinds"], v.kernel, nan_max,
+                         plain_max)
 
 
 def _compile_job(job: tuple[Variant, int]) -> CompileReport | str:
@@ -340,8 +366,9 @@ def compile_all(workers: int | None = None, arches=ARCHES,
 
 
 def problems(reports: list[CompileReport | str]) -> list[str]:
-    """Every violation of the GPU-path contract: a failed compile, a spill, or a
-    half-precision tile product without tensor-core instructions."""
+    """Every violation of the GPU-path contract: a failed compile, a spill, a
+    half-precision tile product without tensor-core instructions, or a log-sum-exp's
+    running max that can drop a NaN."""
     out = []
     for r in reports:
         if isinstance(r, str):
@@ -352,6 +379,9 @@ def problems(reports: list[CompileReport | str]) -> list[str]:
                        f"{r.local_insts} STL/LDL)")
         if r.is_mma and r.dtype in ("float16", "bfloat16") and r.mma_count == 0:
             out.append(f"{r.name} sm_{r.arch}: no tensor-core (HMMA/HGMMA) instruction")
+        if r.kernel in NAN_MAX_KERNELS and (r.plain_max or not r.nan_max):
+            out.append(f"{r.name} sm_{r.arch}: a running max can drop NaN ({r.plain_max} "
+                       f"NaN-dropping, {r.nan_max} NaN-propagating max instructions)")
     return out
 
 

@@ -366,7 +366,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                     need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, mask_diag, need_col};
     fwd_kernel<In><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (need_col) {
+    if (need_col && m > 0) {  // no columns: nothing to merge (a 0-block grid is invalid)
       merge_col_kernel<Acc><<<static_cast<unsigned>((m + 255) / 256), 256, 0, stream>>>(
           ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse), grid, m);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -7,13 +7,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import EPS, acc_dtype, out_buffer, row_block, tl_acc
+from .tiles import EPS, acc_dtype, nan_max, out_buffer, row_block, tl_acc
 
 
 @triton.jit
 def _inv_norm_kernel(X, R, N, D, stride_x, EPS_C: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """R[i] = 1 / max(||X[i]||, eps)."""
+    """R[i] = 1 / max(||X[i]||, eps); a NaN norm gives NaN (not 1/eps), as in
+    csrc/tile_math.h inverse_norm."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     sq = tl.zeros([BLOCK_R], ACC)
     for d0 in range(0, D, BLOCK_D):
@@ -21,7 +22,7 @@ def _inv_norm_kernel(X, R, N, D, stride_x, EPS_C: tl.constexpr,
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
                     mask=(rows[:, None] < N) & (cols[None, :] < D), other=0.0).to(ACC)
         sq += tl.sum(x * x, 1)
-    r = 1.0 / tl.maximum(tl.sqrt(sq), EPS_C)
+    r = 1.0 / nan_max(tl.sqrt(sq), EPS_C)
     tl.store(R + rows, r, mask=rows < N)
 
 

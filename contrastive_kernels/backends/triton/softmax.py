@@ -21,8 +21,8 @@ import triton.language as tl
 
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
-                    interpret_tiles, interpreting, load_rows, out_buffer, pow2_scale,
-                    precision, tl_acc, upcast)
+                    interpret_tiles, interpreting, load_rows, nan_max, nan_max_reduce,
+                    out_buffer, pow2_scale, precision, tl_acc, upcast)
 
 
 # --------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def _softmax_fwd_kernel(
             match = valid & (rkey[:, None] == ckey[None, :])
             pos_i += tl.sum(tl.where(match, s, 0.0), 1)
             s_m = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s_m, 1))
+            m_new = nan_max(m_i, nan_max_reduce(s_m, 1))
             # A row with no candidate yet keeps m = -inf; shift by 0 so exp() sees no NaN.
             shift = tl.where(m_new == float("-inf"), 0.0, m_new)
             l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s_m - shift[:, None]), 1)
@@ -85,14 +85,15 @@ def _softmax_fwd_kernel(
             if NEED_COL:
                 cm_old = tl.load(COL_M + col_base + offs_n, mask=col_ok, other=float("-inf"))
                 cl_old = tl.load(COL_L + col_base + offs_n, mask=col_ok, other=0.0)
-                cm_new = tl.maximum(cm_old, tl.max(s_m, 0))
+                cm_new = nan_max(cm_old, nan_max_reduce(s_m, 0))
                 cshift = tl.where(cm_new == float("-inf"), 0.0, cm_new)
                 cl_new = cl_old * tl.exp(cm_old - cshift) + \
                     tl.sum(tl.exp(s_m - cshift[None, :]), 0)
                 tl.store(COL_M + col_base + offs_n, cm_new, mask=col_ok)
                 tl.store(COL_L + col_base + offs_n, cl_new, mask=col_ok)
-        # l_i == 0 only for rows without candidates, whose m_i is already -inf.
-        lse = m_i + tl.log(tl.where(l_i > 0, l_i, 1.0))
+        # l_i == 0 only for rows without candidates, whose m_i is already -inf; a NaN
+        # l_i (a NaN logit, or +inf − +inf) must stay NaN (csrc/tile_math.h finish_lse).
+        lse = m_i + tl.log(tl.where(l_i == 0, 1.0, l_i))
         tl.store(LSE + offs_m, lse, mask=row_ok)
         tl.store(POS + offs_m, pos_i, mask=row_ok)
 
@@ -104,13 +105,13 @@ def _merge_col_kernel(COL_M, COL_L, CLSE, P, M, BLOCK: tl.constexpr, ACC: tl.con
     ok = offs < M
     m = tl.full([BLOCK], float("-inf"), ACC)
     for p in range(0, P):
-        m = tl.maximum(m, tl.load(COL_M + p * M + offs, mask=ok, other=float("-inf")))
+        m = nan_max(m, tl.load(COL_M + p * M + offs, mask=ok, other=float("-inf")))
     shift = tl.where(m == float("-inf"), 0.0, m)
     total = tl.zeros([BLOCK], ACC)
     for p in range(0, P):
         pm = tl.load(COL_M + p * M + offs, mask=ok, other=float("-inf"))
         total += tl.load(COL_L + p * M + offs, mask=ok, other=0.0) * tl.exp(pm - shift)
-    tl.store(CLSE + offs, m + tl.log(tl.where(total > 0, total, 1.0)), mask=ok)
+    tl.store(CLSE + offs, m + tl.log(tl.where(total == 0, 1.0, total)), mask=ok)
 
 
 @triton.jit

@@ -16,6 +16,20 @@ EPS = 1e-12
 
 
 @triton.jit
+def nan_max(a, b):
+    """max(a, b) that propagates NaN. PTX max.f32 (tl.maximum's default) returns the other
+    operand, so a NaN logit would vanish from a running max on a GPU (the interpreter's
+    numpy maximum propagates it and would hide the difference)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nan_max_reduce(x, axis: tl.constexpr):
+    """The NaN-propagating max of x along axis (tl.max ignores NaN on a GPU)."""
+    return tl.reduce(x, axis, nan_max)
+
+
+@triton.jit
 def dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
               BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
               ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
