@@ -3,9 +3,9 @@
 For each dtype class and feature-width class, walk candidate tiles from the largest down
 and keep the first one whose *every* launchable variant (all flag sets, both precisions
 for fp32, all backward passes) compiles for sm_80 and sm_90 without spilling. The result
-is printed as the ``_TILE_TABLE`` literal of contrastive_kernels/backends/triton/softmax.py; tests/test_aot.py then
-re-proves the whole launcher set. Larger tiles first because they reload less per FLOP;
-no timing is involved (that needs a GPU).
+is printed as the ``_TILE_TABLE`` literal of contrastive_kernels/backends/triton/softmax.py;
+tests/test_aot.py then re-proves the whole launcher set. Larger tiles first because they
+reload less per FLOP; no timing is involved (that needs a GPU).
 
     python benchmarks/tile_search.py                      # every class: ~1 h on 2 cores
     python benchmarks/tile_search.py fp32:64 fp64:None --pairs 32x32 16x32

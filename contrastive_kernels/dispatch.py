@@ -1,8 +1,9 @@
 """The one place that decides which backend computes a loss.
 
 Loss code asks :func:`select` for a kernel engine; it gets ``None`` for the pure-PyTorch
-reference (``"torch"``) or a module implementing the tiled engine interface
-(``inverse_norms``/``forward``/``backward``, see ``engines/softmax.py`` and ``engines/pairwise.py``).
+reference (``"torch"``) or a backend module implementing both engines' interface
+(``inverse_norms``/``forward``/``backward``/``pair_*``/``hardest_pairs``: see
+``engines/softmax.py`` and ``engines/pairwise.py``).
 """
 from __future__ import annotations
 

@@ -60,7 +60,6 @@ def _norm_backward_kernel(X, R, G, SCALE, DX, N, D, stride_x, stride_g, stride_d
                  dx.to(DX.dtype.element_ty), mask=m)
 
 
-
 def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """r (N,) in the accumulation dtype: 1/max(||x_i||, eps), or ones when not normalizing."""
     n, d = x.shape
@@ -78,6 +77,9 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 
 def finish_grad(x, r, g_acc, scale, normalize):
+    """dx (N, D) in x's dtype from the tile products' accumulator g_acc (N, D) =
+    Σ_j dS_ij r_j k_j: scale·g_acc through the F.normalize backward (x (N, D), r (N,) its
+    inverse norms, scale a one-element tensor)."""
     n, d = x.shape
     dx = out_buffer(x.shape, x.dtype, x.device)
     if n == 0:

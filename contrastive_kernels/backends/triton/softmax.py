@@ -231,6 +231,17 @@ def _softmax_bwd_kernel(
 # --------------------------------------------------------------------------------------
 # Launch configuration (chosen here, in Python, never inside the kernels)
 # --------------------------------------------------------------------------------------
+# Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
+# backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
+# next_pow2(D), num_warps[, num_stages]). Chosen by benchmarks/tile_search.py: for each
+# class the largest tiles whose every launchable variant (all flag sets, precisions and
+# backward passes) compiles for sm_80 and sm_90 without spilling. The backward holds more
+# live tiles (S, dS, two accumulators), hence its smaller blocks; fp32 in IEEE mode is an
+# FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
+# 64. Above the last one-tile class D is streamed in BLOCK_K chunks. fp64 has no NaN-
+# propagating max instruction: its running maxima are max.f64 plus a NaN test and select,
+# which cost the one-tile fp64 forwards their 32×32 tiles (they spilled; now 32×16). Not
+# tuned by timing: that needs a GPU.
 _TILE_TABLE = {
     "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
              (32, (128, 64, None, 8), (64, 32, None, 8)),
@@ -241,8 +252,8 @@ _TILE_TABLE = {
              (32, (32, 32, None, 8), (32, 32, None, 4)),
              (64, (16, 32, None, 8), (16, 16, None, 4)),
              (None, (32, 32, 64, 4), (16, 16, 16, 4, 1))),
-    "fp64": ((16, (32, 32, None, 8), (32, 32, None, 8)),
-             (32, (32, 32, None, 4), (32, 16, None, 8)),
+    "fp64": ((16, (32, 16, None, 8), (32, 32, None, 8)),
+             (32, (32, 16, None, 8), (32, 16, None, 8)),
              (None, (32, 32, 32, 8), (32, 32, 32, 8))),
 }
 

@@ -71,16 +71,6 @@ class TileConfig:
     num_stages: int
 
 
-# Tiles per input dtype and feature-width class, as (max D of the class, forward tiles,
-# backward tiles); a tile is (BLOCK_M, BLOCK_N, BLOCK_K or None for one register tile of
-# next_pow2(D), num_warps[, num_stages]). Chosen by benchmarks/tile_search.py: for each
-# class the largest tiles whose every launchable variant (all flag sets, precisions and
-# backward passes) compiles for sm_80 and sm_90 without spilling. The backward holds more
-# live tiles (S, dS, two accumulators), hence its smaller blocks; fp32 in IEEE mode is an
-# FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
-# 64. Above the last one-tile class D is streamed in BLOCK_K chunks. Not tuned by timing:
-
-
 NUM_STAGES = 2
 _INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
 _INTERPRET_CHUNK_K = 16
