@@ -1,0 +1,184 @@
+"""The CPU emulation of the CUDA execution model (csrc/emu/cuda_emu.h): its standalone
+self-test (csrc/emu/tests/emu_selftest.cpp) built with g++ and run plainly, under
+ThreadSanitizer and under AddressSanitizer+UBSan — clean — and in the planted-bug variants
+the sanitizers must catch (a removed __syncthreads(), reads past a __shared__ array and past
+a global buffer).
+
+Binaries are cached in build/emu_selftest/<variant>-<hash>/, the hash covering the emulation
+headers, the self-test source, the flags and the compiler, so only a change rebuilds. Cold
+(five builds, ASan+UBSan the slowest) about a minute on two busy cores; cached, the runs
+alone (the ThreadSanitizer one dominates) take well under half a minute."""
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = ROOT / "csrc" / "emu"
+HEADER = EMU / "cuda_emu.h"
+SOURCE = EMU / "tests" / "emu_selftest.cpp"
+CACHE = ROOT / "build" / "emu_selftest"
+CXX = shutil.which("g++")
+BUILD_TIMEOUT = 300
+RUN_TIMEOUT = 120
+
+
+def _cuda_include():
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_fp16.h").is_file():
+            return Path(home) / "include"
+    return None
+
+
+CUDA_INCLUDE = _cuda_include()
+
+pytestmark = [
+    pytest.mark.skipif(CXX is None, reason="g++ is not installed: the CUDA emulation is built with g++"),
+    pytest.mark.skipif(CUDA_INCLUDE is None,
+                       reason="no CUDA toolkit headers (/usr/local/cuda/include/cuda_fp16.h): the "
+                              "emulation takes __half/__nv_bfloat16 from them"),
+]
+
+TSAN = ["-fsanitize=thread", "-g", "-O1"]
+ASAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+VARIANTS = {
+    "plain": ["-O1", "-Wall", "-Wextra"],
+    "tsan": TSAN,
+    "tsan-race": TSAN + ["-DPLANT_RACE"],
+    "asan": ASAN,
+    "asan-oob": ASAN + ["-DPLANT_OOB"],
+}
+
+
+def _compiler_id():
+    out = subprocess.run([CXX, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.stdout else CXX
+
+
+def _build(variant):
+    """The cached binary of a variant, compiled if the sources/flags/compiler changed."""
+    flags = ["-std=c++20", "-pthread", "-include", str(HEADER), "-I", str(CUDA_INCLUDE)]
+    flags += VARIANTS[variant]
+    h = hashlib.sha256()
+    h.update(_compiler_id().encode())
+    h.update("\0".join(flags).encode())
+    for path in sorted(EMU.rglob("*.h")) + [SOURCE]:
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
+    fp16 = CUDA_INCLUDE / "cuda_fp16.h"
+    h.update(f"{fp16}:{fp16.stat().st_size}:{fp16.stat().st_mtime_ns}".encode())
+    out_dir = CACHE / f"{variant}-{h.hexdigest()[:16]}"
+    binary = out_dir / "emu_selftest"
+    if binary.is_file():
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f"emu_selftest.tmp{os.getpid()}"
+    cmd = [CXX] + flags + [str(SOURCE), "-o", str(tmp)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, cwd=ROOT)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        log = res.stdout + res.stderr
+        sanitizer = "-fsanitize" in " ".join(VARIANTS[variant])
+        if sanitizer and ("cannot find" in log or "libtsan" in log or "libasan" in log
+                          or "libubsan" in log):
+            pytest.skip(f"the sanitizer runtime of {CXX} is not installed: {log[-500:]}")
+        pytest.fail(f"building {variant} failed:\n{' '.join(cmd)}\n{log[-6000:]}")
+    os.replace(tmp, binary)  # atomic: a concurrent session sees a complete binary or none
+    for stale in CACHE.glob(f"{variant}-*"):  # older builds of this variant
+        if stale != out_dir and stale.name[len(variant) + 1:].isalnum():
+            shutil.rmtree(stale, ignore_errors=True)
+    return binary
+
+
+def _run(binary, *args, env=None, prefix=()):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run(list(prefix) + [str(binary), *args], capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT, env=full_env)
+    return res.returncode, res.stdout + res.stderr
+
+
+# ThreadSanitizer cannot start when the kernel maps the executable or libraries where its shadow
+# memory must go (high mmap_rnd_bits with ASLR; "unexpected memory mapping"). Running the
+# binary with ASLR disabled (setarch -R) is the documented workaround.
+_TSAN_START_FAILURES = ("unexpected memory mapping", "FATAL: ThreadSanitizer: ")
+
+
+def _run_tsan(binary, *args):
+    env = {"TSAN_OPTIONS": "halt_on_error=0 second_deadlock_stack=1 history_size=4"}
+    rc, out = _run(binary, *args, env=env)
+    if not any(s in out for s in _TSAN_START_FAILURES):
+        return rc, out
+    setarch = shutil.which("setarch")
+    if setarch is None:
+        pytest.skip(f"ThreadSanitizer cannot start here and setarch is missing:\n{out[-1500:]}")
+    rc2, out2 = _run(binary, *args, env=env, prefix=(setarch, platform.machine(), "-R"))
+    if any(s in out2 for s in _TSAN_START_FAILURES) or "setarch:" in out2:
+        pytest.skip("ThreadSanitizer cannot start here, even with ASLR disabled (setarch -R):\n"
+                    f"{out[-1000:]}\n---\n{out2[-1000:]}")
+    return rc2, out2
+
+
+def _run_asan(binary, *args, ubsan_halt=True):
+    # The planted shared-memory read trips UBSan's bounds check first; it must not halt the
+    # program before AddressSanitizer reports the access itself.
+    env = {"UBSAN_OPTIONS": f"halt_on_error={int(ubsan_halt)} print_stacktrace=1",
+           "ASAN_OPTIONS": "detect_leaks=1"}
+    rc, out = _run(binary, *args, env=env)
+    if "LeakSanitizer has encountered a fatal error" in out:  # no ptrace in some sandboxes
+        env["ASAN_OPTIONS"] = "detect_leaks=0"
+        rc, out = _run(binary, *args, env=env)
+    return rc, out
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return _build("plain")
+
+
+@pytest.fixture(scope="module")
+def asan_oob():
+    return _build("asan-oob")
+
+
+def test_selftest_passes(plain):
+    rc, out = _run(plain)
+    assert rc == 0, out
+    assert "emu_selftest: all checks passed" in out, out
+    for name in ("indices", "barriers", "sync_count", "syncwarp", "shuffles", "atomics", "wmma",
+                 "misc", "errors"):
+        assert any(line.split()[:2] == [name, "ok"] for line in out.splitlines()), (name, out)
+
+
+def test_selftest_is_race_free_under_tsan():
+    rc, out = _run_tsan(_build("tsan"))
+    assert "ThreadSanitizer" not in out, out[-8000:]
+    assert rc == 0, out[-8000:]
+    assert "emu_selftest: all checks passed" in out, out[-8000:]
+
+
+def test_tsan_catches_the_planted_race():
+    rc, out = _run_tsan(_build("tsan-race"))
+    assert "WARNING: ThreadSanitizer: data race" in out, out[-8000:]
+    assert "racy_kernel" in out, out[-8000:]  # the race is the kernel's, not the emulator's
+    assert rc != 0
+
+
+def test_selftest_is_clean_under_asan_ubsan():
+    rc, out = _run_asan(_build("asan"))
+    assert "AddressSanitizer" not in out and "runtime error" not in out, out[-8000:]
+    assert rc == 0, out[-8000:]
+    assert "emu_selftest: all checks passed" in out, out[-8000:]
+
+
+@pytest.mark.parametrize("where,kind", [("shared", "global-buffer-overflow"),
+                                        ("global", "heap-buffer-overflow")])
+def test_asan_catches_the_planted_out_of_bounds_read(asan_oob, where, kind):
+    rc, out = _run_asan(asan_oob, where, ubsan_halt=False)
+    assert rc != 0, out[-8000:]
+    assert "AddressSanitizer" in out and kind in out, out[-8000:]
+    assert "_oob_kernel" in out, out[-8000:]
