@@ -4,8 +4,14 @@ Three kernel families: Triton (no build step), the C++ CPU engine (always built)
 CUDA C++ engine (built when torch has CUDA and nvcc is found). A machine without CUDA gets
 a clear message and a working CPU build, never a failure.
 
+A fourth, test-only extension, ``_C_cuda_emu``, compiles the CUDA C++ engine's own sources
+with the host compiler against a CPU emulation of the CUDA execution model (csrc/emu), so
+its kernels execute without a GPU (``CONTRASTIVE_KERNELS_CUDA_EMULATE=1``). It needs only
+the CUDA toolkit's headers (cuda_fp16.h and friends); without them it is skipped, saying why.
+
 Environment:
   CONTRASTIVE_KERNELS_SKIP_CUDA=1   do not build the CUDA extension even where possible
+  CONTRASTIVE_KERNELS_SKIP_EMU=1    do not build the CUDA emulation extension
   TORCH_CUDA_ARCH_LIST              CUDA archs to build (default "8.0;9.0": Ampere, Hopper)
   CUDA_HOME                         where nvcc lives (torch's own lookup otherwise)
 """
@@ -17,6 +23,7 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP_CUDA_ENV = "CONTRASTIVE_KERNELS_SKIP_CUDA"
+SKIP_EMU_ENV = "CONTRASTIVE_KERNELS_SKIP_EMU"
 DEFAULT_ARCHS = "8.0;9.0"
 BUILD_INFO = os.path.join(HERE, "contrastive_kernels", "_build_info.py")
 
@@ -33,6 +40,11 @@ if platform.machine() in ("x86_64", "AMD64"):
     # measured 20–30% faster exp passes than GCC's default 256-bit preference.
     CXX_FLAGS.append("-mprefer-vector-width=512")
 NVCC_FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+# The emulation build: the CUDA sources as host C++, the emulator force-included first.
+EMU_SOURCES = ["csrc/emu/bindings_emu.cpp", "csrc/emu/softmax_engine_emu.cpp",
+               "csrc/emu/pairwise_engine_emu.cpp"]
+EMU_FLAGS = ["-O2", "-std=c++20", "-DCK_CUDA_EMULATE", "-pthread",
+             "-include", os.path.join(HERE, "csrc", "emu", "cuda_emu.h")]
 
 
 def _long_description():
@@ -65,11 +77,28 @@ def _cuda_plan():
     return True, archs, ""
 
 
-def _write_build_info(cpu, cuda, archs, cuda_reason):
+def _emu_plan():
+    """(build the emulation extension?, CUDA include dir, reason when not)."""
+    if os.environ.get(SKIP_EMU_ENV) == "1":
+        return False, "", f"skipped: {SKIP_EMU_ENV}=1"
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        CUDA_HOME = None
+    for root in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
+        include = os.path.join(root or "", "include")
+        if root and all(os.path.exists(os.path.join(include, h))
+                        for h in ("cuda_fp16.h", "cuda_bf16.h", "vector_types.h")):
+            return True, include, ""
+    return False, "", "the CUDA toolkit headers (cuda_fp16.h) were not found (set CUDA_HOME)"
+
+
+def _write_build_info(cpu, cuda, archs, cuda_reason, emu=False, emu_reason=""):
     with open(BUILD_INFO, "w", encoding="utf-8") as f:
         f.write('"""Written by setup.py: what this install built."""\n')
         f.write(f"CPU_BUILT = {cpu!r}\nCUDA_BUILT = {cuda!r}\nCUDA_ARCHS = {archs!r}\n"
-                f"CUDA_REASON = {cuda_reason!r}\n")
+                f"CUDA_REASON = {cuda_reason!r}\nEMU_BUILT = {emu!r}\n"
+                f"EMU_REASON = {emu_reason!r}\n")
 
 
 def _extensions():
@@ -96,7 +125,14 @@ def _extensions():
     else:
         _say(f"not building the CUDA extension ({reason}); the CPU extension and the "
              "Triton kernels are built as usual")
-    _write_build_info(True, cuda, archs, reason)
+    emu, emu_include, emu_reason = _emu_plan()
+    if emu:
+        exts.append(CppExtension("contrastive_kernels._C_cuda_emu", EMU_SOURCES,
+                                 include_dirs=include + [emu_include],
+                                 extra_compile_args=EMU_FLAGS, extra_link_args=["-pthread"]))
+    else:
+        _say(f"not building the CUDA emulation extension ({emu_reason})")
+    _write_build_info(True, cuda, archs, reason, emu, emu_reason)
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=_have_ninja())}
 
 

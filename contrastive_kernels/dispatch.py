@@ -69,15 +69,29 @@ def _build_info():
     return info
 
 
+EMULATE_ENV = "CONTRASTIVE_KERNELS_CUDA_EMULATE"
+
+
+def cuda_emulated() -> bool:
+    """Whether backend="cuda" means the CUDA C++ kernels compiled for the CPU emulator
+    (CONTRASTIVE_KERNELS_CUDA_EMULATE=1, on CPU tensors: a test build, never "auto")."""
+    return os.environ.get(EMULATE_ENV) == "1"
+
+
 @functools.lru_cache(maxsize=None)
-def _extension_status(name: str) -> tuple[bool, str]:
-    """(built, reason when not) for the C++ extension ``_C_<name>``."""
+def _extension_status(backend: str) -> tuple[bool, str]:
+    """(built, reason when not) for the C++ extension of a backend: ``_C_<backend>``, or
+    ``_C_cuda_emu`` for "cuda" under emulation (read once, like TRITON_INTERPRET)."""
+    name = "cuda_emu" if backend == "cuda" and cuda_emulated() else backend
     try:
         importlib.import_module(f"contrastive_kernels._C_{name}")
     except ImportError as exc:
         info = _build_info()
         if name == "cuda" and info is not None and not info.CUDA_BUILT:
             return False, f"the CUDA extension was not built: {info.CUDA_REASON}"
+        if name == "cuda_emu" and info is not None and not getattr(info, "EMU_BUILT", False):
+            return False, ("the CUDA emulation extension was not built: "
+                           f"{getattr(info, 'EMU_REASON', 'an older install')}")
         if info is None:
             return False, ("the C++ extensions are not built: install with "
                            "`pip install --no-build-isolation -e .`")
@@ -89,6 +103,11 @@ def _extension_runs_on(name: str, device: torch.device) -> tuple[bool, str]:
     built, why = _extension_status(name)
     if not built:
         return False, why
+    if name == "cuda" and cuda_emulated():
+        if device.type != "cpu":
+            return False, (f"{EMULATE_ENV}=1: the emulated CUDA C++ backend takes CPU "
+                           f"tensors; got {device.type}")
+        return True, ""
     if device.type != name:
         return False, f"the {name!r} backend needs {name.upper()} tensors; got {device.type}"
     if name == "cuda" and not torch.cuda.is_available():
@@ -116,9 +135,15 @@ def backend_info() -> dict:
     info["triton"] = {"built": t_built, "available": t_ok, "reason": t_reason}
     for name in ("cuda", "cpu"):
         built, why = _extension_status(name)
-        ok, reason = _extension_runs_on(name, torch.device(name)) if built else (False, why)
+        where = torch.device("cpu" if name == "cuda" and cuda_emulated() else name)
+        ok, reason = _extension_runs_on(name, where) if built else (False, why)
         info[name] = {"built": built, "available": ok, "reason": reason}
     info["cuda"]["archs"] = cuda_archs()  # TORCH_CUDA_ARCH_LIST of the build, "" if none
+    info["cuda"]["emulated"] = cuda_emulated()
+    if cuda_emulated() and info["cuda"]["available"]:
+        info["cuda"]["reason"] = (f"emulated ({EMULATE_ENV}=1): the CUDA C++ kernels compiled "
+                                  "for the CPU emulation of the CUDA execution model, on CPU "
+                                  "tensors; for tests, never chosen by 'auto'")
     auto = _auto_backend(device)
     info["auto"] = {"built": True, "available": True,
                     "reason": f"resolves to {auto!r} for {device.type} tensors"}

@@ -7,14 +7,30 @@ compile-time in the kernels (64×64 logit tiles, D in 32-wide chunks; 32×32 for
 csrc/cuda/softmax_engine_cuda.cu for why); the one launch parameter chosen here is the
 number of persistent programs of the CLIP forward, whose column partials cost
 [programs, M].
+
+With ``CONTRASTIVE_KERNELS_CUDA_EMULATE=1`` the same interface runs
+``contrastive_kernels._C_cuda_emu``: the same kernel sources compiled for the CPU emulation
+of the CUDA execution model (csrc/emu), on CPU tensors. It exists to execute the kernels in
+tests without a GPU; ``dispatch`` never picks it for "auto".
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
-from .. import _C_cuda as _ext
+EMULATE_ENV = "CONTRASTIVE_KERNELS_CUDA_EMULATE"
+EMULATED = os.environ.get(EMULATE_ENV) == "1"
+
+if EMULATED:
+    from .. import _C_cuda_emu as _ext
+else:
+    from .. import _C_cuda as _ext
+
+# Persistent CLIP-forward programs under the emulator: a few, so that tests see programs
+# owning several row blocks (as the Triton interpreter's 4).
+_EMULATED_PROGRAMS = 3
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,6 +41,8 @@ def _sm_count(index: int) -> int:
 def column_programs(device: torch.device) -> int:
     """Persistent programs of a CLIP forward: two per SM fill the GPU; more would only
     grow the [programs, M] column partials."""
+    if device.type != "cuda":
+        return _EMULATED_PROGRAMS
     index = device.index if device.index is not None else torch.cuda.current_device()
     return 2 * _sm_count(index)
 

@@ -1,20 +1,20 @@
 // Python bindings of the CUDA engine: every input is checked here (device, dtype, shape,
 // contiguity, each error naming the argument), then the kernels run on the current stream
-// of the inputs' device under a device guard.
+// of the inputs' device under a device guard. The emulation build (csrc/emu) compiles this
+// same file: there the tensors are CPU tensors and the guard does nothing (platform.h).
 #include <torch/extension.h>
-
-#include <c10/cuda/CUDAGuard.h>
 
 #include <vector>
 
 #include "../engine_host.h"
 #include "engine_cuda.h"
+#include "platform.h"
 
 namespace ck_cuda {
 
 at::Tensor inverse_norms(const at::Tensor& x, bool normalize) {
-  ck::check_features(x, "x", c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(x.device());
+  ck::check_features(x, "x", kDeviceType);
+  const DeviceGuard guard(x.device());
   return inverse_norms_cuda(x, normalize);
 }
 
@@ -24,11 +24,11 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
                                 const c10::optional<at::Tensor>& extra, bool mask_diag,
                                 bool need_col, int64_t programs) {
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
-                          c10::DeviceType::CUDA);
+                          kDeviceType);
   if (extra)
     ck::check_vector(*extra, "extra", q.size(0), ck::acc_type(q.scalar_type()), q.device());
   TORCH_CHECK(programs > 0, "programs must be positive, got ", programs);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   return forward_cuda(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag, need_col,
                       programs);
 }
@@ -41,9 +41,9 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
                                  bool deterministic) {
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
-                          c10::DeviceType::CUDA);
+                          kDeviceType);
   ck::check_backward_inputs(q, k, lse, clse, g_lse, g_pos, g_clse);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   return backward_cuda(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
                        mask_diag, normalize, deterministic);
 }
@@ -55,18 +55,18 @@ void check_pair_inputs(int64_t kind, const at::Tensor& q, const at::Tensor& k,
                        const at::Tensor& rq, const at::Tensor& rk, const at::Tensor& params,
                        const at::Tensor& row_key, const at::Tensor& col_key, bool mask_diag) {
   TORCH_CHECK(kind == 0 || kind == 1, "kind must be 0 (SIGLIP) or 1 (HADSELL), got ", kind);
-  ck::check_features(q, "q", c10::DeviceType::CUDA);
+  ck::check_features(q, "q", kDeviceType);
   ck::check_vector(params, "params", 3, ck::acc_type(q.scalar_type()), q.device());
   // The shared checks take a one-element scale: params[0] (already validated above).
   ck::check_engine_inputs(q, k, rq, rk, params.narrow(0, 0, 1), row_key, col_key, mask_diag,
-                          c10::DeviceType::CUDA);
+                          kDeviceType);
 }
 
 at::Tensor pair_forward(int64_t kind, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& rq, const at::Tensor& rk, const at::Tensor& params,
                         const at::Tensor& row_key, const at::Tensor& col_key, bool mask_diag) {
   check_pair_inputs(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   return pair_forward_cuda(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
 }
 
@@ -78,17 +78,17 @@ std::vector<at::Tensor> pair_backward(int64_t kind, const at::Tensor& q, const a
                                       bool deterministic) {
   check_pair_inputs(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
   ck::check_vector(g_row, "g_row", q.size(0), ck::acc_type(q.scalar_type()), q.device());
-  const c10::cuda::CUDAGuard guard(q.device());
+  const DeviceGuard guard(q.device());
   return pair_backward_cuda(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
                             normalize, want_rows, deterministic);
 }
 
 std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
                                       const at::Tensor& key) {
-  ck::check_features(x, "x", c10::DeviceType::CUDA);
+  ck::check_features(x, "x", kDeviceType);
   ck::check_vector(rx, "rx", x.size(0), ck::acc_type(x.scalar_type()), x.device());
   ck::check_vector(key, "key", x.size(0), at::kLong, x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   return hardest_pairs_cuda(x, rx, key);
 }
 

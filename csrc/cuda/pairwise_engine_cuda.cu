@@ -21,14 +21,13 @@
 // HADSELL diagonal term −(Σ_j dS_ij)·q̂_i folded in. Every value-deciding rule is
 // from ../tile_math.h (siglip_*, gram_sq_dist, near_coincident, hadsell_*, beats_*).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "engine_cuda.h"
+#include "launch.cuh"
 #include "tile_products.cuh"
 
 namespace ck_cuda {
@@ -358,13 +357,12 @@ at::Tensor sq_norms(const at::Tensor& x, const at::Tensor& r) {
   const int64_t n = x.size(0), d = x.size(1);
   at::Tensor out = output({n}, r.options());
   if (n == 0) return out;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
-    sq_norm_kernel<In><<<row_grid(n), kThreads, 0, stream>>>(ptr<In>(x), ptr<acc_t<In>>(r),
-                                                             mut_ptr<acc_t<In>>(out), n, d);
+    launch(sq_norm_kernel<In>, row_grid(n), kThreads, stream, ptr<In>(x), ptr<acc_t<In>>(r),
+           mut_ptr<acc_t<In>>(out), n, d);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -421,7 +419,7 @@ at::Tensor pair_forward_cuda(int64_t kind, const at::Tensor& q, const at::Tensor
   if (n == 0) return rows;
   at::Tensor nq, nk;
   std::tie(nq, nk) = hadsell_norms(kind, q, k, rq, rk);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     PairParams<In> p = pair_params<In>(q, k, rq, rk, nq.defined() ? &nq : nullptr,
@@ -430,10 +428,9 @@ at::Tensor pair_forward_cuda(int64_t kind, const at::Tensor& q, const at::Tensor
     p.rows = mut_ptr<acc_t<In>>(rows);
     dispatch_kind(kind, [&](auto kind_tag) {
       constexpr int KIND = decltype(kind_tag)::value;
-      pair_fwd_kernel<In, KIND><<<blocks_of<In>(n), kThreads, 0, stream>>>(p);
+      launch(pair_fwd_kernel<In, KIND>, blocks_of<In>(n), kThreads, stream, p);
     });
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return rows;
 }
 
@@ -452,7 +449,7 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
   at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
   at::Tensor nq, nk;
   std::tie(nq, nk) = hadsell_norms(kind, q, k, rq, rk);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
@@ -471,8 +468,8 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
       if (deterministic) {
         // Two atomic-free passes, each recomputing the tiles: rows own dQ̂ and the row
         // partials, columns own dK̂ and (HADSELL) Σ_i dS_ij.
-        if (n > 0) pair_bwd_kernel<In, KIND, false, false><<<blocks_of<In>(n), kThreads, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (n > 0)
+          launch(pair_bwd_kernel<In, KIND, false, false>, blocks_of<In>(n), kThreads, stream, p);
         PairParams<In> c = p;
         std::swap(c.a, c.b);
         std::swap(c.ra, c.rb);
@@ -484,11 +481,11 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
         c.da = mut_ptr<Acc>(dk_acc);
         c.db = nullptr;
         c.col_sum = nullptr;
-        if (m > 0) pair_bwd_kernel<In, KIND, true, false><<<blocks_of<In>(m), kThreads, 0, stream>>>(c);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (m > 0)
+          launch(pair_bwd_kernel<In, KIND, true, false>, blocks_of<In>(m), kThreads, stream, c);
       } else {
-        if (n > 0) pair_bwd_kernel<In, KIND, false, true><<<blocks_of<In>(n), kThreads, 0, stream>>>(p);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (n > 0)
+          launch(pair_bwd_kernel<In, KIND, false, true>, blocks_of<In>(n), kThreads, stream, p);
       }
     });
   });
@@ -523,15 +520,14 @@ std::vector<at::Tensor> hardest_pairs_cuda(const at::Tensor& x, const at::Tensor
   at::Tensor pos = index_output(), neg = index_output();
   if (n == 0) return {pos, neg};
   at::Tensor nsq = sq_norms(x, rx);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
     HardParams<In> p{ptr<In>(x), ptr<Acc>(rx), ptr<Acc>(nsq), key.data_ptr<int64_t>(),
                      pos.data_ptr<int64_t>(), neg.data_ptr<int64_t>(), n, d};
-    hardest_kernel<In><<<blocks_of<In>(n), kThreads, 0, stream>>>(p);
+    launch(hardest_kernel<In>, blocks_of<In>(n), kThreads, stream, p);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {pos, neg};
 }
 

@@ -21,14 +21,12 @@
 // The tile machinery (loaders, tile products, dS staging) is in tile_products.cuh, shared
 // with the pairwise engine (pairwise_engine_cuda.cu).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <limits>
 #include <vector>
 
 #include "engine_cuda.h"
+#include "launch.cuh"
 #include "tile_products.cuh"
 
 namespace ck_cuda {
@@ -306,15 +304,14 @@ void norm_backward_cuda(const at::Tensor& x, const at::Tensor& r, const at::Tens
                         const c10::optional<at::Tensor>& diag, bool normalize, at::Tensor& dx) {
   const int64_t n = x.size(0), d = x.size(1);
   if (n == 0) return;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
-    norm_backward_kernel<In><<<row_grid(n), kThreads, 0, stream>>>(
-        ptr<In>(x), ptr<Acc>(r), ptr<Acc>(g), scale ? ptr<Acc>(*scale) : nullptr,
-        diag ? ptr<Acc>(*diag) : nullptr, mut_ptr<In>(dx), n, d, normalize);
+    launch(norm_backward_kernel<In>, row_grid(n), kThreads, stream, ptr<In>(x), ptr<Acc>(r),
+           ptr<Acc>(g), scale ? ptr<Acc>(*scale) : nullptr, diag ? ptr<Acc>(*diag) : nullptr,
+           mut_ptr<In>(dx), n, d, normalize);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor inverse_norms_cuda(const at::Tensor& x, bool normalize) {
@@ -323,13 +320,12 @@ at::Tensor inverse_norms_cuda(const at::Tensor& x, bool normalize) {
   if (!normalize) return at::ones({n}, opts);
   at::Tensor r = output({n}, opts);
   if (n == 0) return r;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
-    inv_norm_kernel<In><<<row_grid(n), kThreads, 0, stream>>>(ptr<In>(x), mut_ptr<acc_t<In>>(r),
-                                                              n, d);
+    launch(inv_norm_kernel<In>, row_grid(n), kThreads, stream, ptr<In>(x),
+           mut_ptr<acc_t<In>>(r), n, d);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return r;
 }
 
@@ -347,7 +343,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
     if (need_col) clse.fill_(-std::numeric_limits<double>::infinity());
     return {lse, pos, clse};
   }
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
@@ -364,12 +360,10 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                     extra ? ptr<Acc>(*extra) : nullptr, mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
                     need_col ? mut_ptr<Acc>(col_m) : nullptr,
                     need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, mask_diag, need_col};
-    fwd_kernel<In><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(fwd_kernel<In>, static_cast<unsigned>(grid), kThreads, stream, p);
     if (need_col && m > 0) {  // no columns: nothing to merge (a 0-block grid is invalid)
-      merge_col_kernel<Acc><<<static_cast<unsigned>((m + 255) / 256), 256, 0, stream>>>(
-          ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse), grid, m);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(merge_col_kernel<Acc>, static_cast<unsigned>((m + 255) / 256), 256, stream,
+             ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse), grid, m);
     }
   });
   return {lse, pos, clse};
@@ -382,11 +376,10 @@ void launch_bwd(const BwdParams<In>& p, bool has_col, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>((p.na + TileShape<In>::BM - 1) / TileShape<In>::BM);
   if (grid == 0) return;
   if (has_col) {
-    bwd_kernel<In, TRANSPOSED, ATOMIC_B, true><<<grid, kThreads, 0, stream>>>(p);
+    launch(bwd_kernel<In, TRANSPOSED, ATOMIC_B, true>, grid, kThreads, stream, p);
   } else {
-    bwd_kernel<In, TRANSPOSED, ATOMIC_B, false><<<grid, kThreads, 0, stream>>>(p);
+    launch(bwd_kernel<In, TRANSPOSED, ATOMIC_B, false>, grid, kThreads, stream, p);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -404,7 +397,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
   at::Tensor dq_acc = at::zeros({n, d}, opts), dk_acc = at::zeros({m, d}, opts);
   at::Tensor dscale_rows = output({n}, opts);
   at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
