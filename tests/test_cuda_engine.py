@@ -1,5 +1,7 @@
-"""CUDA C++ engine checks that need a GPU (the per-loss suite also runs on "cuda" when it
-is available). Without a GPU every test here skips with the reason."""
+"""CUDA C++ engine checks beyond the per-loss suite. On a GPU they run on CUDA tensors;
+without one they run on the CPU emulation of the CUDA C++ kernels wherever their point does
+not need real hardware (CONTRASTIVE_KERNELS_CUDA_EMULATE=1, as tests/test_cuda_emulated.py
+runs this file), and skip with the reason otherwise (streams, compiled Triton)."""
 import pytest
 import torch
 
@@ -8,13 +10,18 @@ from contrastive_kernels import dispatch
 from contrastive_kernels.testing import assert_close, scalar_grad_floor
 
 pytestmark = pytest.mark.skipif(not dispatch.backend_info()["cuda"]["available"],
-                                reason="needs a CUDA device and the built CUDA extension")
+                                reason="needs a CUDA device and the built CUDA extension "
+                                       "(or CONTRASTIVE_KERNELS_CUDA_EMULATE=1)")
+EMULATED = dispatch.cuda_emulated()
+DEV = torch.device("cpu" if EMULATED else "cuda")
+needs_gpu = pytest.mark.skipif(EMULATED, reason="needs real CUDA streams: the emulator runs "
+                                                "every launch synchronously on the CPU")
 
 
 def _pair(n, d, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     make = lambda: torch.randn(n, d, generator=gen, dtype=torch.float64)  # noqa: E731
-    return make().cuda(), make().cuda()
+    return make().to(DEV), make().to(DEV)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -24,7 +31,11 @@ def test_half_gradients_survive_a_large_batch_mean(dtype, backend):
     out of fp16's underflow (both GPU engines), so the gradient matches fp64."""
     if not dispatch.backend_info()[backend]["available"]:
         pytest.skip(f"{backend} unavailable")
-    x, y = _pair(4096, 64, dtype, 0)
+    if backend == "triton" and EMULATED:
+        pytest.skip("the Triton interpreter upcasts half tile products: compiled Triton only")
+    # 1/N² is below fp16's smallest normal (6e-5) from N ≈ 130 on; the emulator takes a
+    # smaller batch than a GPU (its threads are OS threads), which still makes the point.
+    x, y = _pair(512 if EMULATED else 4096, 64, dtype, 0)
     grads = []
     for backend, t in ((backend, dtype), ("torch", torch.float64)):
         a, b = x.to(t).requires_grad_(), y.to(t).requires_grad_()
@@ -37,12 +48,13 @@ def test_half_gradients_survive_a_large_batch_mean(dtype, backend):
 def test_cuda_and_triton_agree(dtype):
     if not dispatch.backend_info()["triton"]["available"]:
         pytest.skip("triton unavailable")
-    x, y = _pair(1000, 96, dtype, 1)
+    x, y = _pair(200 if EMULATED else 1000, 96, dtype, 1)
     outs = [ck.nt_xent_loss(x.to(dtype), y.to(dtype), backend=b) for b in ("cuda", "triton")]
     torch.testing.assert_close(outs[0], outs[1], rtol=2e-2 if dtype != torch.float32 else 1e-5,
                                atol=1e-5)
 
 
+@needs_gpu
 def test_runs_on_the_inputs_device_and_stream():
     x, y = _pair(257, 32, torch.float32, 2)
     stream = torch.cuda.Stream()
@@ -61,12 +73,12 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 def _features(n, d, seed, dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=gen, dtype=dtype).cuda()
+    return torch.randn(n, d, generator=gen, dtype=dtype).to(DEV)
 
 
 def _labels(n, classes, seed):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, classes, (n,), generator=gen).cuda()
+    return torch.randint(0, classes, (n,), generator=gen).to(DEV)
 
 
 def _run(fn, backend, dtype, tensors, scalars, upstream=None):
@@ -74,7 +86,7 @@ def _run(fn, backend, dtype, tensors, scalars, upstream=None):
     backend="torch"); scalars are 0-dim fp64 values that become learnable tensors."""
     t = torch.float64 if backend == "torch" else dtype
     xs = [x.to(t).requires_grad_() for x in tensors]
-    ps = [torch.tensor(float(v), dtype=torch.float64, device="cuda", requires_grad=True)
+    ps = [torch.tensor(float(v), dtype=torch.float64, device=DEV, requires_grad=True)
           for v in scalars]
     out = fn(*xs, *ps, backend)
     (out if upstream is None else (out * upstream).sum()).backward()
@@ -84,15 +96,15 @@ def _run(fn, backend, dtype, tensors, scalars, upstream=None):
 def _compare(fn, dtype, tensors, scalars, upstream=None, what=""):
     got = _run(fn, "cuda", dtype, tensors, scalars, upstream)
     ref = _run(fn, "torch", dtype, tensors, scalars, upstream)
-    assert_close(got[0], ref[0], dtype, f"{what} loss", "cuda")
+    assert_close(got[0], ref[0], dtype, f"{what} loss", DEV)
     for i, (a, e) in enumerate(zip(got[1], ref[1])):
         assert a.dtype == dtype, (what, i, a.dtype)
-        assert_close(a, e, dtype, f"{what} d input {i}", "cuda")
+        assert_close(a, e, dtype, f"{what} d input {i}", DEV)
     # A scalar's gradient sums terms of both signs: measured against their scale (harness).
     floor = scalar_grad_floor(torch.ones(()) if upstream is None else upstream.cpu(),
                               ref[0].cpu())
     for i, (a, e) in enumerate(zip(got[2], ref[2])):
-        assert_close(a, e, dtype, f"{what} d scalar {i}", "cuda", floor)
+        assert_close(a, e, dtype, f"{what} d scalar {i}", DEV, floor)
     return got
 
 
@@ -120,7 +132,7 @@ def test_siglip_matches_reference(dtype, normalize):
 def test_siglip_unreduced_with_random_upstream(dtype):
     x, y = _features(130, 40, 12), _features(130, 40, 13)
     up = torch.randn(130, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    _compare(_siglip(True, "none"), dtype, [x, y], [5.0, -2.0], up.cuda(), what="siglip none")
+    _compare(_siglip(True, "none"), dtype, [x, y], [5.0, -2.0], up.to(DEV), what="siglip none")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -143,7 +155,7 @@ def test_contrastive_unreduced_duplicates_and_zero_rows(dtype):
     labels = _labels(97, 4, 17)
     labels[50] = labels[3] + 1  # a duplicate with another label: the hinge at d = 0
     up = torch.randn(97, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    got = _compare(_hadsell(labels, "none"), dtype, [x], [1.5], up.cuda(), what="hadsell none")
+    got = _compare(_hadsell(labels, "none"), dtype, [x], [1.5], up.to(DEV), what="hadsell none")
     assert torch.isfinite(got[1][0]).all()
 
 
@@ -151,8 +163,9 @@ def test_contrastive_unreduced_duplicates_and_zero_rows(dtype):
 def test_half_pairwise_gradients_survive_a_large_batch_mean(dtype):
     """dS of SigLIP's mean over N = 4096 rows is ~1/N: scaled by a power of two before it
     becomes the fp16 MMA operand, so it does not flush to zero."""
-    x, y = _features(4096, 64, 18), _features(4096, 64, 19)
-    _compare(_siglip(True), dtype, [x, y], [10.0, -10.0], what="siglip 4096")
+    n = 512 if EMULATED else 4096  # a negative pair's dS ~ σ(−10)/N flushes either way
+    x, y = _features(n, 64, 18), _features(n, 64, 19)
+    _compare(_siglip(True), dtype, [x, y], [10.0, -10.0], what=f"siglip {n}")
 
 
 def _reference_mining(x, labels, normalize):
@@ -177,7 +190,7 @@ def test_hardest_pairs_match_reference_indices(dtype, normalize):
     # Coarse integer grid: many exact ties (lowest index must win), duplicates, a label
     # that occurs once (no positive: -1) and rows across several 64-row tiles.
     gen = torch.Generator().manual_seed(20)
-    x = torch.randint(-2, 3, (190, 8), generator=gen).to(torch.float64).cuda()
+    x = torch.randint(-2, 3, (190, 8), generator=gen).to(torch.float64).to(DEV)
     labels = _labels(190, 6, 21)
     labels[7] = 99
     xd = x.to(dtype)
@@ -194,16 +207,16 @@ def test_hardest_pairs_match_reference_indices(dtype, normalize):
         # as far (near) as the reference's choice, within the dtype's tolerance.
         from contrastive_kernels.reference import _pairwise_sq_dist, _prep
         d2 = _pairwise_sq_dist(_prep(xd.to(torch.float64), True))
-        rows = torch.arange(190, device="cuda")
+        rows = torch.arange(190, device=DEV)
         assert torch.equal(pos >= 0, ref_pos >= 0) and torch.equal(neg >= 0, ref_neg >= 0)
         ok, okn = pos >= 0, neg >= 0
-        assert_close(d2[rows[ok], pos[ok]], d2[rows[ok], ref_pos[ok]], dtype, "hardest pos", "cuda")
+        assert_close(d2[rows[ok], pos[ok]], d2[rows[ok], ref_pos[ok]], dtype, "hardest pos", DEV)
         assert_close(d2[rows[okn], neg[okn]], d2[rows[okn], ref_neg[okn]], dtype, "hardest neg",
-                     "cuda")
+                     DEV)
     same = labels[:, None] == labels[None, :]
     ok = pos >= 0
     assert bool(same[ok, pos[ok]].all())
-    assert bool((pos[ok] != torch.arange(190, device="cuda")[ok]).all())
+    assert bool((pos[ok] != torch.arange(190, device=DEV)[ok]).all())
     assert bool((~same[neg >= 0, neg[neg >= 0]]).all())
 
 
@@ -211,11 +224,11 @@ def test_hardest_pairs_nan_and_single_class():
     from contrastive_kernels.backends import cuda as cuda_engine
     x = _features(70, 16, 22).float()
     x[5, 3] = float("nan")
-    labels = torch.zeros(70, dtype=torch.int64, device="cuda")
+    labels = torch.zeros(70, dtype=torch.int64, device=DEV)
     pos, neg = cuda_engine.hardest_pairs(x, cuda_engine.inverse_norms(x, False), labels)
     assert (neg == -1).all()                      # one class: no negatives
     assert pos[5].item() == 0                      # NaN row: every distance NaN, first wins
-    assert (pos[torch.arange(70, device="cuda") != 5] == 5).all()  # NaN beats numbers
+    assert (pos[torch.arange(70, device=DEV) != 5] == 5).all()  # NaN beats numbers
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -246,15 +259,15 @@ def test_pairwise_deterministic_backward_is_bitwise_reproducible(loss, dtype):
         if a is None:
             continue
         assert torch.equal(a, b)  # bitwise
-        assert_close(c, a, dtype, f"{loss}: atomic vs deterministic", "cuda")
+        assert_close(c, a, dtype, f"{loss}: atomic vs deterministic", DEV)
 
 
 def test_pairwise_engine_checks_name_the_argument():
-    from contrastive_kernels import _C_cuda
-    q = torch.randn(8, 4, device="cuda")
-    r = torch.ones(8, device="cuda")
-    key = torch.arange(8, device="cuda")
-    params = torch.tensor([1.0, 0.0, 1.0], device="cuda")
+    from contrastive_kernels.backends.cuda import _ext as _C_cuda
+    q = torch.randn(8, 4, device=DEV)
+    r = torch.ones(8, device=DEV)
+    key = torch.arange(8, device=DEV)
+    params = torch.tensor([1.0, 0.0, 1.0], device=DEV)
     with pytest.raises(RuntimeError, match="params"):
         _C_cuda.pair_forward(0, q, q, r, r, params[:2], key, key, False)
     with pytest.raises(RuntimeError, match="kind"):
@@ -267,6 +280,7 @@ def test_pairwise_engine_checks_name_the_argument():
         _C_cuda.hardest_pairs(q, r.double(), key)
 
 
+@needs_gpu
 def test_pairwise_runs_on_the_inputs_stream_and_never_holds_n_by_m():
     from contrastive_kernels.testing import LargestTensor
     x, y = _features(1000, 32, 28).float(), _features(1000, 32, 29).float()
@@ -276,4 +290,4 @@ def test_pairwise_runs_on_the_inputs_stream_and_never_holds_n_by_m():
     stream.synchronize()
     assert probe.largest < 1000 * 1000 // 4, (probe.largest, probe.op)
     ref = ck.siglip_loss(x.double(), y.double(), 10.0, -10.0, backend="torch")
-    assert_close(out, ref, torch.float32, "siglip on a side stream", "cuda")
+    assert_close(out, ref, torch.float32, "siglip on a side stream", DEV)

@@ -1,0 +1,333 @@
+// Driver of the emulated CUDA engine (the real kernels of csrc/cuda, compiled as host C++
+// against csrc/emu): calls the host entry points of engine_cuda.h on small CPU tensors and
+// checks every result against a float64 ATen reference (autograd for the gradients).
+// Built and run by tests/test_cuda_emu_sanitizers.py plainly, under ThreadSanitizer and
+// under AddressSanitizer+UBSan, and with planted bugs the sanitizers must catch:
+//   g++ -std=c++20 -O1 -pthread -I csrc -I <torch>/include engine_driver.cpp
+//       softmax_engine_emu.o pairwise_engine_emu.o -L<torch>/lib -ltorch -ltorch_cpu -lc10
+// (the two engine objects built with -DCK_CUDA_EMULATE -include csrc/emu/cuda_emu.h).
+//
+//   engine_driver [FILTER]   runs the groups whose name ("fp32/ragged/softmax", ...) contains
+//                            FILTER (all without one); exit code 0 only if every check passed.
+//
+// Shapes: "ragged" N=70, M=45, D=40 (partial row and column tiles, D streamed in two 32-wide
+// chunks, the second partial), "masked" N=45, M=70 (q = the first N rows of k, mask_diag),
+// "tile" N=M=20, D=16, k is q (one partial tile, one chunk). Dtypes fp32 (SIMT FMA), fp16
+// (wmma), fp64 (SIMT, 32×32 tiles). Outputs are poisoned (CONTRASTIVE_KERNELS_POISON=1), so
+// an element the engine fails to write is NaN and fails its check.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cuda/engine_cuda.h"
+
+namespace {
+
+int g_checks = 0, g_failures = 0;
+
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", v);
+  return buf;
+}
+
+void report(bool ok, const std::string& name, const std::string& detail) {
+  ++g_checks;
+  if (!ok) ++g_failures;
+  std::printf("%s %s %s\n", ok ? "ok  " : "FAIL", name.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+// max |got - ref| / max(max |ref|, 1): relative to the vector's scale, absolute below 1.
+void close(const std::string& name, const at::Tensor& got, const at::Tensor& ref, double tol) {
+  if (!got.defined() || got.sizes() != ref.sizes()) {
+    report(false, name, "shape " + (got.defined() ? std::string(c10::str(got.sizes())) : "?") +
+                            " != " + std::string(c10::str(ref.sizes())));
+    return;
+  }
+  const at::Tensor g = got.detach().to(at::kDouble), r = ref.detach().to(at::kDouble);
+  double err = 0, scale = 1;
+  if (r.numel() > 0) {
+    err = (g - r).abs().max().item<double>();  // NaN if got has a NaN
+    scale = std::max(1.0, r.abs().max().item<double>());
+  }
+  const double rel = err / scale;
+  report(rel <= tol, name, "err " + fmt(rel) + " (tol " + fmt(tol) + ")");
+}
+
+double tolerance(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return 1e-12;
+    case at::kFloat: return 1e-5;
+    default: return 5e-3;  // half inputs: dS and the operands are rounded to fp16
+  }
+}
+
+const char* dtype_name(at::ScalarType t) {
+  return t == at::kDouble ? "fp64" : t == at::kFloat ? "fp32" : "fp16";
+}
+
+struct Case {
+  const char* name;
+  int64_t n, m, d;
+  bool mask_diag;  // q = k[:n] (or k is q)
+  bool shared;     // k is q
+  bool need_col;
+  bool extra;
+  int64_t programs;
+};
+
+const at::TensorOptions kF64 = at::TensorOptions().dtype(at::kDouble);
+const at::TensorOptions kI64 = at::TensorOptions().dtype(at::kLong);
+
+// Inputs of one (dtype, case): features in the input dtype, their float64 values (exact),
+// the engine's inverse norms, keys.
+struct Inputs {
+  at::ScalarType dtype, acc;
+  at::Tensor q, k, qd, kd, rq, rk, row_key, col_key, valid, match;
+};
+
+at::Tensor normalized(const at::Tensor& x) {
+  return x / x.norm(2, {1}, true).clamp_min(1e-12);
+}
+
+// Pairwise validity: mask_diag leaves out j == i.
+at::Tensor valid_mask(int64_t n, int64_t m, bool mask_diag) {
+  at::Tensor v = at::ones({n, m}, at::TensorOptions().dtype(at::kBool));
+  if (mask_diag) v = v & (at::arange(n, kI64).unsqueeze(1) != at::arange(m, kI64).unsqueeze(0));
+  return v;
+}
+
+Inputs make_inputs(at::ScalarType dtype, const Case& c) {
+  Inputs in;
+  in.dtype = dtype;
+  in.acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor kd = at::randn({c.m, c.d}, kF64);
+  at::Tensor qd = c.mask_diag ? kd.narrow(0, 0, c.n).clone() : at::randn({c.n, c.d}, kF64);
+  in.k = kd.to(dtype).contiguous();
+  in.q = c.shared ? in.k : qd.to(dtype).contiguous();
+  in.kd = in.k.to(at::kDouble);
+  in.qd = in.q.to(at::kDouble);
+  in.col_key = at::randint(0, 4, {c.m}, kI64);
+  in.row_key = c.mask_diag ? in.col_key.narrow(0, 0, c.n).clone() : at::randint(0, 4, {c.n}, kI64);
+  if (c.shared) in.row_key = in.col_key;
+  in.rq = ck_cuda::inverse_norms_cuda(in.q, true);
+  in.rk = c.shared ? in.rq : ck_cuda::inverse_norms_cuda(in.k, true);
+  in.valid = valid_mask(c.n, c.m, c.mask_diag);
+  in.match = in.row_key.unsqueeze(1) == in.col_key.unsqueeze(0);
+  return in;
+}
+
+// ---- softmax family ----------------------------------------------------------------------
+void softmax_group(const std::string& tag, const Case& c, const Inputs& in) {
+  const double tol = tolerance(in.dtype);
+  const auto acc = at::TensorOptions().dtype(in.acc);
+  close(tag + ".inverse_norms", in.rq, 1.0 / in.qd.norm(2, {1}).clamp_min(1e-12), tol);
+  const double scale_v = 7.5;
+  at::Tensor scale = at::full({}, scale_v, acc);
+  at::Tensor extra = c.extra ? at::randn({c.n}, kF64).to(in.acc) : at::Tensor();
+  const c10::optional<at::Tensor> extra_opt =
+      c.extra ? c10::optional<at::Tensor>(extra) : c10::nullopt;
+
+  auto fwd = ck_cuda::forward_cuda(in.q, in.k, in.rq, in.rk, scale, in.row_key, in.col_key,
+                                   extra_opt, c.mask_diag, c.need_col, c.programs);
+  const at::Tensor g_lse = at::randn({c.n}, kF64), g_pos = at::randn({c.n}, kF64) * 0.3;
+  const at::Tensor g_clse = c.need_col ? at::randn({c.m}, kF64) : at::Tensor();
+
+  // Reference: autograd through F.normalize, the scaled logits and the three statistics.
+  at::Tensor qv = in.qd.clone().requires_grad_(true);
+  at::Tensor kv = in.kd.clone().requires_grad_(true);
+  at::Tensor sv = at::full({}, scale_v, kF64).requires_grad_(true);
+  const at::Tensor S = sv * at::matmul(normalized(qv), normalized(c.shared ? qv : kv).t());
+  const at::Tensor neg_inf = at::full({}, -std::numeric_limits<double>::infinity(), kF64);
+  const at::Tensor Sm = at::where(in.valid, S, neg_inf);
+  at::Tensor lse = c.extra ? at::cat({extra.to(at::kDouble).unsqueeze(1), Sm}, 1).logsumexp({1})
+                           : Sm.logsumexp({1});
+  at::Tensor pos = at::where(in.valid & in.match, S, at::zeros({}, kF64)).sum({1});
+  at::Tensor loss = (g_lse * lse).sum() + (g_pos * pos).sum();
+  at::Tensor clse;
+  if (c.need_col) {
+    clse = Sm.logsumexp({0});
+    loss = loss + (g_clse * clse).sum();
+  }
+  loss.backward();
+  close(tag + ".forward.lse", fwd[0], lse, tol);
+  close(tag + ".forward.pos", fwd[1], pos, tol);
+  if (c.need_col) {
+    close(tag + ".forward.clse", fwd[2], clse, tol);
+  } else {
+    report(fwd[2].numel() == 0, tag + ".forward.clse_empty", "");
+  }
+  for (bool deterministic : {false, true}) {
+    const std::string name = tag + (deterministic ? ".backward.deterministic" : ".backward.atomic");
+    const at::Tensor e = at::empty({0}, acc);
+    auto bwd = ck_cuda::backward_cuda(in.q, in.k, in.rq, in.rk, scale, in.row_key, in.col_key,
+                                      fwd[0], c.need_col ? fwd[2] : e, g_lse.to(in.acc),
+                                      g_pos.to(in.acc), c.need_col ? g_clse.to(in.acc) : e,
+                                      c.mask_diag, /*normalize=*/true, deterministic);
+    if (c.shared) {  // k is q: the engine's two gradients add up
+      close(name + ".dq+dk", bwd[0].to(at::kDouble) + bwd[1].to(at::kDouble), qv.grad(), tol);
+    } else {
+      close(name + ".dq", bwd[0], qv.grad(), tol);
+      close(name + ".dk", bwd[1], kv.grad(), tol);
+    }
+    close(name + ".dscale", bwd[2], sv.grad(), tol);
+  }
+}
+
+// ---- pairwise engine ---------------------------------------------------------------------
+void pairwise_group(const std::string& tag, const Case& c, const Inputs& in, int64_t kind) {
+  const double tol = tolerance(in.dtype);
+  const bool normalize = kind == 0 || c.mask_diag;  // HADSELL on raw features in "ragged"
+  const double scale_v = 4.0, bias_v = -1.5;
+  const double margin_v = normalize ? 1.3 : std::sqrt(2.0 * c.d);
+  const auto acc = at::TensorOptions().dtype(in.acc);
+  const at::Tensor params = at::tensor({scale_v, bias_v, margin_v}, kF64).to(in.acc);
+  const at::Tensor ones_q = at::ones({c.n}, acc), ones_k = at::ones({c.m}, acc);
+  const at::Tensor rq = normalize ? in.rq : ones_q;
+  const at::Tensor rk = normalize ? in.rk : (c.shared ? ones_q : ones_k);
+  const at::Tensor g_row = at::randn({c.n}, kF64);
+
+  at::Tensor qv = in.qd.clone().requires_grad_(true);
+  at::Tensor kv = in.kd.clone().requires_grad_(true);
+  at::Tensor pv = at::tensor({scale_v, bias_v, margin_v}, kF64).requires_grad_(true);
+  const at::Tensor qh = normalize ? normalized(qv) : qv * 1.0;
+  const at::Tensor kh = c.shared ? qh : (normalize ? normalized(kv) : kv * 1.0);
+  at::Tensor term;
+  if (kind == 0) {  // SigLIP: softplus(-z·u), u = scale·cos + bias
+    const at::Tensor u = pv[0] * at::matmul(qh, kh.t()) + pv[1];
+    const at::Tensor v = at::where(in.match, -u, u);
+    term = v.clamp_min(0) + at::log1p(at::exp(-v.abs()));
+  } else {  // Hadsell: d² (difference form) or relu(margin − d)²
+    const at::Tensor d2 = (qh.unsqueeze(1) - kh.unsqueeze(0)).pow(2).sum({2});
+    const at::Tensor d2s = at::where(in.valid, d2, at::ones({}, kF64));  // no sqrt'(0)
+    const at::Tensor hinge = (pv[2] - d2s.sqrt()).clamp_min(0).pow(2);
+    term = at::where(in.match, d2s, hinge);
+  }
+  const at::Tensor rows = at::where(in.valid, term, at::zeros({}, kF64)).sum({1});
+  (g_row * rows).sum().backward();
+
+  const std::string ktag = tag + (kind == 0 ? ".siglip" : ".hadsell");
+  at::Tensor got = ck_cuda::pair_forward_cuda(kind, in.q, in.k, rq, rk, params, in.row_key,
+                                              in.col_key, c.mask_diag);
+  close(ktag + ".forward.rows", got, rows, tol);
+  for (bool deterministic : {false, true}) {
+    const std::string name =
+        ktag + (deterministic ? ".backward.deterministic" : ".backward.atomic");
+    auto bwd = ck_cuda::pair_backward_cuda(kind, in.q, in.k, rq, rk, params, in.row_key,
+                                           in.col_key, g_row.to(in.acc), c.mask_diag, normalize,
+                                           /*want_rows=*/!deterministic, deterministic);
+    if (!deterministic) close(name + ".rows", bwd[0], rows, tol);
+    if (c.shared) {
+      close(name + ".dq+dk", bwd[1].to(at::kDouble) + bwd[2].to(at::kDouble), qv.grad(), tol);
+    } else {
+      close(name + ".dq", bwd[1], qv.grad(), tol);
+      close(name + ".dk", bwd[2], kv.grad(), tol);
+    }
+    close(name + ".dparams", bwd[3], pv.grad(), tol);
+  }
+}
+
+// Batch-hard mining: each reported index must be a valid candidate at the best distance
+// (within the dtype's tolerance: near-ties may legitimately resolve differently), -1 only
+// where there is no candidate.
+void hardest_group(const std::string& tag, const Case& c, const Inputs& in) {
+  // Distances come from exact dots of the (exactly representable) inputs in fp32 or fp64.
+  const double tol = in.dtype == at::kDouble ? 1e-9 : 1e-4;
+  auto got = ck_cuda::hardest_pairs_cuda(in.q, in.rq, in.row_key);
+  const at::Tensor xh = normalized(in.qd);
+  const at::Tensor d2 = (xh.unsqueeze(1) - xh.unsqueeze(0)).pow(2).sum({2});
+  const at::Tensor key = in.row_key;
+  const int64_t n = c.n;
+  auto a = d2.accessor<double, 2>();
+  auto kk = key.accessor<int64_t, 1>();
+  for (int which = 0; which < 2; ++which) {
+    const at::Tensor idx = got[which];
+    bool ok = idx.sizes() == at::IntArrayRef{n} && idx.scalar_type() == at::kLong;
+    std::string why;
+    for (int64_t i = 0; ok && i < n; ++i) {
+      const bool want_pos = which == 0;
+      double best = want_pos ? -1.0 : std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < n; ++j) {
+        if (j == i || (kk[j] == kk[i]) != want_pos) continue;
+        best = want_pos ? std::max(best, a[i][j]) : std::min(best, a[i][j]);
+      }
+      const int64_t j = idx[i].item<int64_t>();
+      const bool none = want_pos ? best < 0 : best == std::numeric_limits<double>::infinity();
+      if (none) {
+        ok = j == -1;
+      } else {
+        ok = j >= 0 && j < n && j != i && (kk[j] == kk[i]) == want_pos &&
+             std::abs(a[i][j] - best) <= tol;
+      }
+      if (!ok) why = "row " + std::to_string(i) + " got " + std::to_string(j);
+    }
+    report(ok, tag + (which == 0 ? ".hardest.pos" : ".hardest.neg"), why);
+  }
+}
+
+bool selected(const std::string& name, const char* filter) {
+  return filter == nullptr || name.find(filter) != std::string::npos;
+}
+
+void guarded(const std::string& name, const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    report(false, name, std::string("threw: ") + e.what());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  setenv("CONTRASTIVE_KERNELS_POISON", "1", 1);
+  at::set_num_threads(1);  // the reference's ATen ops: no OpenMP threads beside the emulator's
+  const char* filter = argc > 1 ? argv[1] : nullptr;
+  const Case cases[] = {
+      {"ragged", 70, 45, 40, false, false, true, true, 1},
+      {"masked", 45, 70, 40, true, false, true, false, 3},
+      {"tile", 20, 20, 16, true, true, false, false, 1},
+  };
+  int groups = 0;
+  for (at::ScalarType dtype : {at::kFloat, at::kHalf, at::kDouble}) {
+    for (const Case& c : cases) {
+      const std::string tag = std::string(dtype_name(dtype)) + "/" + c.name;
+      const bool soft = selected(tag + "/softmax", filter);
+      const bool sig = selected(tag + "/siglip", filter), had = selected(tag + "/hadsell", filter);
+      const bool hard = selected(tag + "/hardest", filter);
+      if (!soft && !sig && !had && !hard) continue;
+      at::manual_seed(1234);
+      Inputs in;
+      bool made = false;
+      guarded(tag + ".inputs", [&] {
+        in = make_inputs(dtype, c);
+        made = true;
+      });
+      if (!made) continue;
+      if (soft) ++groups, guarded(tag + ".softmax", [&] { softmax_group(tag, c, in); });
+      if (sig) ++groups, guarded(tag + ".siglip", [&] { pairwise_group(tag, c, in, 0); });
+      if (had) ++groups, guarded(tag + ".hadsell", [&] { pairwise_group(tag, c, in, 1); });
+      if (hard) ++groups, guarded(tag + ".hardest", [&] { hardest_group(tag, c, in); });
+    }
+  }
+  if (groups == 0) {
+    std::printf("engine_driver: no group matches the filter\n");
+    return 2;
+  }
+  if (g_failures == 0) {
+    std::printf("engine_driver: all %d checks passed (%d groups)\n", g_checks, groups);
+    return 0;
+  }
+  std::printf("engine_driver: %d of %d checks FAILED\n", g_failures, g_checks);
+  return 1;
+}

@@ -1,0 +1,312 @@
+"""The CUDA C++ engine's real kernels (csrc/cuda), compiled as host C++ against the CPU
+emulation of the CUDA execution model (csrc/emu), under the sanitizers — each proven able to
+fail.
+
+csrc/emu/tests/engine_driver.cpp calls the engine's host entry points (softmax forward with
+CLIP column statistics and mask_diag, atomic and deterministic backward, SigLIP and Hadsell
+pairwise forward/backward, batch-hard mining) on ragged shapes in fp32 (SIMT), fp16 (wmma)
+and fp64, and checks each result against a float64 ATen reference. It is linked with the
+two emulated engine translation units (csrc/emu/softmax_engine_emu.cpp,
+pairwise_engine_emu.cpp) in three flavours:
+
+- plain (-O1): every check passes;
+- ThreadSanitizer: no report on the real kernels;
+- AddressSanitizer + UBSan: no report on the real kernels.
+
+Planted bugs, made without touching the sources: a copy of one kernel source with one
+textual mutation (the pattern must occur exactly once) is compiled in place of the original,
+the other objects of the flavour are reused:
+
+- "race" (ThreadSanitizer): softmax_engine_cuda.cu, fwd_kernel loses the __syncthreads()
+  between the row pass (each warp writes the masked logits of its rows into sm.s) and the
+  CLIP column pass (each thread reads one column of sm.s, i.e. every warp's rows);
+- "oob" (AddressSanitizer): tile_products.cuh, the operand loader load_chunk guards its
+  rows with `row <= n` instead of `row < n`, so a partial tile reads one row past the end
+  of the global feature tensor.
+
+Builds are cached outside the repository, in
+~/.cache/contrastive_kernels/emu_sanitizers/<flavour>-<hash>/ (mutants in a subfolder
+named by the hash of the mutation), the hash covering the driver, csrc/emu, csrc/cuda,
+csrc/*.h, the flags, the compiler and torch, so a fresh clone on the same machine reuses
+them. Measured on two cores shared with other jobs: cold about 7 minutes (eight compiles,
+the ASan+UBSan ones the slowest, plus the runs); cached about 3 minutes, the runs alone, the
+ThreadSanitizer one (~100 s: one OS thread per CUDA thread) dominating.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+EMU = CSRC / "emu"
+CUDA_SRC = CSRC / "cuda"
+HEADER = EMU / "cuda_emu.h"
+DRIVER = EMU / "tests" / "engine_driver.cpp"
+TUS = {"softmax": EMU / "softmax_engine_emu.cpp", "pairwise": EMU / "pairwise_engine_emu.cpp"}
+CACHE = Path(os.path.expanduser("~")) / ".cache" / "contrastive_kernels" / "emu_sanitizers"
+CXX = shutil.which("g++")
+BUILD_TIMEOUT = 900
+RUN_TIMEOUT = 900
+
+
+def _cuda_include():
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_fp16.h").is_file():
+            return Path(home) / "include"
+    return None
+
+
+def _torch():
+    """(version, include dir, lib dir, C++11 ABI flag) of the installed torch, or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    base = Path(torch.__file__).resolve().parent
+    inc, lib = base / "include", base / "lib"
+    if not (inc / "ATen" / "ATen.h").is_file() or not (lib / "libtorch_cpu.so").is_file():
+        return None
+    return torch.__version__, inc, lib, int(torch._C._GLIBCXX_USE_CXX11_ABI)
+
+
+CUDA_INCLUDE = _cuda_include()
+TORCH = _torch()
+
+pytestmark = [
+    pytest.mark.skipif(CXX is None,
+                       reason="g++ is not installed: the CUDA emulation is built with g++"),
+    pytest.mark.skipif(CUDA_INCLUDE is None,
+                       reason="no CUDA toolkit headers (/usr/local/cuda/include/cuda_fp16.h): the "
+                              "emulation takes __half/__nv_bfloat16 from them"),
+    pytest.mark.skipif(TORCH is None, reason="no torch with its C++ headers and libtorch_cpu.so"),
+]
+
+TSAN = ["-fsanitize=thread", "-g", "-O1"]
+ASAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+FLAVOURS = {"plain": ["-O1"], "tsan": TSAN, "asan": ASAN}
+
+# name: (flavour, file mutated (under csrc/cuda), pattern (exactly once), replacement,
+#        engine TU it replaces, the kernel source that TU compiles)
+MUTANTS = {
+    # fwd_kernel: the row pass writes sm.s[r][c] (masked logits) by the warp owning row r; the
+    # column pass then reads sm.s[0..BM)[c] — rows of every warp. Without this barrier a
+    # column thread reads other warps' rows while they are being written.
+    "race": ("tsan", "softmax_engine_cuda.cu",
+             "      __syncthreads();\n      if (p.need_col) {",
+             "      if (p.need_col) {",
+             "softmax", "softmax_engine_cuda.cu"),
+    # load_chunk: rows of a partial tile at or past n must load zeros; `row <= n` loads row n,
+    # one row past the end of the feature tensor (N = 70 and M = 45 are not multiples of 64).
+    "oob": ("asan", "tile_products.cuh",
+            "    if (row < n && col < D) {",
+            "    if (row <= n && col < D) {",
+            "softmax", "softmax_engine_cuda.cu"),
+}
+
+
+def _compiler_id():
+    out = subprocess.run([CXX, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.splitlines()[0] if out.stdout else CXX
+
+
+def _sources():
+    """Every source file a build depends on (relative path, bytes), in a fixed order."""
+    files = [DRIVER, *TUS.values(), *sorted(EMU.glob("*.h")), *sorted(CUDA_SRC.iterdir()),
+             *sorted(CSRC.glob("*.h"))]
+    return [(str(p.relative_to(ROOT)), p.read_bytes()) for p in files if p.is_file()]
+
+
+def _common_flags():
+    version, inc, lib, abi = TORCH
+    return ["-std=c++20", "-pthread", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-I", str(CSRC),
+            "-isystem", str(inc)]
+
+
+def _engine_flags(flavour):
+    return (_common_flags() + ["-DCK_CUDA_EMULATE", "-include", str(HEADER), "-I",
+                               str(CUDA_INCLUDE)] + FLAVOURS[flavour])
+
+
+def _link_flags(flavour):
+    lib = TORCH[2]
+    return FLAVOURS[flavour] + ["-pthread", "-L", str(lib), f"-Wl,-rpath,{lib}", "-ltorch",
+                                "-ltorch_cpu", "-lc10"]
+
+
+def _key(flavour):
+    h = hashlib.sha256()
+    h.update(_compiler_id().encode())
+    version, inc, lib, abi = TORCH
+    h.update(f"torch {version} {inc} {abi}".encode())
+    for flags in (_engine_flags(flavour), _link_flags(flavour)):
+        # the checkout's location is not part of the key: another clone reuses the build
+        h.update("\0".join(flags).replace(str(ROOT), "<root>").encode())
+    for rel, data in _sources():
+        h.update(rel.encode() + b"\0" + data)
+    fp16 = CUDA_INCLUDE / "cuda_fp16.h"
+    h.update(f"{fp16}:{fp16.stat().st_size}:{fp16.stat().st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _compile(cmd, out, what, flavour):
+    """Run a compile/link command writing `out` atomically (a temporary name, then rename)."""
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    res = subprocess.run(cmd + ["-o", str(tmp)], capture_output=True, text=True,
+                         timeout=BUILD_TIMEOUT, cwd=ROOT)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        log = res.stdout + res.stderr
+        if flavour != "plain" and ("cannot find" in log or "libtsan" in log or "libasan" in log
+                                   or "libubsan" in log):
+            pytest.skip(f"the sanitizer runtime of {CXX} is not installed: {log[-500:]}")
+        pytest.fail(f"building {what} ({flavour}) failed:\n{' '.join(cmd)}\n{log[-6000:]}")
+    os.replace(tmp, out)
+
+
+def _objects(flavour):
+    """The flavour's folder with driver.o, softmax.o, pairwise.o and the linked driver."""
+    out_dir = CACHE / f"{flavour}-{_key(flavour)}"
+    binary = out_dir / "engine_driver"
+    if binary.is_file():
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    driver_o = out_dir / "driver.o"
+    if not driver_o.is_file():
+        _compile([CXX] + _common_flags() + FLAVOURS[flavour] + ["-Wall", "-c", str(DRIVER)],
+                 driver_o, "the driver", flavour)
+    for name, tu in TUS.items():
+        obj = out_dir / f"{name}.o"
+        if not obj.is_file():
+            _compile([CXX] + _engine_flags(flavour) + ["-c", str(tu)], obj, tu.name, flavour)
+    _compile([CXX, str(driver_o), str(out_dir / "softmax.o"), str(out_dir / "pairwise.o")]
+             + _link_flags(flavour), binary, "engine_driver", flavour)
+    for stale in CACHE.glob(f"{flavour}-*"):  # older builds of this flavour
+        if stale != out_dir and stale.name[len(flavour) + 1:].isalnum():
+            shutil.rmtree(stale, ignore_errors=True)
+    return out_dir
+
+
+def _mutant(name):
+    """The driver linked with one mutated engine TU (the flavour's other objects reused)."""
+    flavour, target, pattern, replacement, tu, kernel_src = MUTANTS[name]
+    base = _objects(flavour)
+    original = (CUDA_SRC / target).read_text()
+    count = original.count(pattern)
+    assert count == 1, (f"mutant {name}: the pattern occurs {count} times in csrc/cuda/{target} "
+                        f"(must be exactly once):\n{pattern}")
+    mutated = original.replace(pattern, replacement)
+    h = hashlib.sha256("\0".join(MUTANTS[name]).encode() + mutated.encode()).hexdigest()[:12]
+    out_dir = base / f"mutant-{name}-{h}"
+    binary = out_dir / "engine_driver"
+    if binary.is_file():
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The mutated file, plus verbatim copies of the kernel source that includes it (its quoted
+    # includes then find the mutant next to it first; everything else comes through -I
+    # csrc/cuda, where "../engine_host.h" from tile_products.cuh still resolves).
+    (out_dir / target).write_text(mutated)
+    if kernel_src != target:
+        shutil.copyfile(CUDA_SRC / kernel_src, out_dir / kernel_src)
+    wrapper = out_dir / f"{tu}_engine_mutant.cpp"
+    wrapper.write_text(f'// mutant "{name}" of csrc/cuda/{target}\n#include "{kernel_src}"\n')
+    obj = out_dir / f"{tu}.o"
+    _compile([CXX] + _engine_flags(flavour) + ["-I", str(CUDA_SRC), "-c", str(wrapper)], obj,
+             f"mutant {name}", flavour)
+    objs = [str(obj if t == tu else base / f"{t}.o") for t in TUS]
+    _compile([CXX, str(base / "driver.o"), *objs] + _link_flags(flavour), binary,
+             f"mutant {name}", flavour)
+    return binary
+
+
+def _run(binary, *args, env=None, prefix=()):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run(list(prefix) + [str(binary), *args], capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT, env=full_env)
+    return res.returncode, res.stdout + res.stderr
+
+
+# ThreadSanitizer cannot start when the kernel maps the executable or libraries where its shadow
+# memory must go (high mmap_rnd_bits with ASLR; "unexpected memory mapping"). Running the
+# binary with ASLR disabled (setarch -R) is the documented workaround.
+_TSAN_START_FAILURES = ("unexpected memory mapping", "FATAL: ThreadSanitizer: ")
+
+
+def _run_tsan(binary, *args):
+    env = {"TSAN_OPTIONS": "halt_on_error=0 second_deadlock_stack=1 history_size=4"}
+    rc, out = _run(binary, *args, env=env)
+    if not any(s in out for s in _TSAN_START_FAILURES):
+        return rc, out
+    setarch = shutil.which("setarch")
+    if setarch is None:
+        pytest.skip(f"ThreadSanitizer cannot start here and setarch is missing:\n{out[-1500:]}")
+    rc2, out2 = _run(binary, *args, env=env, prefix=(setarch, platform.machine(), "-R"))
+    if any(s in out2 for s in _TSAN_START_FAILURES) or "setarch:" in out2:
+        pytest.skip("ThreadSanitizer cannot start here, even with ASLR disabled (setarch -R):\n"
+                    f"{out[-1000:]}\n---\n{out2[-1000:]}")
+    return rc2, out2
+
+
+def _run_asan(binary, *args):
+    env = {"UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1",
+           "ASAN_OPTIONS": "detect_leaks=1"}
+    rc, out = _run(binary, *args, env=env)
+    if "LeakSanitizer has encountered a fatal error" in out:  # no ptrace in some sandboxes
+        env["ASAN_OPTIONS"] = "detect_leaks=0"
+        rc, out = _run(binary, *args, env=env)
+    return rc, out
+
+
+def _all_passed(out):
+    return any(line.startswith("engine_driver: all ") and "checks passed" in line
+               for line in out.splitlines())
+
+
+# The groups the mutants run: the fp32 softmax forward/backward on the ragged shapes (CLIP
+# column statistics on; partial row and column tiles), enough to reach both planted bugs.
+MUTANT_FILTER = "fp32/ragged/softmax"
+
+
+def test_engine_passes_plain():
+    rc, out = _run(_objects("plain") / "engine_driver")
+    assert rc == 0, out[-8000:]
+    assert _all_passed(out), out[-8000:]
+    # every entry point and dtype was exercised
+    for name in ("fp32/ragged.forward.clse", "fp16/masked.backward.atomic.dq",
+                 "fp64/tile.backward.deterministic.dq+dk", "fp32/ragged.siglip.backward.atomic.dk",
+                 "fp16/ragged.hadsell.backward.deterministic.dparams", "fp32/tile.hardest.neg"):
+        assert f"ok   {name} " in out, (name, out[-8000:])
+
+
+def test_engine_is_race_free_under_tsan():
+    rc, out = _run_tsan(_objects("tsan") / "engine_driver")
+    assert "ThreadSanitizer" not in out, out[-12000:]
+    assert rc == 0, out[-8000:]
+    assert _all_passed(out), out[-8000:]
+
+
+def test_engine_is_clean_under_asan_ubsan():
+    rc, out = _run_asan(_objects("asan") / "engine_driver")
+    for report in ("AddressSanitizer", "runtime error", "LeakSanitizer"):
+        assert report not in out, out[-12000:]
+    assert rc == 0, out[-8000:]
+    assert _all_passed(out), out[-8000:]
+
+
+def test_tsan_catches_the_dropped_syncthreads():
+    rc, out = _run_tsan(_mutant("race"), MUTANT_FILTER)
+    assert "WARNING: ThreadSanitizer: data race" in out, out[-8000:]
+    assert "fwd_kernel" in out, out[-8000:]  # the race is the kernel's, not the emulator's
+    assert rc != 0, out[-8000:]
+
+
+def test_asan_catches_the_shifted_row_guard():
+    rc, out = _run_asan(_mutant("oob"), MUTANT_FILTER)
+    assert rc != 0, out[-8000:]
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in out, out[-8000:]
+    assert "load_chunk" in out, out[-8000:]  # in the mutated operand loader
