@@ -8,14 +8,16 @@ Binaries are cached in build/emu_selftest/<variant>-<hash>/, the hash covering t
 headers, the self-test source, the flags and the compiler, so only a change rebuilds. Cold
 (five builds, ASan+UBSan the slowest) about a minute on two busy cores; cached, the runs
 alone (the ThreadSanitizer one dominates) take well under half a minute."""
+import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import sanitizer_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "csrc" / "emu"
@@ -94,45 +96,9 @@ def _build(variant):
     return binary
 
 
-def _run(binary, *args, env=None, prefix=()):
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    res = subprocess.run(list(prefix) + [str(binary), *args], capture_output=True, text=True,
-                         timeout=RUN_TIMEOUT, env=full_env)
-    return res.returncode, res.stdout + res.stderr
-
-
-# ThreadSanitizer cannot start when the kernel maps the executable or libraries where its shadow
-# memory must go (high mmap_rnd_bits with ASLR; "unexpected memory mapping"). Running the
-# binary with ASLR disabled (setarch -R) is the documented workaround.
-_TSAN_START_FAILURES = ("unexpected memory mapping", "FATAL: ThreadSanitizer: ")
-
-
-def _run_tsan(binary, *args):
-    env = {"TSAN_OPTIONS": "halt_on_error=0 second_deadlock_stack=1 history_size=4"}
-    rc, out = _run(binary, *args, env=env)
-    if not any(s in out for s in _TSAN_START_FAILURES):
-        return rc, out
-    setarch = shutil.which("setarch")
-    if setarch is None:
-        pytest.skip(f"ThreadSanitizer cannot start here and setarch is missing:\n{out[-1500:]}")
-    rc2, out2 = _run(binary, *args, env=env, prefix=(setarch, platform.machine(), "-R"))
-    if any(s in out2 for s in _TSAN_START_FAILURES) or "setarch:" in out2:
-        pytest.skip("ThreadSanitizer cannot start here, even with ASLR disabled (setarch -R):\n"
-                    f"{out[-1000:]}\n---\n{out2[-1000:]}")
-    return rc2, out2
-
-
-def _run_asan(binary, *args, ubsan_halt=True):
-    # The planted shared-memory read trips UBSan's bounds check first; it must not halt the
-    # program before AddressSanitizer reports the access itself.
-    env = {"UBSAN_OPTIONS": f"halt_on_error={int(ubsan_halt)} print_stacktrace=1",
-           "ASAN_OPTIONS": "detect_leaks=1"}
-    rc, out = _run(binary, *args, env=env)
-    if "LeakSanitizer has encountered a fatal error" in out:  # no ptrace in some sandboxes
-        env["ASAN_OPTIONS"] = "detect_leaks=0"
-        rc, out = _run(binary, *args, env=env)
-    return rc, out
+_run = functools.partial(sanitizer_run.run, timeout=RUN_TIMEOUT)
+_run_tsan = functools.partial(sanitizer_run.run_tsan, timeout=RUN_TIMEOUT)
+_run_asan = functools.partial(sanitizer_run.run_asan, timeout=RUN_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
