@@ -124,13 +124,16 @@ def test_every_loss_runs_on_every_kernel_backend():
 
 
 def test_backend_info_shape():
+    from contrastive_kernels import dispatch
     info = ck.backend_info()
     assert set(info) == {"auto", "torch", "triton", "cuda", "cpu"}
     for name, entry in info.items():
-        extra = {"archs"} if name == "cuda" else set()
+        extra = {"archs", "emulated"} if name == "cuda" else set()
         assert set(entry) == {"built", "available", "reason"} | extra
         assert entry["available"] or entry["reason"]
-    assert bool(info["cuda"]["archs"]) == info["cuda"]["built"]
+    assert info["cuda"]["emulated"] == dispatch.cuda_emulated()
+    if not info["cuda"]["emulated"]:
+        assert bool(info["cuda"]["archs"]) == info["cuda"]["built"]
 
 
 def test_tensors_on_different_devices():
