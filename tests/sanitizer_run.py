@@ -7,8 +7,17 @@ import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+
+
+def cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (its host-usable cuda_fp16.h), or None."""
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "include" / "cuda_fp16.h").is_file():
+            return Path(home) / "include"
+    return None
 
 
 def run(binary, *args, env=None, prefix=(), timeout=120):

@@ -56,11 +56,7 @@ BUILD_TIMEOUT = 900
 RUN_TIMEOUT = 900
 
 
-def _cuda_include():
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_fp16.h").is_file():
-            return Path(home) / "include"
-    return None
+_cuda_include = sanitizer_run.cuda_include
 
 
 def _torch():
