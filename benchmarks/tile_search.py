@@ -23,7 +23,7 @@ from contrastive_kernels.backends.triton.tiles import NUM_STAGES, TileConfig
 
 PAIRS = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 FP64_PAIRS = ((32, 32), (32, 16), (16, 32), (16, 16))
-CLASSES = {"half": (16, 32, 64, 128, None), "fp32": (16, 32, 64, 128, None),
+CLASSES = {"half": (16, 32, 64, 128, 256, None), "fp32": (16, 32, 64, 128, None),
            "fp64": (16, 32, None)}
 DTYPES = {"half": (torch.float16, torch.bfloat16), "fp32": (torch.float32,),
           "fp64": (torch.float64,)}

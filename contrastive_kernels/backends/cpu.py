@@ -45,13 +45,16 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
 
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
-             mask_diag: bool, normalize: bool, deterministic: bool):
-    """dq (N,D), dk (M,D) in the input dtype, dscale 0-dim. Every CPU path is bitwise
-    reproducible for a fixed torch.get_num_threads(), so ``deterministic`` changes nothing."""
+             mask_diag: bool, normalize: bool, deterministic: bool,
+             need_dq: bool = True, need_dk: bool = True):
+    """dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed), dscale 0-dim. Every
+    CPU path is bitwise reproducible for a fixed torch.get_num_threads(), so
+    ``deterministic`` changes nothing. The C++ pass computes both gradients."""
     bm, bn = tile_config(q.dtype)
-    return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
-                               g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn,
-                               MAX_PARTIAL_ELEMENTS))
+    dq, dk, dscale = _ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
+                                   g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn,
+                                   MAX_PARTIAL_ELEMENTS)
+    return (dq if need_dq else dq[:0]), (dk if need_dk else dk[:0]), dscale
 
 
 # ----------------------------------------------------------------------------------------

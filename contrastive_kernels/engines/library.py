@@ -102,19 +102,23 @@ def _(q, k, scale, extra, row_key, col_key, mask_diag, need_col, normalize, shar
 def softmax_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, scale: Tensor,
                      row_key: Tensor, col_key: Tensor, lse: Tensor, clse: Tensor,
                      g_lse: Tensor, g_pos: Tensor, g_clse: Tensor, mask_diag: bool,
-                     normalize: bool, deterministic: bool,
-                     backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq (N, D), dk (M, D) in the input dtype, dscale 0-dim)."""
+                     normalize: bool, deterministic: bool, backend: str,
+                     need_dq: bool = True,
+                     need_dk: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq (N, D), dk (M, D) in the input dtype, dscale 0-dim); a gradient that is not
+    needed (a frozen MoCo queue) is not computed and comes back with 0 rows."""
     dq, dk, dscale = engine(backend).backward(q, k, rq, rk, scale, row_key, col_key, lse,
                                               clse, g_lse, g_pos, g_clse, mask_diag,
-                                              normalize, deterministic)
+                                              normalize, deterministic, need_dq=need_dq,
+                                              need_dk=need_dk)
     return dq, _distinct(dq, dk), dscale
 
 
 @softmax_backward.register_fake
 def _(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
-      normalize, deterministic, backend):
-    return torch.empty_like(q), torch.empty_like(k), scale.new_empty(())
+      normalize, deterministic, backend, need_dq=True, need_dk=True):
+    return (q.new_empty((q.shape[0] if need_dq else 0, q.shape[1])),
+            k.new_empty((k.shape[0] if need_dk else 0, k.shape[1])), scale.new_empty(()))
 
 
 def _softmax_setup(ctx, inputs, output):
@@ -129,14 +133,18 @@ def _softmax_grad(ctx, g_lse, g_pos, g_clse, _g_rq, _g_rk):
     q, k, rq, rk, scale, row_key, col_key, lse, clse, extra = ctx.saved_tensors
     mask_diag, normalize, shared, deterministic, backend = ctx.flags
     g_lse, g_pos, g_clse = _dense(g_lse, lse), _dense(g_pos, lse), _dense(g_clse, clse)
+    # With k is q both gradients flow into q; otherwise skip the one nobody needs.
+    need_dq = ctx.needs_input_grad[0] or shared
+    need_dk = ctx.needs_input_grad[1] or shared
     dq, dk, dscale = softmax_backward(q, k, rq, rq if shared else rk, scale, row_key,
                                       col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
-                                      normalize, deterministic, backend)
+                                      normalize, deterministic, backend, need_dq, need_dk)
     d_extra = None
     if extra is not None and ctx.needs_input_grad[3]:
         # The extra logit is one more softmax candidate: d lse / d extra = its probability.
         d_extra = (g_lse * torch.exp(extra.to(lse.dtype) - lse)).to(extra.dtype)
-    return (dq, dk, dscale.to(scale.dtype) if ctx.needs_input_grad[2] else None, d_extra,
+    return (dq if need_dq else None, dk if need_dk else None,
+            dscale.to(scale.dtype) if ctx.needs_input_grad[2] else None, d_extra,
             None, None, None, None, None, None, None, None)
 
 

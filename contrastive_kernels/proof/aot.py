@@ -35,21 +35,14 @@ REPRESENTATIVE_D = (1, 17, 33, 65, 129)
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
         torch.float64: "*fp64"}
 
-# Flag sets the losses can request (losses/<loss>.py): plain, MoCo bank, self-similarity, CLIP.
-FWD_FLAGS = (
-    dict(MASK_DIAG=False, HAS_EXTRA=False, NEED_COL=False),
-    dict(MASK_DIAG=False, HAS_EXTRA=True, NEED_COL=False),
-    dict(MASK_DIAG=True, HAS_EXTRA=False, NEED_COL=False),
-    dict(MASK_DIAG=False, HAS_EXTRA=False, NEED_COL=True),
-)
-# Backward passes: one-pass with atomics, and the two passes of the deterministic mode.
-BWD_PASSES = (
-    dict(TRANSPOSED=False, ATOMIC_B=True, WRITE_DSCALE=True),
-    dict(TRANSPOSED=False, ATOMIC_B=False, WRITE_DSCALE=True),
-    dict(TRANSPOSED=True, ATOMIC_B=False, WRITE_DSCALE=False),
-)
-BWD_MASKS = (dict(MASK_DIAG=False, HAS_COL=False), dict(MASK_DIAG=True, HAS_COL=False),
-             dict(MASK_DIAG=False, HAS_COL=True))
+# Constexpr flag sets of the launches (backends/triton/softmax.py): the forward with and
+# without column statistics (the diagonal mask is a runtime argument), and every backward
+# pass: owning rows or columns, with or without the owned side's gradient (NEED_DA) and the
+# other side's atomic gradient (NEED_DB); atomic-vs-store of the owned rows is runtime.
+FWD_FLAGS = (dict(NEED_COL=False), dict(NEED_COL=True))
+BWD_PASSES = tuple(dict(TRANSPOSED=t, NEED_DA=a, NEED_DB=b)
+                   for t in (False, True) for a in (True, False) for b in (True, False))
+BWD_MASKS = (dict(HAS_COL=False), dict(HAS_COL=True))
 
 
 @dataclass(frozen=True)
@@ -77,16 +70,19 @@ def _precisions(dtype) -> tuple[str, ...]:
 def _fwd_signature(dtype):
     x, a = _PTR[dtype], _acc(dtype)
     return {"Q": x, "K": x, "RQ": a, "RK": a, "SCALE": a, "ROW_KEY": "*i64",
-            "COL_KEY": "*i64", "EXTRA": a, "LSE": a, "POS": a, "COL_M": a, "COL_L": a,
-            "N": "i32", "M": "i32", "D": "i32", "stride_q": "i64", "stride_k": "i64"}
+            "COL_KEY": "*i64", "PART_M": a, "PART_L": a, "PART_POS": a, "COL_M": a,
+            "COL_L": a, "N": "i32", "M": "i32", "D": "i32", "stride_q": "i32",
+            "stride_k": "i32", "tiles_per_split": "i32", "mask_diag": "i32"}
 
 
 def _bwd_signature(dtype):
     x, a = _PTR[dtype], _acc(dtype)
     return {"A": x, "B": x, "RA": a, "RB": a, "SCALE": a, "ROW_KEY": "*i64", "COL_KEY": "*i64",
             "LSE": a, "G_LSE": a, "G_POS": a, "CLSE": a, "G_CLSE": a, "DA": a, "DB": a,
-            "DSCALE": a, "NA": "i32", "NB": "i32", "D": "i32", "stride_a": "i64",
-            "stride_b": "i64", "stride_da": "i64", "stride_db": "i64"}
+            "DSCALE": a, "NA": "i32", "NB": "i32", "D": "i32", "stride_a": "i32",
+            "stride_b": "i32", "stride_da": "i32", "stride_db": "i32",
+            "split_stride_da": "i32", "tiles_per_split": "i32", "mask_diag": "i32",
+            "da_atomic": "i32"}
 
 
 def _with_constexprs(sig: dict, constexprs: dict) -> dict:
@@ -98,12 +94,16 @@ def _with_constexprs(sig: dict, constexprs: dict) -> dict:
 def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[TileConfig,
                                                                     TileConfig]]:
     """The distinct (forward, backward) tiles ``tile_config`` (the softmax engine's, or
-    the pairwise engine's) picks over the representative widths."""
+    the pairwise engine's) picks over the representative widths, for any architecture."""
     seen = []
     for d in REPRESENTATIVE_D:
-        cfgs = tile_config(d, dtype, interpret=False)
-        if cfgs not in seen:
-            seen.append(cfgs)
+        for arch in ARCHES:
+            try:
+                cfgs = tile_config(d, dtype, interpret=False, arch=arch)
+            except TypeError:  # a tile table with one entry for every architecture
+                cfgs = tile_config(d, dtype, interpret=False)
+            if cfgs not in seen:
+                seen.append(cfgs)
     return seen
 
 
@@ -233,16 +233,19 @@ def _row_kernel_variants(dtype) -> Iterator[Variant]:
         yield Variant(f"inv_norm_{tag}_r{block_r}d{block_d}", "_inv_norm_kernel",
                       _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "norms")
         for normalize in (False, True):
-            ce2 = dict(ce, NORMALIZE=normalize)
-            sig = {"X": x, "R": a, "G": a, "SCALE": a, "DX": x, "N": "i32", "D": "i32",
-                   "stride_x": "i64", "stride_g": "i64", "stride_dx": "i64"}
+            ce2 = dict(ce, NORMALIZE=normalize, HAS_SIGMA=dtype == torch.float16)
+            sig = {"X": x, "R": a, "G": a, "SCALE": a, "SIGMA": a, "DX": x, "N": "i32",
+                   "D": "i32", "stride_x": "i32", "stride_g": "i32", "stride_dx": "i32",
+                   "P": "i32", "part_stride": "i32"}
             yield Variant(f"norm_bwd_{tag}_r{block_r}d{block_d}_n{int(normalize)}",
                           "_norm_backward_kernel", _with_constexprs(sig, ce2), ce2, 4, 1,
                           dtype, False, "norms")
-    ce = dict(BLOCK=128, ACC=acc)
-    sig = {"COL_M": a, "COL_L": a, "CLSE": a, "P": "i32", "M": "i32"}
-    yield Variant(f"merge_col_{tag}", "_merge_col_kernel", _with_constexprs(sig, ce), ce,
-                  4, 1, dtype, False)
+    sig = {"PART_M": a, "PART_L": a, "PART_SUM": a, "EXTRA": a, "LSE": a, "SUM": a,
+           "P": "i32", "n": "i32", "parts_stride": "i32"}
+    for has_sum, has_extra in ((True, False), (True, True), (False, False)):
+        ce = dict(BLOCK=128, HAS_SUM=has_sum, HAS_EXTRA=has_extra, ACC=acc)
+        yield Variant(f"merge_{tag}_s{int(has_sum)}e{int(has_extra)}", "_merge_kernel",
+                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False)
 
 
 @dataclass
@@ -263,7 +266,7 @@ class CompileReport:
 
 
 # Kernels whose running maxima decide a log-sum-exp: a NaN logit must reach the result.
-NAN_MAX_KERNELS = ("_softmax_fwd_kernel", "_merge_col_kernel", "_inv_norm_kernel")
+NAN_MAX_KERNELS = ("_softmax_fwd_kernel", "_merge_kernel", "_inv_norm_kernel")
 
 _MAX_NAN_RE = re.compile(r"\bmax\.NaN\.(?:f32|f16|bf16|f16x2|bf16x2)\b")
 _MAX_F32_RE = re.compile(r"\bmax(?:\.ftz)?\.f32\b")

@@ -8,17 +8,18 @@ The engine computes, for anchor rows ``q`` (N×D) against candidate rows ``k`` (
     clse_j = log Σ_{i valid} exp S_ij                      (column log-sum-exp, CLIP)
 
 in tiles, never holding an N×M tensor, and the backward by recomputing S tile by tile from
-the saved log-sum-exps. "valid" excludes out-of-range rows/columns and, with MASK_DIAG, i==j.
+the saved log-sum-exps. "valid" excludes out-of-range rows/columns and, with mask_diag, i==j.
 The loss-specific parts (targets, weights, reductions) are O(N) torch code in losses/<loss>.py.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
+from .launch import launch_as, split_grid, target_arch, target_programs
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
                     interpret_tiles, interpreting, load_rows, nan_max, nan_max_reduce,
@@ -29,38 +30,64 @@ from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
 # Kernels
 # --------------------------------------------------------------------------------------
 @triton.jit
-def _softmax_fwd_kernel(
-        Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY, EXTRA,
-        LSE, POS, COL_M, COL_L,
-        N, M, D, stride_q, stride_k,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE_CHUNK: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_EXTRA: tl.constexpr,
-        NEED_COL: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Row log-sum-exp and positive sums; with NEED_COL, per-program column partials.
+def _split_range(split, tiles_per_split, n_tiles):
+    """(first tile, tile count) of one split of the other side's tiles."""
+    lo = split * tiles_per_split
+    return lo, tl.minimum(tiles_per_split, n_tiles - lo)
 
-    Programs are persistent over row blocks (pid, pid+P, ...) so that the column partial
-    statistics COL_M/COL_L are [P, M], not [N/BLOCK_M, M].
+
+@triton.jit
+def _online_lse(m_i, l_i, s_m, AXIS: tl.constexpr):
+    """One tile's step of the running (max, sum of exp) along AXIS of the masked logits
+    s_m (-inf where invalid); NaN propagates through both."""
+    m_new = nan_max(m_i, nan_max_reduce(s_m, AXIS))
+    # A row with no candidate yet keeps m = -inf; shift by 0 so exp() sees no NaN.
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    if AXIS == 1:
+        p_sum = tl.sum(tl.exp(s_m - shift[:, None]), 1)
+    else:
+        p_sum = tl.sum(tl.exp(s_m - shift[None, :]), 0)
+    return m_new, l_i * tl.exp(m_i - shift) + p_sum
+
+
+# Runtime flags and counts that may equal 1 are not specialized: Triton would otherwise
+# compile a second binary for the value 1 of each (proof/specialize.py).
+@triton.jit(do_not_specialize=["tiles_per_split", "mask_diag"])
+def _softmax_fwd_kernel(
+        Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY,
+        PART_M, PART_L, PART_POS, COL_M, COL_L,
+        N, M, D, stride_q, stride_k, tiles_per_split, mask_diag,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        ONE_CHUNK: tl.constexpr, NEED_COL: tl.constexpr,
+        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Per-split row partials (max, sum of exp, positive sum) and, with NEED_COL,
+    per-program column partials.
+
+    Grid (row programs, splits): program (p, s) walks row blocks p, p + P, ... and, for
+    each, the column tiles of split s, with its row tile on chip (ONE_CHUNK) against each
+    streamed column tile. Row partials are PART_*[s, rows]; the column partials of its
+    split's columns are COL_*[p, cols] (programs of one split own disjoint rows, splits
+    own disjoint columns: no two programs write one element). Merged by _merge_kernel.
     """
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
+    split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
+    cb_lo, n_cb = _split_range(split, tiles_per_split, tl.cdiv(M, BLOCK_N))
+    part = split.to(tl.int64) * N
     col_base = pid.to(tl.int64) * M
     for rb in range(pid, tl.cdiv(N, BLOCK_M), n_prog):
         offs_m = rb * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         row_ok = offs_m < N
         rq = tl.load(RQ + offs_m, mask=row_ok, other=0.0).to(ACC)
         rkey = tl.load(ROW_KEY + offs_m, mask=row_ok, other=-1)
-        if HAS_EXTRA:
-            m_i = tl.load(EXTRA + offs_m, mask=row_ok, other=float("-inf")).to(ACC)
-            l_i = tl.where(row_ok, 1.0, 0.0).to(ACC)
-        else:
-            m_i = tl.full([BLOCK_M], float("-inf"), ACC)
-            l_i = tl.zeros([BLOCK_M], ACC)
+        m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+        l_i = tl.zeros([BLOCK_M], ACC)
         pos_i = tl.zeros([BLOCK_M], ACC)
         if ONE_CHUNK:
             q_tile = load_rows(Q, offs_m, N, D, stride_q, BLOCK_K, ACC, UPCAST)
-        for cb in range(0, tl.cdiv(M, BLOCK_N)):
-            offs_n = cb * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        for t in range(0, n_cb):
+            offs_n = (cb_lo + t) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
             col_ok = offs_n < M
             if ONE_CHUNK:
                 k_tile = load_rows(K, offs_n, M, D, stride_k, BLOCK_K, ACC, UPCAST)
@@ -70,78 +97,146 @@ def _softmax_fwd_kernel(
                                  BLOCK_M, BLOCK_N, BLOCK_K, ACC, UPCAST, PREC)
             rk = tl.load(RK + offs_n, mask=col_ok, other=0.0).to(ACC)
             s = dots * (scale * rq)[:, None] * rk[None, :]
-            valid = row_ok[:, None] & col_ok[None, :]
-            if MASK_DIAG:
-                valid = valid & (offs_m[:, None] != offs_n[None, :])
+            valid = row_ok[:, None] & col_ok[None, :] & \
+                ((mask_diag == 0) | (offs_m[:, None] != offs_n[None, :]))
             ckey = tl.load(COL_KEY + offs_n, mask=col_ok, other=-2)
             match = valid & (rkey[:, None] == ckey[None, :])
             pos_i += tl.sum(tl.where(match, s, 0.0), 1)
             s_m = tl.where(valid, s, float("-inf"))
-            m_new = nan_max(m_i, nan_max_reduce(s_m, 1))
-            # A row with no candidate yet keeps m = -inf; shift by 0 so exp() sees no NaN.
-            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-            l_i = l_i * tl.exp(m_i - shift) + tl.sum(tl.exp(s_m - shift[:, None]), 1)
-            m_i = m_new
+            m_i, l_i = _online_lse(m_i, l_i, s_m, 1)
             if NEED_COL:
-                cm_old = tl.load(COL_M + col_base + offs_n, mask=col_ok, other=float("-inf"))
-                cl_old = tl.load(COL_L + col_base + offs_n, mask=col_ok, other=0.0)
-                cm_new = nan_max(cm_old, nan_max_reduce(s_m, 0))
-                cshift = tl.where(cm_new == float("-inf"), 0.0, cm_new)
-                cl_new = cl_old * tl.exp(cm_old - cshift) + \
-                    tl.sum(tl.exp(s_m - cshift[None, :]), 0)
-                tl.store(COL_M + col_base + offs_n, cm_new, mask=col_ok)
-                tl.store(COL_L + col_base + offs_n, cl_new, mask=col_ok)
-        # l_i == 0 only for rows without candidates, whose m_i is already -inf; a NaN
-        # l_i (a NaN logit, or +inf − +inf) must stay NaN (csrc/tile_math.h finish_lse).
-        lse = m_i + tl.log(tl.where(l_i == 0, 1.0, l_i))
-        tl.store(LSE + offs_m, lse, mask=row_ok)
-        tl.store(POS + offs_m, pos_i, mask=row_ok)
+                # The program's first row block starts the partial: nothing to read back.
+                more = col_ok & (rb != pid)
+                cm, cl = _online_lse(
+                    tl.load(COL_M + col_base + offs_n, mask=more, other=float("-inf")),
+                    tl.load(COL_L + col_base + offs_n, mask=more, other=0.0), s_m, 0)
+                tl.store(COL_M + col_base + offs_n, cm, mask=col_ok)
+                tl.store(COL_L + col_base + offs_n, cl, mask=col_ok)
+        tl.store(PART_M + part + offs_m, m_i, mask=row_ok)
+        tl.store(PART_L + part + offs_m, l_i, mask=row_ok)
+        tl.store(PART_POS + part + offs_m, pos_i, mask=row_ok)
 
 
 @triton.jit
-def _merge_col_kernel(COL_M, COL_L, CLSE, P, M, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """Column log-sum-exp from the P per-program partials (fixed order: deterministic)."""
+def _merge_kernel(PART_M, PART_L, PART_SUM, EXTRA, LSE, SUM, P, n, parts_stride,
+                  BLOCK: tl.constexpr, HAS_SUM: tl.constexpr, HAS_EXTRA: tl.constexpr,
+                  ACC: tl.constexpr):
+    """lse = log(e^extra + Σ_p l_p e^{m_p}) (and SUM = Σ_p sum_p) over the P partials
+    PART_*[p, :n] (row p at p·parts_stride), in a fixed order: deterministic."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < M
-    m = tl.full([BLOCK], float("-inf"), ACC)
+    ok = offs < n
+    if HAS_EXTRA:
+        e = tl.load(EXTRA + offs, mask=ok, other=float("-inf")).to(ACC)
+        m = e
+    else:
+        m = tl.full([BLOCK], float("-inf"), ACC)
+    total_sum = tl.zeros([BLOCK], ACC)
     for p in range(0, P):
-        m = nan_max(m, tl.load(COL_M + p * M + offs, mask=ok, other=float("-inf")))
+        m = nan_max(m, tl.load(PART_M + p * parts_stride + offs, mask=ok,
+                               other=float("-inf")))
+        if HAS_SUM:
+            total_sum += tl.load(PART_SUM + p * parts_stride + offs, mask=ok, other=0.0)
     shift = tl.where(m == float("-inf"), 0.0, m)
     total = tl.zeros([BLOCK], ACC)
+    if HAS_EXTRA:
+        total = tl.where(ok, tl.exp(e - shift), 0.0)
     for p in range(0, P):
-        pm = tl.load(COL_M + p * M + offs, mask=ok, other=float("-inf"))
-        total += tl.load(COL_L + p * M + offs, mask=ok, other=0.0) * tl.exp(pm - shift)
-    tl.store(CLSE + offs, m + tl.log(tl.where(total == 0, 1.0, total)), mask=ok)
+        pm = tl.load(PART_M + p * parts_stride + offs, mask=ok, other=float("-inf"))
+        total += tl.load(PART_L + p * parts_stride + offs, mask=ok, other=0.0) * \
+            tl.exp(pm - shift)
+    # total == 0 only where every partial is empty (m = -inf); a NaN total must stay NaN
+    # (csrc/tile_math.h finish_lse).
+    tl.store(LSE + offs, m + tl.log(tl.where(total == 0, 1.0, total)), mask=ok)
+    if HAS_SUM:
+        tl.store(SUM + offs, total_sum, mask=ok)
 
 
 @triton.jit
+def _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D,
+                         stride_a, stride_b, stride_da, stride_db, da_atomic,
+                         BLOCK_K: tl.constexpr, NEED_DA: tl.constexpr,
+                         NEED_DB: tl.constexpr,
+                         ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """The gradient products of one tile when D is streamed in BLOCK_K chunks (too wide
+    for on-chip rows): DA[a] += ds_b·B (this split's own rows, or atomics) and, with
+    NEED_DB, DB[b] += ds_aᵀ·A by atomics."""
+    for d0 in range(0, D, BLOCK_K):
+        offs_d = d0 + tl.arange(0, BLOCK_K)
+        d_ok = offs_d[None, :] < D
+        if NEED_DA:
+            b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
+                          mask=b_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                b_c = b_c.to(ACC)
+            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC, out_dtype=ACC)
+            if da_atomic != 0:
+                tl.atomic_add(da_ptr, da_c, mask=a_ok[:, None] & d_ok, sem="relaxed")
+            else:
+                da_c += tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
+                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
+        if NEED_DB:
+            a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
+                          mask=a_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                a_c = a_c.to(ACC)
+            db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c, input_precision=PREC,
+                             out_dtype=ACC)
+            tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
+                          mask=b_ok[:, None] & d_ok, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["tiles_per_split", "mask_diag", "da_atomic"])
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
         DA, DB, DSCALE,
-        NA, NB, D, stride_a, stride_b, stride_da, stride_db,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
+        tiles_per_split, mask_diag, da_atomic,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, MASK_DIAG: tl.constexpr,
-        HAS_COL: tl.constexpr, ATOMIC_B: tl.constexpr, WRITE_DSCALE: tl.constexpr,
-        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Recompute S for the owned block of A against all of B and accumulate gradients.
+        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_COL: tl.constexpr,
+        NEED_DA: tl.constexpr, NEED_DB: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+        PREC: tl.constexpr):
+    """Recompute S for the owned block of A against one split of B; accumulate gradients.
 
-    A is the owned side (rows of S when not TRANSPOSED, columns when TRANSPOSED).
-      DA[a] += Σ_b dS_ab r_b B[b]   (owned rows: plain stores, deterministic)
-      DB[b] += Σ_a dS_ab r_a A[a]   (only with ATOMIC_B: the one-pass variant)
+    A is the owned side (rows of S when not TRANSPOSED, columns when TRANSPOSED); grid
+    (owned blocks, splits of B), each program starting at a different tile of its split so
+    that concurrent atomics hit different rows.
+      DA[a] += Σ_b dS_ab r_b B[b]  (NEED_DA: on chip, written once per program: a plain
+                                     store into this split's slice DA + split·split_stride_da,
+                                     or one atomic add per element with da_atomic)
+      DB[b] += Σ_a dS_ab r_a A[a]  (NEED_DB: atomics, per tile)
+      DSCALE[split, a] = Σ_b dS_ab cos_ab  (per-split partials of the scale's gradient)
     with dS_ij = g_i P_ij + gpos_i [key_i==key_j] + gc_j Pc_ij on valid pairs.
     The scale and the normalization backward are applied later by _norm_backward_kernel.
     """
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
+    bb_lo, n_bb = _split_range(split, tiles_per_split, tl.cdiv(NB, BLOCK_B))
+    # Staggered start: programs of one split begin at different tiles of it.
+    first = pid % tl.maximum(n_bb, 1)
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < NA
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
+    DA = DA + split.to(tl.int64) * split_stride_da
     dscale = tl.zeros([BLOCK_A], ACC)
     if ONE_CHUNK:
         a_tile = load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
         da_acc = tl.zeros([BLOCK_A, BLOCK_K], ACC)
-    for bb in range(0, tl.cdiv(NB, BLOCK_B)):
+    # Row statistics live on the side that indexes the rows of S.
+    if not TRANSPOSED:
+        lse = tl.load(LSE + offs_a, mask=a_ok, other=0.0)[:, None]
+        g = tl.load(G_LSE + offs_a, mask=a_ok, other=0.0)[:, None]
+        gp = tl.load(G_POS + offs_a, mask=a_ok, other=0.0)[:, None]
+        rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
+    elif HAS_COL:
+        clse = tl.load(CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+        gc = tl.load(G_CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+    if TRANSPOSED:
+        ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
+    for t in range(0, n_bb):
+        bb = bb_lo + (first + t) % n_bb
         offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         b_ok = offs_b < NB
         rb = tl.load(RB + offs_b, mask=b_ok, other=0.0).to(ACC)
@@ -158,74 +253,48 @@ def _softmax_bwd_kernel(
         else:
             s = dots * (scale * ra)[:, None] * rb[None, :]
         cos = dots * ra[:, None] * rb[None, :]
-        valid = a_ok[:, None] & b_ok[None, :]
-        if MASK_DIAG:
-            valid = valid & (offs_a[:, None] != offs_b[None, :])
-        # Row statistics live on the side that indexes the rows of S.
+        valid = a_ok[:, None] & b_ok[None, :] & \
+            ((mask_diag == 0) | (offs_a[:, None] != offs_b[None, :]))
         if TRANSPOSED:
             lse = tl.load(LSE + offs_b, mask=b_ok, other=0.0)[None, :]
             g = tl.load(G_LSE + offs_b, mask=b_ok, other=0.0)[None, :]
             gp = tl.load(G_POS + offs_b, mask=b_ok, other=0.0)[None, :]
             rkey = tl.load(ROW_KEY + offs_b, mask=b_ok, other=-1)[None, :]
-            ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
         else:
-            lse = tl.load(LSE + offs_a, mask=a_ok, other=0.0)[:, None]
-            g = tl.load(G_LSE + offs_a, mask=a_ok, other=0.0)[:, None]
-            gp = tl.load(G_POS + offs_a, mask=a_ok, other=0.0)[:, None]
-            rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
             ckey = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
         ds = g * tl.exp(s - lse) + tl.where(rkey == ckey, gp, 0.0)
         if HAS_COL:
-            if TRANSPOSED:
-                clse = tl.load(CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
-                gc = tl.load(G_CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
-            else:
+            if not TRANSPOSED:
                 clse = tl.load(CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
                 gc = tl.load(G_CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
             ds += gc * tl.exp(s - clse)
         ds = tl.where(valid, ds, 0.0)
-        if WRITE_DSCALE:
-            dscale += tl.sum(ds * cos, 1)
+        dscale += tl.sum(ds * cos, 1)
         ds_b = ds * rb[None, :]
+        ds_a = ds * ra[:, None]
         if ONE_CHUNK:
-            da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
-                            input_precision=PREC, out_dtype=ACC)
-            if ATOMIC_B:
-                db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_tile.dtype)), a_tile,
+            if NEED_DA:
+                da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                                input_precision=PREC, out_dtype=ACC)
+            if NEED_DB:
+                db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
                                  input_precision=PREC, out_dtype=ACC)
                 offs_d = tl.arange(0, BLOCK_K)
                 tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                               mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
         else:
-            # D does not fit one register tile: the owned accumulator rows live in DA
-            # (read-modify-write by this program only, so still deterministic).
-            for d0 in range(0, D, BLOCK_K):
-                offs_d = d0 + tl.arange(0, BLOCK_K)
-                d_ok = offs_d[None, :] < D
-                b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
-                              mask=b_ok[:, None] & d_ok, other=0.0)
-                if UPCAST:
-                    b_c = b_c.to(ACC)
-                da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-                da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
-                              out_dtype=ACC)
-                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
-                if ATOMIC_B:
-                    a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
-                                  mask=a_ok[:, None] & d_ok, other=0.0)
-                    if UPCAST:
-                        a_c = a_c.to(ACC)
-                    db_part = tl.dot(tl.trans((ds * ra[:, None]).to(a_c.dtype)), a_c,
-                                     input_precision=PREC, out_dtype=ACC)
-                    tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
-                                  mask=b_ok[:, None] & d_ok, sem="relaxed")
-    if ONE_CHUNK:
+            _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D,
+                                 stride_a, stride_b, stride_da, stride_db, da_atomic,
+                                 BLOCK_K, NEED_DA, NEED_DB, ACC, UPCAST, PREC)
+    if ONE_CHUNK and NEED_DA:
         offs_d = tl.arange(0, BLOCK_K)
-        tl.store(DA + offs_a[:, None] * stride_da + offs_d[None, :], da_acc,
-                 mask=a_ok[:, None] & (offs_d[None, :] < D))
-    if WRITE_DSCALE:
-        tl.store(DSCALE + offs_a, dscale, mask=a_ok)
+        da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+        da_mask = a_ok[:, None] & (offs_d[None, :] < D)
+        if da_atomic != 0:
+            tl.atomic_add(da_ptr, da_acc, mask=da_mask, sem="relaxed")
+        else:
+            tl.store(da_ptr, da_acc, mask=da_mask)
+    tl.store(DSCALE + split.to(tl.int64) * NA + offs_a, dscale, mask=a_ok)
 
 
 # --------------------------------------------------------------------------------------
@@ -242,7 +311,7 @@ def _softmax_bwd_kernel(
 # propagating max instruction: its running maxima are max.f64 plus a NaN test and select,
 # which cost the one-tile fp64 forwards their 32×32 tiles (they spilled; now 32×16). Not
 # tuned by timing: that needs a GPU.
-_TILE_TABLE = {
+_TILE_TABLE_SM90 = {
     "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
              (32, (128, 64, None, 8), (64, 32, None, 8)),
              (64, (128, 64, None, 8), (64, 32, None, 8)),
@@ -257,36 +326,93 @@ _TILE_TABLE = {
              (None, (32, 32, 32, 8), (32, 32, 32, 8))),
 }
 
+# sm_90 only, when every row address is 16-byte aligned (D a multiple of 16 and aligned
+# data): Triton then compiles with divisibility hints (proof/specialize.py), the addresses
+# of a tile need far fewer registers, and half-precision rows up to D = 256 stay on chip
+# with 128-row owned blocks (wgmma reads the owned tile from shared memory; the fp32
+# gradient rows, 128×D, live in registers). 128 rows is what the counted traffic needs:
+# the backward moves ~6 bytes per (owned block, streamed element), so its FLOP per byte is
+# about the owned block's rows. sm_80's mma.sync keeps both operands in registers: these
+# tiles spill there, so sm_80 keeps the general table.
+_ALIGNED_TILES = {
+    90: {"half": ((64, (128, 64, None, 8), (128, 64, None, 8)),
+                  (128, (128, 64, None, 8), (128, 64, None, 8)),
+                  (256, (128, 64, None, 8), (128, 32, None, 8)))},
+    80: {},
+}
+_TILE_TABLES = {90: _TILE_TABLE_SM90, 80: _TILE_TABLE_SM90}
 
-def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None
-                ) -> tuple[TileConfig, TileConfig]:
-    """(forward, backward) tiles for feature width D and input dtype: the launcher's only
-    source of tile sizes."""
-    interpret = interpreting() if interpret is None else interpret
-    if interpret:
-        cfg = interpret_tiles(D)
-        return cfg, cfg
+
+def _table_tiles(table, D: int, dtype: torch.dtype, aligned_table=None
+                 ) -> tuple[TileConfig, TileConfig]:
+    """(forward, backward) tiles for width D and dtype: the first class of the aligned
+    table (when given) or else of the general table that holds next_pow2(D)."""
     d_pow2 = max(16, triton.next_power_of_2(D))
-    for max_d, fwd, bwd in _TILE_TABLE[dtype_class(dtype)]:
+    rows = (aligned_table or {}).get(dtype_class(dtype), ()) + table[dtype_class(dtype)]
+    for max_d, *tiles_ in rows:
         if max_d is None or d_pow2 <= max_d:
             return tuple(TileConfig(t[0], t[1], t[2] or d_pow2, t[2] is None, t[3],
-                                    t[4] if len(t) > 4 else NUM_STAGES) for t in (fwd, bwd))
+                                    t[4] if len(t) > 4 else NUM_STAGES,
+                                    t[5] if len(t) > 5 else 1) for t in tiles_)
     raise AssertionError("the tile table ends with a catch-all class")
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None,
+                arch: int | None = None, aligned: bool = False
+                ) -> tuple[TileConfig, TileConfig]:
+    """(forward, backward) tiles for feature width D and input dtype: the launcher's only
+    source of tile sizes. ``interpret`` (default: whether the interpreter runs) picks the
+    small test tiles unless CONTRASTIVE_KERNELS_LAUNCH_AS names an architecture; ``arch``
+    (80 or 90) picks that architecture's table; ``aligned`` (rows 16-byte aligned: D a
+    multiple of 16) allows the aligned-only tiles."""
+    interpret = interpreting() if interpret is None else interpret
+    if arch is None:
+        arch = launch_as() if interpret else 90
+        if arch is None:
+            cfg = interpret_tiles(D)
+            return cfg, cfg
+    return _table_tiles(_TILE_TABLES[arch], D, dtype,
+                        _ALIGNED_TILES[arch] if aligned else None)
 
 
-def _col_programs(n_row_blocks: int, device: torch.device) -> int:
-    """Persistent programs of a CLIP forward: enough to fill the GPU twice over; the
-    column partials cost [P, M], so P stays a small constant (4 under the interpreter,
-    small enough that the tests exercise programs owning several row blocks)."""
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return max(1, min(n_row_blocks, 2 * _sm_count(index)))
-    return max(1, min(n_row_blocks, 4))
+def rows_aligned(*xs: torch.Tensor) -> bool:
+    """Whether every row of every x starts 16-byte aligned (what Triton's divisibility
+    hints need): aligned data and a row stride that is a multiple of 16 elements."""
+    return all(x.data_ptr() % 16 == 0 and x.stride(0) % 16 == 0 for x in xs)
+
+
+def _fit(cfg: TileConfig, n_own: int, n_other: int) -> TileConfig:
+    """cfg with blocks no taller than the problem (≥ 16, the tile product's minimum):
+    64 MoCo queries get 64-row blocks, not 128 rows half of which are padding."""
+    bm = min(cfg.block_m, max(16, triton.next_power_of_2(max(n_own, 1))))
+    bn = min(cfg.block_n, max(16, triton.next_power_of_2(max(n_other, 1))))
+    return dataclasses.replace(cfg, block_m=bm, block_n=bn)
+
+
+def _tiles_for(a: torch.Tensor, b: torch.Tensor) -> tuple[TileConfig, TileConfig]:
+    """The (forward, backward) tiles of a launch with a (NA, D) owned and b (NB, D)
+    streamed: the device architecture's table (or the interpreter's test tiles), fitted
+    to the problem's height."""
+    arch = target_arch(a.device)
+    if arch is None:
+        cfg = interpret_tiles(a.shape[1])
+        return cfg, cfg
+    fwd, bwd = tile_config(a.shape[1], a.dtype, arch=arch, aligned=rows_aligned(a, b))
+    return _fit(fwd, a.shape[0], b.shape[0]), _fit(bwd, a.shape[0], b.shape[0])
+
+
+def _merge(part_m, part_l, part_sum, extra, n: int, acc_tl):
+    """Merged lse (n,) and, with part_sum, the summed partial (n,) from (P, n) partials."""
+    lse = out_buffer((n,), part_m.dtype, part_m.device)
+    total = out_buffer((n,), part_m.dtype, part_m.device) if part_sum is not None else lse
+    if n:
+        block = 128
+        _merge_kernel[(triton.cdiv(n, block),)](
+            part_m, part_l, part_sum if part_sum is not None else part_l,
+            extra if extra is not None else lse, lse, total, part_m.shape[0], n,
+            part_m.stride(0), BLOCK=block, HAS_SUM=part_sum is not None,
+            HAS_EXTRA=extra is not None, ACC=acc_tl)
+    return lse, (total if part_sum is not None else None)
 
 
 def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool):
@@ -298,46 +424,75 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     """
     n, d = q.shape
     m = k.shape[0]
-    acc = acc_dtype(q.dtype)
-    cfg = tile_config(d, q.dtype)[0]
-    lse = out_buffer((n,), acc, q.device)
-    pos = out_buffer((n,), acc, q.device)
-    n_row_blocks = triton.cdiv(n, cfg.block_m)
+    acc, acc_tl = acc_dtype(q.dtype), tl_acc(q.dtype)
+    cfg = _tiles_for(q, k)[0]
+    n_rb, n_cb = triton.cdiv(n, cfg.block_m), triton.cdiv(m, cfg.block_n)
+    splits, per_split = split_grid(n_rb, n_cb, cfg, q.device)
+    # Persistent row programs (CLIP): the column partials are [programs, M], so their
+    # number stays near one wave, not N / BLOCK_M.
+    row_progs = n_rb
     if need_col:
-        progs = _col_programs(n_row_blocks, q.device)
-        col_m = torch.full((progs, m), float("-inf"), dtype=acc, device=q.device)
-        col_l = torch.zeros((progs, m), dtype=acc, device=q.device)
-    else:
-        progs = n_row_blocks
-        col_m = col_l = lse  # never read: NEED_COL is off
-    _softmax_fwd_kernel[(progs,)](
-        q, k, rq, rk, scale, row_key, col_key, extra if extra is not None else lse,
-        lse, pos, col_m, col_l, n, m, d, q.stride(0), k.stride(0),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        ONE_CHUNK=cfg.one_chunk, MASK_DIAG=mask_diag, HAS_EXTRA=extra is not None,
-        NEED_COL=need_col, ACC=tl_acc(q.dtype), UPCAST=upcast(q.dtype),
-        PREC=precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        row_progs = max(1, min(n_rb, triton.cdiv(2 * target_programs(cfg, q.device),
+                                                 splits)))
+    part_m, part_l, part_pos = (out_buffer((splits, n), acc, q.device) for _ in range(3))
+    col_m, col_l = ((out_buffer((row_progs, m), acc, q.device) for _ in range(2))
+                    if need_col else (part_m, part_l))
+    if n:
+        _softmax_fwd_kernel[(row_progs, splits)](
+            q, k, rq, rk, scale, row_key, col_key, part_m, part_l, part_pos, col_m, col_l,
+            n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+            ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, ACC=acc_tl,
+            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+    lse, pos = _merge(part_m, part_l, part_pos, extra, n, acc_tl)
     if not need_col:
         return lse, pos, lse.new_empty(0)
-    clse = out_buffer((m,), acc, q.device)
-    block = 128
-    _merge_col_kernel[(triton.cdiv(m, block),)](col_m, col_l, clse, progs, m,
-                                                 BLOCK=block, ACC=tl_acc(q.dtype))
+    if n == 0:  # no rows: every column's partials are empty
+        return lse, pos, torch.full((m,), float("-inf"), dtype=acc, device=q.device)
+    clse, _ = _merge(col_m, col_l, None, None, m, acc_tl)
     return lse, pos, clse
 
 
+def _atomic_elements(n_own: int, n_other: int, block: int) -> int:
+    """Elements the other side's gradient receives by atomics when one side owns blocks
+    of ``block`` rows: every owned block adds one row per other-side row."""
+    return triton.cdiv(n_own, block) * n_other
+
+
 def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-                 da, db, dscale, *, transposed, mask_diag, has_col, atomic_b, write_dscale):
+                 *, transposed, mask_diag, has_col, need_da, need_db, deterministic,
+                 db):
+    """One backward pass owning the rows of ``a``: returns (dA partials (P, NA, D) or
+    None, dscale partials (S, NA)); dB (NB, D) accumulates into ``db`` by atomics."""
     na, d = a.shape
-    cfg = tile_config(d, a.dtype)[1]
-    _softmax_bwd_kernel[(triton.cdiv(na, cfg.block_m),)](
-        a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-        da, db, dscale, na, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0),
-        db.stride(0), BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-        ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, MASK_DIAG=mask_diag,
-        HAS_COL=has_col, ATOMIC_B=atomic_b, WRITE_DSCALE=write_dscale,
-        ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype), PREC=precision(a.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    nb = b.shape[0]
+    acc = acc_dtype(a.dtype)
+    cfg = _tiles_for(a, b)[1]
+    n_ab, n_bb = triton.cdiv(na, cfg.block_m), triton.cdiv(nb, cfg.block_n)
+    splits, per_split = split_grid(n_ab, n_bb, cfg, a.device)
+    # Several splits of one row: atomics, or (deterministic) one slice per split summed in
+    # a fixed order by the normalization backward. Streamed D read-modify-writes its rows.
+    da_atomic = need_da and splits > 1 and not deterministic
+    parts = splits if (need_da and not da_atomic) else 1
+    da = None
+    if need_da:
+        shape = (parts, na, d)
+        da = (torch.zeros(shape, dtype=acc, device=a.device)
+              if (da_atomic or not cfg.one_chunk) else out_buffer(shape, acc, a.device))
+    dscale = out_buffer((splits, na), acc, a.device)
+    if na:
+        da_arg = da if da is not None else dscale
+        _softmax_bwd_kernel[(n_ab, splits)](
+            a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
+            da_arg, db if db is not None else dscale, dscale,
+            na, nb, d, a.stride(0), b.stride(0), d, d,
+            na * d if parts > 1 else 0, per_split, int(mask_diag), int(da_atomic),
+            BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
+            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
+            NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
+            PREC=precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return da, dscale
 
 
 def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
@@ -350,14 +505,28 @@ def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
     return pow2_scale(bound * torch.maximum(rq.abs().max(), rk.abs().max()))
 
 
+def _row_owned(q, k, need_dq: bool, need_dk: bool) -> bool:
+    """Whether the one-pass backward owns blocks of q's rows (dK by atomics) rather than
+    of k's (dQ by atomics): whichever sends fewer elements through atomics, counting only
+    the gradients that are needed (a frozen queue: own the queries, no atomics at all)."""
+    rows = _atomic_elements(q.shape[0], k.shape[0], _tiles_for(q, k)[1].block_m) \
+        if need_dk else 0
+    cols = _atomic_elements(k.shape[0], q.shape[0], _tiles_for(k, q)[1].block_m) \
+        if need_dq else 0
+    return rows <= cols
+
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
-             mask_diag: bool, normalize: bool, deterministic: bool):
-    """Gradients (dq (N,D), dk (M,D) in the input dtype, dscale 0-dim accumulation dtype).
+             mask_diag: bool, normalize: bool, deterministic: bool,
+             need_dq: bool = True, need_dk: bool = True):
+    """Gradients (dq (N,D), dk (M,D) in the input dtype — (0, D) when not needed —, and
+    dscale 0-dim in the accumulation dtype).
 
-    deterministic=False: one recomputing pass (dK by atomics), 6·N·M·D backward FLOPs.
-    deterministic=True: a dQ pass over row blocks and a dK pass over column blocks,
-    each recomputing S (8·N·M·D), bitwise reproducible.
+    deterministic=False: one recomputing pass; the side that owns blocks accumulates its
+    gradient rows on chip, the other side's by atomics (6·N·M·D backward FLOPs; 4·N·M·D
+    when only one of dq/dk is needed).
+    deterministic=True: a dQ pass over row blocks and, when dk is needed, a dK pass over
+    column blocks, each recomputing S, no atomics: bitwise reproducible.
     """
     n, d = q.shape
     m = k.shape[0]
@@ -372,22 +541,33 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
         sigma = _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col)
         g_lse, g_pos = g_lse * sigma, g_pos * sigma
         g_clse = g_clse * sigma if has_col else g_clse
-    dq_acc = torch.zeros((n, d), dtype=acc, device=q.device)
-    dk_acc = torch.zeros((m, d), dtype=acc, device=q.device)
-    dscale_rows = out_buffer((n,), acc, q.device)
     g_clse = g_clse if has_col else g_lse
-    common = dict(mask_diag=mask_diag, has_col=has_col)
-    _launch_grad(q, k, rq, rk, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-                 dq_acc, dk_acc, dscale_rows, transposed=False, atomic_b=not deterministic,
-                 write_dscale=True, **common)
+    stats = (scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse)
+    common = dict(mask_diag=mask_diag, has_col=has_col, deterministic=deterministic)
+    dq_parts = dk_parts = None
     if deterministic:
-        _launch_grad(k, q, rk, rq, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-                     dk_acc, dq_acc, dscale_rows, transposed=True, atomic_b=False,
-                     write_dscale=False, **common)
+        dq_parts, dscale = _launch_grad(q, k, rq, rk, *stats, transposed=False,
+                                        need_da=need_dq, need_db=False, db=None, **common)
+        if need_dk:
+            dk_parts, _ = _launch_grad(k, q, rk, rq, *stats, transposed=True,
+                                       need_da=True, need_db=False, db=None, **common)
+    elif _row_owned(q, k, need_dq, need_dk):
+        dk_acc = torch.zeros((m, d), dtype=acc, device=q.device) if need_dk else None
+        dq_parts, dscale = _launch_grad(q, k, rq, rk, *stats, transposed=False,
+                                        need_da=need_dq, need_db=need_dk, db=dk_acc,
+                                        **common)
+        dk_parts = dk_acc[None] if need_dk else None
+    else:
+        dq_acc = torch.zeros((n, d), dtype=acc, device=q.device) if need_dq else None
+        dk_parts, dscale = _launch_grad(k, q, rk, rq, *stats, transposed=True,
+                                        need_da=need_dk, need_db=need_dq, db=dq_acc,
+                                        **common)
+        dq_parts = dq_acc[None] if need_dq else None
+    dscale = dscale.sum()
     if sigma is not None:
-        dq_acc.div_(sigma)
-        dk_acc.div_(sigma)
-        dscale_rows.div_(sigma)
-    dq = finish_grad(q, rq, dq_acc, scale, normalize)
-    dk = finish_grad(k, rk, dk_acc, scale, normalize)
-    return dq, dk, dscale_rows.sum()
+        dscale = dscale / sigma
+    dq = finish_grad(q, rq, dq_parts, scale, normalize, sigma) if need_dq else \
+        q.new_empty((0, d))
+    dk = finish_grad(k, rk, dk_parts, scale, normalize, sigma) if need_dk else \
+        k.new_empty((0, d))
+    return dq, dk, dscale

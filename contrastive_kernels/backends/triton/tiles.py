@@ -69,6 +69,7 @@ class TileConfig:
     one_chunk: bool
     num_warps: int
     num_stages: int
+    occupancy: int = 1  # resident blocks per SM (from the compiled registers and shared)
 
 
 NUM_STAGES = 2
