@@ -1,8 +1,9 @@
 """Choose the Triton tile table from compiler resource usage, without a GPU.
 
 For each dtype class and feature-width class, walk candidate tiles from the largest down
-and keep the first one whose *every* launchable variant (all flag sets, both precisions
-for fp32, all backward passes) compiles for sm_80 and sm_90 without spilling. The result
+and keep the first one whose *every* launchable binary (the catalogue's run-time specs of
+that class: all flag sets, both precisions for fp32, all backward passes, aligned and not)
+compiles for sm_80 and sm_90 without spilling, retiled to the candidate. The result
 is printed as the ``_TILE_TABLE`` literal of contrastive_kernels/backends/triton/softmax.py;
 tests/test_aot.py then re-proves the whole launcher set. Larger tiles first because they
 reload less per FLOP; no timing is involved (that needs a GPU).
@@ -18,8 +19,11 @@ import itertools
 
 import torch
 
-from contrastive_kernels.proof import aot
+from contrastive_kernels.proof import aot, catalogue
 from contrastive_kernels.backends.triton.tiles import NUM_STAGES, TileConfig
+
+_PTR = {"half": ("*fp16", "*bf16"), "fp32": ("*fp32",), "fp64": ("*fp64",)}
+_KERNEL = {"fwd": ("_softmax_fwd_kernel", "Q"), "bwd": ("_softmax_bwd_kernel", "A")}
 
 PAIRS = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
 FP64_PAIRS = ((32, 32), (32, 16), (16, 32), (16, 16))
@@ -40,8 +44,26 @@ def _clean(cls, max_d, kind, cand) -> bool:
     bm, bn, bk, warps = cand
     d_pow2 = max_d if max_d is not None else None
     cfg = TileConfig(bm, bn, bk or d_pow2, bk is None, warps, NUM_STAGES)
-    variants = [v for dt in DTYPES[cls] for v in aot.kernel_variants(kind, dt, cfg)]
-    return not aot.problems(aot.compile_all(variants=variants))
+    name, operand = _KERNEL[kind]
+    variants = {}
+    for spec in _specs():
+        ce = spec.named_constexprs
+        if spec.name != name or spec.signature[operand] not in _PTR[cls] or \
+                ce["ONE_CHUNK"] != (max_d is not None) or \
+                (max_d is not None and ce["BLOCK_K"] != max_d):
+            continue
+        moved = aot.retile(spec, cfg)
+        variants.setdefault(aot.variant_name(moved) + str(spec.target), moved)
+    return not aot.problems(aot.compile_all(variants=list(variants.values())))
+
+
+_SPECS = []
+
+
+def _specs():
+    if not _SPECS:
+        _SPECS.extend(aot.engine_variants())
+    return _SPECS
 
 
 def main():

@@ -1,87 +1,91 @@
-"""Static GPU proof without a GPU: every Triton kernel variant the launcher can pick (the
-softmax engine, the pairwise engine and the mining kernel) is compiled ahead of time for
-sm_80 and sm_90; none may spill, and the half-precision tile products must run on tensor
-cores (HMMA on sm_80; HMMA or HGMMA on sm_90)."""
+"""Static GPU proof without a GPU: every Triton binary the launchers can run (the softmax
+engine, the pairwise engine, the mining kernel and the row kernels), specialized exactly as
+a run-time launch specializes it (proof/catalogue.py, proof/specialize.py), is compiled
+ahead of time for sm_80 and sm_90; none may spill, the half-precision tile products must
+run on tensor cores (HMMA on sm_80; HMMA or HGMMA on sm_90), and the committed resource
+table (benchmarks/aot_resources.json, RESULTS.md) must describe exactly these binaries."""
+import dataclasses
+import json
+import pathlib
+
 import pytest
 import torch
 
-from contrastive_kernels.proof import aot
 from contrastive_kernels.backends.triton import softmax as te
+from contrastive_kernels.proof import aot, catalogue
+from contrastive_kernels.proof import specialize as sp
 
 pytestmark = pytest.mark.skipif(not aot.toolchain_available(),
                                 reason="triton's bundled ptxas/cuobjdump are missing")
+RESOURCES = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "aot_resources.json"
+PUBLIC = "contrastive_kernels.proof.catalogue:run_public_losses"
 
 
-def test_representative_widths_cover_every_tile_class():
-    """The variant list is complete: every D the launcher can see maps to a listed tile."""
+@pytest.fixture(scope="module")
+def launches():
+    return {arch: catalogue.record(arch) for arch in aot.ARCHES}
+
+
+@pytest.fixture(scope="module")
+def variants(launches):
+    return aot.engine_variants(launches=launches)
+
+
+@pytest.fixture(scope="module")
+def reports(variants):
+    return aot.compile_all(variants=variants)
+
+
+@pytest.mark.parametrize("arch", aot.ARCHES)
+def test_public_losses_launch_only_catalogued_binaries(arch, variants):
+    """Every public loss at odd shapes, widths and dtypes, recorded as a GPU of ``arch``
+    would launch it, hits a binary the AOT proof compiles."""
+    catalogued = {v.key for v in variants}
+    used = catalogue.specs(arch, catalogue.record(arch, PUBLIC))
+    missing = [aot.variant_name(s) for s in used if s.key not in catalogued]
+    assert used and not missing, missing
+
+
+def test_a_binary_outside_the_catalogue_is_noticed(launches, variants):
+    """The coverage check can fail: a launch at a tile no table lists is a binary nobody
+    compiled."""
+    launch = next(x for x in launches[90] if x.name == "_softmax_fwd_kernel")
+    moved = dataclasses.replace(launch, args={**launch.args, "BLOCK_M": 256})
+    assert sp.runtime_specialization(launch, launch_target(90)).key in \
+        {v.key for v in variants}
+    assert sp.runtime_specialization(moved, launch_target(90)).key not in \
+        {v.key for v in variants}
+
+
+def launch_target(arch):
+    return aot.GPUTarget("cuda", arch, 32)
+
+
+@pytest.mark.parametrize("arch", aot.ARCHES)
+def test_every_width_maps_to_a_catalogued_tile(arch, variants):
+    """The catalogue's widths reach every tile class: any D, aligned or not, gets forward
+    tiles that some compiled forward binary has."""
+    tiles = {(v.signature["Q"], v.named_constexprs["BLOCK_M"], v.named_constexprs["BLOCK_N"],
+              v.named_constexprs["BLOCK_K"], v.options["num_warps"])
+             for v in variants if v.name == "_softmax_fwd_kernel" and v.target.arch == arch}
+    ptr = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
+           torch.float64: "*fp64"}
     for dtype in aot.DTYPES:
-        listed = set(aot._tile_configs(dtype))
         for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
-            assert te.tile_config(d, dtype, interpret=False) in listed, (dtype, d)
+            for aligned in {False, d % 16 == 0}:
+                cfg = te.tile_config(d, dtype, arch=arch, aligned=aligned)[0]
+                assert (ptr[dtype], cfg.block_m, cfg.block_n, cfg.block_k,
+                        cfg.num_warps) in tiles, (dtype, d, aligned)
 
 
-def test_pairwise_widths_cover_every_pairwise_tile_class():
-    from contrastive_kernels.backends.triton import pairwise as tp
-    for dtype in aot.DTYPES:
-        listed = set(aot.pair_tile_configs(dtype))
-        for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
-            assert tp.tile_config(d, dtype, interpret=False) in listed, (dtype, d)
-
-
-def test_pairwise_variants_cover_every_launchable_flag_set():
-    """Each pairwise tile class of each dtype lists the pairwise kernel for every KIND ×
-    pass (forward; one-pass and deterministic row pass; column pass) × precision (mask_diag
-    and want_rows are runtime arguments), and the mining kernel at the forward tiles."""
-    names = [v.name for v in aot.engine_variants()]
-    assert len(names) == len(set(names))
-    variants = list(aot.engine_variants())
-    pair = [v for v in variants if v.kernel == "_pair_kernel"]
-    combos = {(v.dtype, v.constexprs["BLOCK_A"], v.constexprs["BLOCK_B"],
-               v.constexprs["BLOCK_K"], v.constexprs["ONE_CHUNK"], v.num_warps,
-               v.constexprs["PREC"], v.constexprs["KIND"], v.constexprs["GRAD"],
-               v.constexprs["TRANSPOSED"], v.constexprs["ATOMIC_B"]) for v in pair}
-    passes = aot.PAIR_FWD_PASSES + aot.PAIR_BWD_PASSES
-    assert len(passes) == 4
-    mining = {(v.dtype, v.constexprs["BLOCK_A"], v.constexprs["BLOCK_B"],
-               v.constexprs["BLOCK_K"], v.num_warps, v.constexprs["PREC"])
-              for v in variants if v.kernel == "_hardest_kernel"}
-    for dtype in aot.DTYPES:
-        for fwd, bwd in aot.pair_tile_configs(dtype):
-            for prec in aot._precisions(dtype):
-                assert (dtype, fwd.block_m, fwd.block_n, fwd.block_k, fwd.num_warps,
-                        prec) in mining
-                for kind, _ in aot.PAIR_KINDS:
-                    for p in passes:
-                        cfg = bwd if p["GRAD"] else fwd
-                        key = (dtype, cfg.block_m, cfg.block_n, cfg.block_k, cfg.one_chunk,
-                               cfg.num_warps, prec, kind, p["GRAD"], p["TRANSPOSED"],
-                               p["ATOMIC_B"])
-                        assert key in combos, key
-    for v in pair:
-        assert v.constexprs["TILE_SCALE"] == (v.constexprs["KIND"] == 1
-                                              and v.dtype == torch.float16)
-
-
-def _lse_variants():
-    """One variant of each kernel with a running max, per accumulation dtype."""
-    seen, out = set(), []
-    for v in aot.engine_variants():
-        key = (v.kernel, v.dtype in (torch.float64,))
-        if v.kernel in aot.NAN_MAX_KERNELS and key not in seen:
-            seen.add(key)
-            out.append(v)
-    return out
-
-
-def test_running_maxima_propagate_nan_in_the_compiled_code():
+def test_running_maxima_propagate_nan_in_the_compiled_code(reports):
     """On a GPU tl.maximum/tl.max compile to PTX max.f32, which returns the other operand
     for NaN (the interpreter's numpy maximum propagates it, so CPU tests cannot see this).
     The log-sum-exp kernels must compile to max.NaN.f32, or for fp64 to max.f64 with an
     explicit NaN test, and to no NaN-dropping max at all."""
-    reports = aot.compile_all(variants=_lse_variants(), arches=(90,))
-    assert len(reports) == 2 * len(aot.NAN_MAX_KERNELS)
-    for r in reports:
-        assert not isinstance(r, str), r
+    lse = [r for r in reports if not isinstance(r, str) and r.kernel in aot.NAN_MAX_KERNELS]
+    assert {r.kernel for r in lse} == set(aot.NAN_MAX_KERNELS)
+    for r in lse:
         assert r.nan_max > 0 and r.plain_max == 0, r
 
 
@@ -96,8 +100,7 @@ def test_the_ptx_max_check_can_fail():
     assert aot.problems([bad])
 
 
-def test_every_variant_compiles_without_spills_and_uses_tensor_cores():
-    reports = aot.compile_all()
+def test_every_binary_compiles_without_spills_and_uses_tensor_cores(reports):
     bad = aot.problems(reports)
     assert not bad, "\n".join(bad[:50])
     half = [r for r in reports if r.is_mma and r.dtype in ("float16", "bfloat16")]
@@ -105,3 +108,27 @@ def test_every_variant_compiles_without_spills_and_uses_tensor_cores():
     assert {r.arch for r in reports} == set(aot.ARCHES)
     # sm_80 has no wgmma: its tensor-core instruction is HMMA.
     assert all("HMMA" in r.mma_kinds for r in half if r.arch == 80)
+
+
+def test_the_committed_resource_table_describes_these_binaries(reports):
+    """benchmarks/aot_report.py wrote the table from the same binaries: a kernel edited
+    without regenerating it (python benchmarks/aot_report.py) fails here."""
+    table = {(r["src_hash"], r["arch"]): r for r in json.loads(RESOURCES.read_text())}
+    stale = [f"{r.name} sm_{r.arch}" for r in reports
+             if (r.src_hash, r.arch) not in table]
+    assert not stale, f"{len(stale)} binaries missing from aot_resources.json: {stale[:5]}"
+    assert len(table) == len(reports)
+    for r in reports:
+        assert table[(r.src_hash, r.arch)]["registers"] == r.registers, r.name
+
+
+def test_a_hand_signature_that_diverges_from_the_launch_is_named(variants):
+    """What the previous hand-written AOT signatures got wrong is detected: i64 strides
+    and missing divisibility hints."""
+    spec = next(v for v in variants if v.name == "_softmax_bwd_kernel" and v.divisible_by_16
+                & {"D", "stride_a"})
+    hand = dict(spec.signature, stride_a="i64")
+    assert sp.diverges(spec.signature, spec.named_attrs, spec, spec.named_constexprs) == []
+    found = sp.diverges(hand, {}, spec, spec.named_constexprs)
+    assert any("stride_a" in f and "i64" in f for f in found)
+    assert any("D:" in f and "divisibility" in f for f in found)

@@ -174,38 +174,12 @@ def test_clip_launches_all_specialize(clip_launches):
 def test_clip_runtime_specs_compile_for_sm90(clip_launches):
     specs = [sp.runtime_specialization(_first(clip_launches, k), SM90)
              for k in ("_softmax_fwd_kernel", "_softmax_bwd_kernel")]
-    reports = sp.compile_specs(specs)
+    reports = aot.compile_all(variants=specs)
     assert not [r for r in reports if isinstance(r, str)], reports
     for r in reports:
         assert r.registers > 0 and r.arch == 90 and r.dtype == "float32"
         print(f"{r.kernel} sm_90 runtime signature: {r.registers} registers, "
               f"{r.spill_bytes} B spilled")
-
-
-@needs_toolchain
-@pytest.mark.parametrize("kernel", ["_softmax_fwd_kernel", "_softmax_bwd_kernel"])
-def test_clip_hand_signature_registers(clip_launches, kernel):
-    """aot.py's hand signature at the recorded constexprs vs the run-time signature."""
-    launch = _first(clip_launches, kernel)
-    spec = sp.runtime_specialization(launch, SM90)
-    hand = next(v for v in aot.engine_variants()
-                if v.kernel == kernel and v.dtype == torch.float32)
-    hand_sig = {k: t for k, t in hand.signature.items() if t != "constexpr"}
-    runtime_params = [k for k in launch.args if k not in launch.constexprs]
-    if list(hand_sig) != runtime_params:
-        pytest.skip(f"aot.py's hand signature of {kernel} names other parameters than the "
-                    f"kernel: {sp.diverges(hand.signature, {}, spec)}")
-    ce = launch.constexprs
-    variant = dataclasses.replace(hand, name=f"hand_{kernel}", constexprs=ce,
-                                  signature={**hand_sig, **{k: "constexpr" for k in ce}},
-                                  num_warps=launch.num_warps, num_stages=launch.num_stages,
-                                  maxnreg=launch.maxnreg)
-    (hand_report,) = aot.compile_all(1, arches=(90,), variants=[variant])
-    (rt_report,) = sp.compile_specs([spec])
-    assert not isinstance(hand_report, str), hand_report
-    assert not isinstance(rt_report, str), rt_report
-    print(f"{kernel} sm_90: hand {hand_report.registers} registers, runtime "
-          f"{rt_report.registers}; differences: {sp.diverges(variant.signature, {}, spec)}")
 
 
 def test_diverges_finds_planted_differences(clip_launches):

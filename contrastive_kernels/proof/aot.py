@@ -1,251 +1,80 @@
-"""Ahead-of-time compilation of every Triton kernel variant the launcher can pick.
+"""Ahead-of-time compilation of every Triton kernel binary the launchers can run.
 
-No GPU is needed: ``triton.compile`` lowers each variant to PTX and cubin for a target
+No GPU is needed: ``triton.compile`` lowers each binary to PTX and cubin for a target
 compute capability, and the cubin is read with the ``cuobjdump``/``nvdisasm`` that ship in
 the triton wheel. This keeps the GPU path honest on machines without a GPU, since the
 interpreter accepts kernels that the GPU compiler rejects.
+
+What is compiled is what runs: the binaries come from ``catalogue.py``, which records
+every launch path of every engine under the interpreter with a GPU's launch
+(``CONTRASTIVE_KERNELS_LAUNCH_AS``) and specializes each launch with Triton's own run-time
+rule (argument types, divisibility-16 hints, constant 1s; ``specialize.py``), not from
+hand-written signatures.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
-import importlib
-from typing import Iterator
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from ..backends.triton import pairwise as tp
-from ..backends.triton import softmax as te
-from ..backends.triton import tiles
+from . import catalogue, specialize
 from ..backends.triton.tiles import TileConfig
 
-KERNEL_PACKAGE = "contrastive_kernels.backends.triton"
-
 ARCHES = (80, 90)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# One feature width per tile class the launcher distinguishes (see tile_config).
-REPRESENTATIVE_D = (1, 17, 33, 65, 129)
-
-_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
-        torch.float64: "*fp64"}
-
-# Constexpr flag sets of the launches (backends/triton/softmax.py): the forward with and
-# without column statistics (the diagonal mask is a runtime argument), and every backward
-# pass: owning rows or columns, with or without the owned side's gradient (NEED_DA) and the
-# other side's atomic gradient (NEED_DB); atomic-vs-store of the owned rows is runtime.
-FWD_FLAGS = (dict(NEED_COL=False), dict(NEED_COL=True))
-BWD_PASSES = tuple(dict(TRANSPOSED=t, NEED_DA=a, NEED_DB=b)
-                   for t in (False, True) for a in (True, False) for b in (True, False))
-BWD_MASKS = (dict(HAS_COL=False), dict(HAS_COL=True))
+DTYPES = catalogue.DTYPES
+# Kernels whose binaries contain tile products (tensor cores for half inputs).
+MMA_KERNELS = ("_softmax_fwd_kernel", "_softmax_bwd_kernel", "_pair_kernel",
+               "_hardest_kernel")
+_SHORT = {"BLOCK_M": "m", "BLOCK_N": "n", "BLOCK_A": "m", "BLOCK_B": "n", "BLOCK_K": "k"}
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    kernel: str  # attribute of ``module`` (a name, so variants pickle to workers)
-    signature: dict
-    constexprs: dict
-    num_warps: int
-    num_stages: int
-    dtype: torch.dtype
-    is_mma: bool  # contains a tile product that should use tensor cores
-    module: str = "softmax"  # the module of KERNEL_PACKAGE that defines the kernel
-    maxnreg: int | None = None  # the launcher's register cap, when it sets one
-
-
-def _acc(dtype):
-    return "*fp64" if dtype == torch.float64 else "*fp32"
-
-
-def _precisions(dtype) -> tuple[str, ...]:
-    return ("ieee", "tf32") if dtype == torch.float32 else ("ieee",)
-
-
-def _fwd_signature(dtype):
-    x, a = _PTR[dtype], _acc(dtype)
-    return {"Q": x, "K": x, "RQ": a, "RK": a, "SCALE": a, "ROW_KEY": "*i64",
-            "COL_KEY": "*i64", "PART_M": a, "PART_L": a, "PART_POS": a, "COL_M": a,
-            "COL_L": a, "N": "i32", "M": "i32", "D": "i32", "stride_q": "i32",
-            "stride_k": "i32", "tiles_per_split": "i32", "mask_diag": "i32"}
-
-
-def _bwd_signature(dtype):
-    x, a = _PTR[dtype], _acc(dtype)
-    return {"A": x, "B": x, "RA": a, "RB": a, "SCALE": a, "ROW_KEY": "*i64", "COL_KEY": "*i64",
-            "LSE": a, "G_LSE": a, "G_POS": a, "CLSE": a, "G_CLSE": a, "DA": a, "DB": a,
-            "DSCALE": a, "NA": "i32", "NB": "i32", "D": "i32", "stride_a": "i32",
-            "stride_b": "i32", "stride_da": "i32", "stride_db": "i32",
-            "split_stride_da": "i32", "tiles_per_split": "i32", "mask_diag": "i32",
-            "da_atomic": "i32"}
-
-
-def _with_constexprs(sig: dict, constexprs: dict) -> dict:
-    out = dict(sig)
-    out.update({k: "constexpr" for k in constexprs})
+def engine_variants(arches=ARCHES, launches: dict | None = None
+                    ) -> list[specialize.RuntimeSpec]:
+    """One run-time spec per distinct binary of every launch path, for each arch
+    (``launches``: arch -> recorded catalogue launches, recorded here when None)."""
+    out = []
+    for arch in arches:
+        out += catalogue.specs(arch, None if launches is None else launches[arch])
     return out
 
 
-def _tile_configs(dtype, tile_config=te.tile_config) -> list[tuple[TileConfig,
-                                                                    TileConfig]]:
-    """The distinct (forward, backward) tiles ``tile_config`` (the softmax engine's, or
-    the pairwise engine's) picks over the representative widths, for any architecture."""
-    seen = []
-    for d in REPRESENTATIVE_D:
-        for arch in ARCHES:
-            try:
-                cfgs = tile_config(d, dtype, interpret=False, arch=arch)
-            except TypeError:  # a tile table with one entry for every architecture
-                cfgs = tile_config(d, dtype, interpret=False)
-            if cfgs not in seen:
-                seen.append(cfgs)
-    return seen
+def variant_name(spec: specialize.RuntimeSpec) -> str:
+    """A readable name of a binary: kernel, input dtype, tiles, flags, warps, hints."""
+    ce = spec.named_constexprs
+    dtype = next((t[1:] for t in spec.signature.values() if t in
+                  ("*fp16", "*bf16", "*fp32", "*fp64")), "-")
+    parts = [spec.name.lstrip("_").removesuffix("_kernel"), dtype]
+    tiles = "x".join(str(ce[k]) for k in ("BLOCK_M", "BLOCK_A", "BLOCK_N", "BLOCK_B")
+                     if k in ce)
+    if tiles:
+        parts.append(tiles + (f"k{ce['BLOCK_K']}" if "BLOCK_K" in ce else "")
+                     + ("" if ce.get("ONE_CHUNK", True) else "c"))
+    flags = [k for k, v in ce.items() if v is True and k not in ("ONE_CHUNK",)]
+    flags += [f"{k}={v}" for k, v in ce.items()
+              if k in ("PREC", "KIND", "BLOCK_R", "BLOCK_D", "BLOCK", "D") or
+              (not isinstance(v, bool) and k[0].islower())]
+    hinted = sorted(n for n in spec.divisible_by_16 if not spec.signature[n].startswith("*"))
+    parts += flags + [f"w{spec.options.get('num_warps')}s{spec.options.get('num_stages')}"]
+    if hinted:
+        parts.append("16|" + ",".join(hinted))
+    return " ".join(parts)
 
 
-def _tiles(cfg: TileConfig, acc) -> dict:
-    return dict(BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk, ACC=acc, UPCAST=False)
-
-
-def _tag(dtype, cfg: TileConfig) -> str:
-    chunk = "" if cfg.one_chunk else "c"
-    return (f"{str(dtype)[6:]}_{cfg.block_m}x{cfg.block_n}k{cfg.block_k}{chunk}"
-            f"w{cfg.num_warps}")
-
-
-def _flag_tag(flags: dict) -> str:
-    return "".join(k[0] for k, v in flags.items() if v is True) or "-"
-
-
-def kernel_variants(kind: str, dtype, cfg: TileConfig) -> Iterator[Variant]:
-    """Every flag/precision variant of one engine kernel ("fwd" or "bwd") at one tile."""
-    acc = tiles.tl_acc(dtype)
-    for prec in _precisions(dtype):
-        if kind == "fwd":
-            for flags in FWD_FLAGS:
-                ce = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec,
-                          **_tiles(cfg, acc), **flags)
-                yield Variant(f"fwd_{_tag(dtype, cfg)}_{prec}_{_flag_tag(flags)}",
-                              "_softmax_fwd_kernel", _with_constexprs(_fwd_signature(dtype), ce),
-                              ce, cfg.num_warps, cfg.num_stages, dtype, True)
-            continue
-        for mode in BWD_PASSES:
-            for masks in BWD_MASKS:
-                flags = {**mode, **masks}
-                ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec,
-                          **_tiles(cfg, acc), **flags)
-                yield Variant(f"bwd_{_tag(dtype, cfg)}_{prec}_{_flag_tag(flags)}",
-                              "_softmax_bwd_kernel", _with_constexprs(_bwd_signature(dtype), ce),
-                              ce, cfg.num_warps, cfg.num_stages, dtype, True)
-
-
-# Pairwise engine passes (backends/triton/pairwise.py): the forward (forward tiles), and the
-# backward's one-pass (atomic) and deterministic row pass, and the deterministic column
-# pass (backward tiles). mask_diag and want_rows are runtime arguments of every pass.
-PAIR_FWD_PASSES = (dict(GRAD=False, TRANSPOSED=False, ATOMIC_B=False),)
-PAIR_BWD_PASSES = (dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=True),
-                   dict(GRAD=True, TRANSPOSED=False, ATOMIC_B=False),
-                   dict(GRAD=True, TRANSPOSED=True, ATOMIC_B=False))
-PAIR_KINDS = ((tp.SIGLIP, "sig"), (tp.HADSELL, "had"))
-
-
-def _pair_signature(dtype):
-    x, a = _PTR[dtype], _acc(dtype)
-    return {"A": x, "B": x, "RA": a, "RB": a, "SQA": a, "SQB": a, "PARAMS": a,
-            "ROW_KEY": "*i64", "COL_KEY": "*i64", "G": a, "ROWS": a, "DA": a, "DB": a,
-            "SUM_A": a, "SUM_B": a, "PART": a, "NA": "i32", "NB": "i32", "D": "i32",
-            "stride_a": "i64", "stride_b": "i64", "stride_da": "i64", "stride_db": "i64",
-            "mask_diag": "i32", "want_rows": "i32"}
-
-
-def _hardest_signature(dtype):
-    a = _acc(dtype)
-    return {"X": _PTR[dtype], "RX": a, "SQ": a, "KEY": "*i64", "POS": "*i64", "NEG": "*i64",
-            "N": "i32", "D": "i32", "stride_x": "i64"}
-
-
-def pair_variants(passes, dtype, cfg: TileConfig) -> Iterator[Variant]:
-    """Every KIND × pass × precision variant of the pairwise tile kernel at one tile."""
-    acc = tiles.tl_acc(dtype)
-    for prec in _precisions(dtype):
-        for kind, kind_tag in PAIR_KINDS:
-            for flags in passes:
-                ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, KIND=kind,
-                          TILE_SCALE=tp.tile_scale(kind, dtype), **_tiles(cfg, acc), **flags)
-                tag = "".join(k[0] for k, v in flags.items() if v is True)
-                yield Variant(f"pair_{kind_tag}_{_tag(dtype, cfg)}_{prec}_{tag}",
-                              "_pair_kernel", _with_constexprs(_pair_signature(dtype), ce), ce,
-                              cfg.num_warps, cfg.num_stages, dtype, True, "pairwise",
-                              tp.MAXNREG)
-
-
-def pair_tile_configs(dtype) -> list[tuple[TileConfig, TileConfig]]:
-    return _tile_configs(dtype, tp.tile_config)
-
-
-def hardest_variants(dtype, cfg: TileConfig) -> Iterator[Variant]:
-    acc = tiles.tl_acc(dtype)
-    for prec in _precisions(dtype):
-        ce = dict(BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, PREC=prec, **_tiles(cfg, acc))
-        yield Variant(f"hardest_{_tag(dtype, cfg)}_{prec}", "_hardest_kernel",
-                      _with_constexprs(_hardest_signature(dtype), ce), ce, cfg.num_warps,
-                      cfg.num_stages, dtype, True, "pairwise", tp.MAXNREG)
-
-
-def engine_variants() -> Iterator[Variant]:
-    """Every (kernel, dtype, tile, warps, precision, flag set) the launcher can launch."""
-    for dtype in DTYPES:
-        for fwd_cfg, bwd_cfg in _tile_configs(dtype):
-            yield from kernel_variants("fwd", dtype, fwd_cfg)
-            yield from kernel_variants("bwd", dtype, bwd_cfg)
-        yield from _row_kernel_variants(dtype)
-        yield from pairwise_variants(dtype)
-
-
-def pairwise_variants(dtype) -> Iterator[Variant]:
-    """The pairwise engine's and the mining kernel's variants for one input dtype."""
-    for fwd_cfg, bwd_cfg in pair_tile_configs(dtype):
-        yield from pair_variants(PAIR_FWD_PASSES, dtype, fwd_cfg)
-        yield from pair_variants(PAIR_BWD_PASSES, dtype, bwd_cfg)
-        yield from hardest_variants(dtype, fwd_cfg)
-    x, a, acc = _PTR[dtype], _acc(dtype), tiles.tl_acc(dtype)
-    for block_r, block_d in _row_widths():
-        ce = dict(BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
-        sig = {"X": x, "R": a, "OUT": a, "N": "i32", "D": "i32", "stride_x": "i64"}
-        yield Variant(f"sq_norm_{str(dtype)[6:]}_r{block_r}d{block_d}", "_sq_norm_kernel",
-                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "pairwise")
-
-
-def _row_widths():
-    return sorted({tiles.row_block(d) for d in (1, 17, 33, 65, 129, 257, 1024, 4096)})
-
-
-def _row_kernel_variants(dtype) -> Iterator[Variant]:
-    x, a, acc = _PTR[dtype], _acc(dtype), tiles.tl_acc(dtype)
-    tag = str(dtype)[6:]
-    for block_r, block_d in _row_widths():
-        ce = dict(EPS_C=tiles.EPS, BLOCK_R=block_r, BLOCK_D=block_d, ACC=acc)
-        sig = {"X": x, "R": a, "N": "i32", "D": "i32", "stride_x": "i64"}
-        yield Variant(f"inv_norm_{tag}_r{block_r}d{block_d}", "_inv_norm_kernel",
-                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False, "norms")
-        for normalize in (False, True):
-            ce2 = dict(ce, NORMALIZE=normalize, HAS_SIGMA=dtype == torch.float16)
-            sig = {"X": x, "R": a, "G": a, "SCALE": a, "SIGMA": a, "DX": x, "N": "i32",
-                   "D": "i32", "stride_x": "i32", "stride_g": "i32", "stride_dx": "i32",
-                   "P": "i32", "part_stride": "i32"}
-            yield Variant(f"norm_bwd_{tag}_r{block_r}d{block_d}_n{int(normalize)}",
-                          "_norm_backward_kernel", _with_constexprs(sig, ce2), ce2, 4, 1,
-                          dtype, False, "norms")
-    sig = {"PART_M": a, "PART_L": a, "PART_SUM": a, "EXTRA": a, "LSE": a, "SUM": a,
-           "P": "i32", "n": "i32", "parts_stride": "i32"}
-    for has_sum, has_extra in ((True, False), (True, True), (False, False)):
-        ce = dict(BLOCK=128, HAS_SUM=has_sum, HAS_EXTRA=has_extra, ACC=acc)
-        yield Variant(f"merge_{tag}_s{int(has_sum)}e{int(has_extra)}", "_merge_kernel",
-                      _with_constexprs(sig, ce), ce, 4, 1, dtype, False)
+def retile(spec: specialize.RuntimeSpec, cfg: TileConfig) -> specialize.RuntimeSpec:
+    """The same binary at other tiles (benchmarks/tile_search.py's candidates)."""
+    names = list(spec.signature)
+    values = {"BLOCK_M": cfg.block_m, "BLOCK_A": cfg.block_m, "BLOCK_N": cfg.block_n,
+              "BLOCK_B": cfg.block_n, "BLOCK_K": cfg.block_k, "ONE_CHUNK": cfg.one_chunk}
+    constexprs = {p: values.get(names[p[0]], v) for p, v in spec.constexprs.items()}
+    options = dict(spec.options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dataclasses.replace(spec, constexprs=constexprs, options=options,
+                               key=f"{spec.key}|{cfg}")
 
 
 @dataclass
@@ -263,6 +92,7 @@ class CompileReport:
     kernel: str = ""       # the kernel function the variant instantiates
     nan_max: int = 0       # PTX max instructions that propagate NaN (see _ptx_max_counts)
     plain_max: int = 0     # PTX max instructions that return the other operand for NaN
+    src_hash: str = ""     # triton's hash of the compiled source + specialization
 
 
 # Kernels whose running maxima decide a log-sum-exp: a NaN logit must reach the result.
@@ -318,54 +148,39 @@ def _cubin_stats(cubin: bytes) -> dict:
                 mma_kinds="+".join(kinds) or "-")
 
 
-def compile_variant(v: Variant, arch: int) -> "CompileReport":
-    """Compile one variant for sm_<arch> and read its resource usage from the cubin."""
-    module = importlib.import_module(f"{KERNEL_PACKAGE}.{v.module}")
-    src = ASTSource(fn=getattr(module, v.kernel), signature=v.signature,
-                    constexprs=v.constexprs)
-    opts = {"num_warps": v.num_warps, "num_stages": v.num_stages}
-    if v.maxnreg is not None:
-        opts["maxnreg"] = v.maxnreg
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+def compile_variant(spec: specialize.RuntimeSpec, arch: int | None = None
+                    ) -> "CompileReport":
+    """Compile one run-time spec (for its own target) and read its resource usage."""
+    src, options = specialize.compile_spec(spec)
+    compiled = triton.compile(src, target=spec.target, options=options)
     st = _cubin_stats(compiled.asm["cubin"])
     nan_max, plain_max = ptx_max_counts(compiled.asm["ptx"])
-    return CompileReport(v.name, arch, st["registers"], compiled.metadata.shared,
-                         st["stack"] + st["local"], st["local_insts"], st["mma"],
-                         str(v.dtype)[6:], v.is_mma, st["mma_kinds"], v.kernel, nan_max,
-                         plain_max)
+    dtype = next((t for t in spec.signature.values() if t in _TORCH_DTYPE), None)
+    return CompileReport(variant_name(spec), spec.target.arch, st["registers"],
+                         compiled.metadata.shared, st["stack"] + st["local"],
+                         st["local_insts"], st["mma"], _TORCH_DTYPE.get(dtype, "-"),
+                         spec.name in MMA_KERNELS, st["mma_kinds"], spec.name, nan_max,
+                         plain_max, src.hash())
 
 
-def _compile_job(job: tuple[Variant, int]) -> CompileReport | str:
-    variant, arch = job
+_TORCH_DTYPE = {"*fp16": "float16", "*bf16": "bfloat16", "*fp32": "float32",
+                "*fp64": "float64"}
+
+
+def _compile_job(spec) -> "CompileReport | str":
     try:
-        return compile_variant(variant, arch)
+        return compile_variant(spec)
     except Exception as exc:  # reported per variant, so one failure names itself
-        return f"{variant.name} sm_{arch}: {type(exc).__name__}: {exc}"
+        return f"{variant_name(spec)} sm_{spec.target.arch}: {type(exc).__name__}: {exc}"
 
 
 def compile_all(workers: int | None = None, arches=ARCHES,
-                variants=None) -> list[CompileReport | str]:
-    """Compile every launcher variant (or the given ones) for every arch; a str entry is
-    a compile failure."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    variants = engine_variants() if variants is None else variants
-    jobs = [(v, arch) for v in variants for arch in arches]
-    workers = workers or max(1, os.cpu_count() or 1)
-    # Fresh interpreters with the interpreter flag off: under TRITON_INTERPRET=1 (the CPU
-    # test session) the kernels in this process are interpreted and cannot be compiled.
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            return list(pool.map(_compile_job, jobs, chunksize=4))
-    finally:
-        if saved is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+                variants=None) -> list["CompileReport | str"]:
+    """Compile every binary of the launchers (or the given run-time specs) in fresh
+    processes; a str entry is a compile failure."""
+    variants = engine_variants(arches) if variants is None else list(variants)
+    variants = [v for v in variants if v.target.arch in arches]
+    return specialize.in_fresh_processes(_compile_job, variants, workers)
 
 
 def problems(reports: list[CompileReport | str]) -> list[str]:

@@ -9,7 +9,7 @@ the compile can be reproduced (and its registers read) without a GPU::
     with launch_recorder() as launches:
         loss = clip_loss(img, txt, scale, backend="triton"); loss.backward()
     specs = dedupe(runtime_specialization(l, GPUTarget("cuda", 90, 32)) for l in launches)
-    reports = compile_specs(specs)          # aot.CompileReport per binary, in fresh processes
+    reports = aot.compile_all(variants=specs)   # CompileReport per binary (proof/aot.py)
     diverges(hand_signature, {}, specs[0])  # what a hand-written signature gets wrong
 
 Triton 3.8's rule (``triton/runtime/jit.py``: ``create_function_from_signature`` builds
@@ -132,13 +132,15 @@ class Launch:
 
 
 @contextlib.contextmanager
-def launch_recorder() -> Iterator[list[Launch]]:
+def launch_recorder(execute: bool = True) -> Iterator[list[Launch]]:
     """Record every interpreted Triton kernel launch made inside the block.
 
     Yields a list that fills with ``Launch`` records as kernels launch. Only kernels that the
     interpreter runs are seen, i.e. those decorated while ``TRITON_INTERPRET=1``. The hook
     wraps ``InterpretedFunction.run`` (what ``kernel[grid](...)`` calls) and is removed on
-    exit, also when the block raises; recorders nest.
+    exit, also when the block raises; recorders nest. ``execute=False`` records without
+    running the kernels (their outputs keep whatever the buffers held): enough to list
+    launches whose arguments do not depend on earlier kernels' values.
     """
     from triton.runtime.interpreter import InterpretedFunction
 
@@ -155,6 +157,8 @@ def launch_recorder() -> Iterator[list[Launch]]:
             {k: _describe(v) for k, v in bound.arguments.items()},
             {k: v for k, v in kwargs.items() if k not in names},
             grid if not callable(grid) else None, self.fn, dict(self.kwargs)))
+        if not execute:
+            return None
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = run
@@ -179,6 +183,14 @@ def _python_fn(launch: Launch):
 def _jit_function(launch: Launch) -> _jit.JITFunction:
     """A JITFunction of the launch's Python def with its jit options (do_not_specialize ...):
     under the interpreter the module holds an InterpretedFunction, which has no binder."""
+    if launch.fn is None:
+        # Unpickled in a process without the interpreter: the module holds the JITFunction
+        # itself, with its jit options (do_not_specialize ...).
+        obj = importlib.import_module(launch.module)
+        for part in launch.name.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, _jit.JITFunction):
+            return obj
     fn, jit_kwargs = _python_fn(launch)
     if fn not in _JIT_CACHE:
         _JIT_CACHE[fn] = _jit.JITFunction(fn, **jit_kwargs)
@@ -270,7 +282,7 @@ def compile_spec(spec: RuntimeSpec | Launch, target: GPUTarget | None = None, fn
     options=options)`` reproduces the run-time compile.
 
     A ``Launch`` is specialized for ``target`` first. Needs the kernel as a JITFunction: in a
-    process with ``TRITON_INTERPRET=0`` (see ``compile_specs``), the kernel is found by module
+    process with ``TRITON_INTERPRET=0`` (see ``aot.compile_all``), the kernel is found by module
     and name unless ``fn`` is given.
     """
     if isinstance(spec, Launch):
@@ -281,7 +293,7 @@ def compile_spec(spec: RuntimeSpec | Launch, target: GPUTarget | None = None, fn
             fn = getattr(fn, part)
     if not isinstance(fn, _jit.JITFunction):
         raise RuntimeError(f"{spec.name} is a {type(fn).__name__}, not a JITFunction: compile "
-                           "in a process started with TRITON_INTERPRET=0 (compile_specs)")
+                           "in a process started with TRITON_INTERPRET=0 (aot.compile_all)")
     return ASTSource(fn, spec.signature, spec.constexprs, spec.attrs), dict(spec.options)
 
 
@@ -303,37 +315,6 @@ def in_fresh_processes(fn: Callable, jobs: list, workers: int | None = None) -> 
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = saved
-
-
-_TORCH_NAME = {"*fp16": "float16", "*bf16": "bfloat16", "*fp32": "float32",
-               "*fp64": "float64"}
-
-
-def compile_report(spec: RuntimeSpec):
-    """Compile one spec and read its cubin with aot.py's readers (``aot.CompileReport``;
-    ``dtype`` is the first pointer's, ``is_mma`` False: the caller knows the kernel)."""
-    from . import aot
-    src, options = compile_spec(spec)
-    compiled = triton.compile(src, target=spec.target, options=options)
-    st = aot._cubin_stats(compiled.asm["cubin"])
-    nan_max, plain_max = aot.ptx_max_counts(compiled.asm["ptx"])
-    dtype = next((_TORCH_NAME[t] for t in spec.signature.values() if t in _TORCH_NAME), "-")
-    return aot.CompileReport(f"{spec.name}@runtime", spec.target.arch, st["registers"],
-                             compiled.metadata.shared, st["stack"] + st["local"],
-                             st["local_insts"], st["mma"], dtype, False, st["mma_kinds"],
-                             spec.name, nan_max, plain_max)
-
-
-def _report_job(spec):
-    try:
-        return compile_report(spec)
-    except Exception as exc:  # reported per spec, so one failure names itself
-        return f"{spec.name} sm_{spec.target.arch}: {type(exc).__name__}: {exc}"
-
-
-def compile_specs(specs: list[RuntimeSpec], workers: int | None = None) -> list:
-    """``compile_report`` of each spec in fresh processes; a str entry is a failure."""
-    return in_fresh_processes(_report_job, list(specs), workers)
 
 
 def _attr_set(attrs) -> set:

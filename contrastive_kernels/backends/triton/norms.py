@@ -10,7 +10,8 @@ import triton.language as tl
 from .tiles import EPS, acc_dtype, nan_max, out_buffer, row_block, tl_acc
 
 
-@triton.jit
+# Row counts are not specialized (no binary per divisibility of N; proof/catalogue.py).
+@triton.jit(do_not_specialize=["N"])
 def _inv_norm_kernel(X, R, N, D, stride_x, EPS_C: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     """R[i] = 1 / max(||X[i]||, eps); a NaN norm gives NaN (not 1/eps), as in
@@ -36,7 +37,7 @@ def _summed_parts(G, rows, cols, m, stride_g, P, part_stride, ACC: tl.constexpr)
     return g
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "P", "part_stride"])
 def _norm_backward_kernel(X, R, G, SCALE, SIGMA, DX, N, D, stride_x, stride_g, stride_dx,
                           P, part_stride,
                           EPS_C: tl.constexpr, NORMALIZE: tl.constexpr,

@@ -129,7 +129,7 @@ def _pow2_bits(e):
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _sq_norm_kernel(X, R, OUT, N, D, stride_x,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
     """OUT[i] = ‖R[i]·X[i]‖² (the squared norm of the row the tiles see)."""
@@ -309,7 +309,7 @@ def _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b
                           db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["mask_diag", "want_rows"])
+@triton.jit(do_not_specialize=["NA", "NB", "mask_diag", "want_rows"])
 def _pair_kernel(
         A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
         ROWS, DA, DB, SUM_A, SUM_B, PART,
@@ -414,7 +414,7 @@ def _pair_kernel(
             tl.store(PART + 2 * NA + offs_a, p_margin, mask=a_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
                     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
                     ONE_CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,

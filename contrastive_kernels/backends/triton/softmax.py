@@ -50,9 +50,10 @@ def _online_lse(m_i, l_i, s_m, AXIS: tl.constexpr):
     return m_new, l_i * tl.exp(m_i - shift) + p_sum
 
 
-# Runtime flags and counts that may equal 1 are not specialized: Triton would otherwise
-# compile a second binary for the value 1 of each (proof/specialize.py).
-@triton.jit(do_not_specialize=["tiles_per_split", "mask_diag"])
+# Row counts, runtime flags and split sizes are not specialized: Triton would otherwise
+# compile one binary per value 1 and per divisibility by 16 of each (proof/specialize.py);
+# only D and the strides keep their hints, which vectorize the tile loads.
+@triton.jit(do_not_specialize=["N", "M", "tiles_per_split", "mask_diag"])
 def _softmax_fwd_kernel(
         Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY,
         PART_M, PART_L, PART_POS, COL_M, COL_L,
@@ -117,7 +118,7 @@ def _softmax_fwd_kernel(
         tl.store(PART_POS + part + offs_m, pos_i, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "n", "parts_stride"])
 def _merge_kernel(PART_M, PART_L, PART_SUM, EXTRA, LSE, SUM, P, n, parts_stride,
                   BLOCK: tl.constexpr, HAS_SUM: tl.constexpr, HAS_EXTRA: tl.constexpr,
                   ACC: tl.constexpr):
@@ -186,15 +187,16 @@ def _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D
                           mask=b_ok[:, None] & d_ok, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["tiles_per_split", "mask_diag", "da_atomic"])
+@triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
+                             "da_atomic", "has_col"])
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
         DA, DB, DSCALE,
         NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
-        tiles_per_split, mask_diag, da_atomic,
+        tiles_per_split, mask_diag, da_atomic, has_col,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_COL: tl.constexpr,
+        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr,
         NEED_DA: tl.constexpr, NEED_DB: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
         PREC: tl.constexpr):
     """Recompute S for the owned block of A against one split of B; accumulate gradients.
@@ -230,9 +232,10 @@ def _softmax_bwd_kernel(
         g = tl.load(G_LSE + offs_a, mask=a_ok, other=0.0)[:, None]
         gp = tl.load(G_POS + offs_a, mask=a_ok, other=0.0)[:, None]
         rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
-    elif HAS_COL:
-        clse = tl.load(CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
-        gc = tl.load(G_CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+    else:
+        # Column statistics (CLIP) only with has_col: otherwise masked off, never read.
+        clse = tl.load(CLSE + offs_a, mask=a_ok & (has_col != 0), other=0.0)[:, None]
+        gc = tl.load(G_CLSE + offs_a, mask=a_ok & (has_col != 0), other=0.0)[:, None]
     if TRANSPOSED:
         ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
     for t in range(0, n_bb):
@@ -263,7 +266,7 @@ def _softmax_bwd_kernel(
         else:
             ckey = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
         ds = g * tl.exp(s - lse) + tl.where(rkey == ckey, gp, 0.0)
-        if HAS_COL:
+        if has_col != 0:
             if not TRANSPOSED:
                 clse = tl.load(CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
                 gc = tl.load(G_CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
@@ -381,12 +384,16 @@ def rows_aligned(*xs: torch.Tensor) -> bool:
     return all(x.data_ptr() % 16 == 0 and x.stride(0) % 16 == 0 for x in xs)
 
 
+# The one smaller owned block a tall tile falls back to (one more compiled variant each).
+FIT_BLOCK = 64
+
+
 def _fit(cfg: TileConfig, n_own: int, n_other: int) -> TileConfig:
-    """cfg with blocks no taller than the problem (≥ 16, the tile product's minimum):
-    64 MoCo queries get 64-row blocks, not 128 rows half of which are padding."""
-    bm = min(cfg.block_m, max(16, triton.next_power_of_2(max(n_own, 1))))
-    bn = min(cfg.block_n, max(16, triton.next_power_of_2(max(n_other, 1))))
-    return dataclasses.replace(cfg, block_m=bm, block_n=bn)
+    """cfg with 64-row owned blocks where the owned side has at most 64 rows: 64 MoCo
+    queries get one 64-row block, not 128 rows half of which are padding."""
+    if cfg.block_m > FIT_BLOCK >= n_own:
+        return dataclasses.replace(cfg, block_m=FIT_BLOCK)
+    return cfg
 
 
 def _tiles_for(a: torch.Tensor, b: torch.Tensor) -> tuple[TileConfig, TileConfig]:
@@ -488,8 +495,9 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
             da_arg, db if db is not None else dscale, dscale,
             na, nb, d, a.stride(0), b.stride(0), d, d,
             na * d if parts > 1 else 0, per_split, int(mask_diag), int(da_atomic),
+            int(has_col),
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
+            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
             PREC=precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return da, dscale
