@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check: build for this GPU, the test suite on CUDA tensors (Triton and
-# CUDA C++), the main job and short benchmarks, in under 8 minutes on one H100/H200. Results go to $OUT (or benchmarks/.results).
+# CUDA C++), the main job and short benchmarks, in under 11 minutes on one H100/H200 (the tile sweep
+# included). Results go to $OUT (or benchmarks/.results).
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,7 @@ timeout 80 python benchmarks/engine_compare.py --n 16384 --d 256 1024 --dtype bf
   --rounds 3 2>&1 | tee "$out/engines.md" || status=1
 timeout 60 python benchmarks/engine_compare.py --n 65536 --d 256 1024 --dtype bfloat16 \
   --rounds 2 --no-compile 2>&1 | tee -a "$out/engines.md" || status=1
+# The tile table was chosen from compiles and counted traffic; time a few candidates per
+# problem here (CLIP, SigLIP, a queue at N = 16k–64k) and record the winners.
+timeout 200 python benchmarks/tile_sweep.py --write 2>&1 | tee "$out/tile_sweep.md" || status=1
 exit $status

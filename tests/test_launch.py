@@ -142,3 +142,25 @@ def test_launch_as_gives_the_interpreter_the_gpu_launch(arch, sms):
                          env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out[:3] == [str(sms), "True", "True"]
     assert int(out[3]) > 32  # not the interpreter's test tile
+
+
+def test_deterministic_partials_are_capped(monkeypatch):
+    """Fixed-order split partials cost splits × N × D: past the cap the splits get longer
+    instead (same results, bounded memory)."""
+    monkeypatch.setattr(te, "_MAX_PART_ELEMENTS", 5 * 40 * 2)  # two partials of 5 × 40
+    tensors = _bank(5, 400, 40, seed=4)
+    torch.use_deterministic_algorithms(True)
+    try:
+        _check(_info_nce, tensors, (True, True, True), "deterministic, capped partials")
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in machine")
+def test_the_test_launches_cross_multi_tile_and_ragged_splits():
+    """The interpreter's stand-in machine gives the tests splits of several tiles, a ragged
+    last split and staggered starts (a planted wrong tile order in the backward's walk
+    failed 4 of the gradient tests above)."""
+    cfg = te.interpret_tiles(40) if hasattr(te, "interpret_tiles") else None
+    splits, per_split = launch.split_grid(5, 7, cfg, torch.device("cpu"))
+    assert per_split >= 2 and splits * per_split > 7

@@ -160,7 +160,41 @@ def compile_variant(spec: specialize.RuntimeSpec, arch: int | None = None
                          compiled.metadata.shared, st["stack"] + st["local"],
                          st["local_insts"], st["mma"], _TORCH_DTYPE.get(dtype, "-"),
                          spec.name in MMA_KERNELS, st["mma_kinds"], spec.name, nan_max,
-                         plain_max, src.hash())
+                         plain_max, _binary_hash(src, options))
+
+
+def _binary_hash(src, options: dict) -> str:
+    """Identity of a compiled binary: Triton's source hash (kernel source and its jit
+    dependencies, signature, constexprs, hints) plus the launch options."""
+    import hashlib
+    opts = ",".join(f"{k}={options[k]}" for k in sorted(options))
+    return hashlib.sha256(f"{src.hash()}|{opts}".encode()).hexdigest()
+
+
+def _hash_job(spec) -> str:
+    return _binary_hash(*specialize.compile_spec(spec))
+
+
+def binary_hashes(specs) -> list[str]:
+    """The binary identity of each spec, as compile_variant records it, without
+    compiling (fresh processes: the kernels must be JITFunctions)."""
+    return specialize.in_fresh_processes(_hash_job, list(specs))
+
+
+def sample(specs) -> list:
+    """The heaviest binary of each kernel × input dtype × arch (largest tile, most
+    constexpr flags on): the ones that spill first, recompiled by the tests to prove the
+    committed table honest."""
+    best = {}
+    for spec in specs:
+        ce = spec.named_constexprs
+        dtype = next((t for t in spec.signature.values() if t in _TORCH_DTYPE), None)
+        weight = (ce.get("BLOCK_M", ce.get("BLOCK_A", 1)) * ce.get("BLOCK_N", ce.get(
+            "BLOCK_B", 1)) * ce.get("BLOCK_K", 1), sum(v is True for v in ce.values()))
+        key = (spec.name, dtype, spec.target.arch)
+        if key not in best or weight > best[key][0]:
+            best[key] = (weight, spec)
+    return [spec for _, spec in best.values()]
 
 
 _TORCH_DTYPE = {"*fp16": "float16", "*bf16": "bfloat16", "*fp32": "float32",

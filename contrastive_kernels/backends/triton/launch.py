@@ -31,9 +31,10 @@ LAUNCH_AS_ENV = "CONTRASTIVE_KERNELS_LAUNCH_AS"
 # SM counts of the GPUs a LAUNCH_AS architecture stands for (H100 SXM, A100).
 SM_COUNT = {90: 132, 80: 108}
 # Stand-in machine of the interpreter's test launches: a few programs per launch, and at
-# most two tiles per split, so that tests run splits, merges and persistent loops.
+# most three tiles per split (7 tiles: 2 + 2 + 2 + 1), so that tests run multi-tile and
+# ragged splits, staggered starts, merges and persistent loops.
 _INTERPRET_SMS = 3
-_INTERPRET_MAX_TILES = 2
+_INTERPRET_MAX_TILES = 3
 # Tiles one program sums before its partial joins the others (two-level sums).
 MAX_TILES_PER_SPLIT = 64
 

@@ -467,6 +467,10 @@ def _atomic_elements(n_own: int, n_other: int, block: int) -> int:
     return triton.cdiv(n_own, block) * n_other
 
 
+# Most elements the deterministic mode's per-split gradient partials may take (256 MiB fp32).
+_MAX_PART_ELEMENTS = 1 << 26
+
+
 def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
                  *, transposed, mask_diag, has_col, need_da, need_db, deterministic,
                  db):
@@ -480,6 +484,11 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     splits, per_split = split_grid(n_ab, n_bb, cfg, a.device)
     # Several splits of one row: atomics, or (deterministic) one slice per split summed in
     # a fixed order by the normalization backward. Streamed D read-modify-writes its rows.
+    if deterministic and need_da and splits * na * d > _MAX_PART_ELEMENTS:
+        # Fixed-order partials cost splits × NA × D: cap them (longer splits, so a
+        # one-level sum over more tiles) rather than allocate gigabytes.
+        per_split = triton.cdiv(n_bb, max(1, _MAX_PART_ELEMENTS // max(na * d, 1)))
+        splits = triton.cdiv(n_bb, per_split)
     da_atomic = need_da and splits > 1 and not deterministic
     parts = splits if (need_da and not da_atomic) else 1
     da = None
