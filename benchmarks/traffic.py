@@ -220,15 +220,17 @@ def launch_note(arch: str, engine: str) -> str:
 
     from contrastive_kernels.backends.triton import softmax, tiles
     try:
-        fwd = softmax.tile_config(256, torch.bfloat16)[0]
+        x = torch.empty(2048, 256, dtype=torch.bfloat16)
+        fwd, bwd = softmax._tiles_for(x, x)  # what a launch on aligned bf16 rows picks
     except Exception as exc:  # the launcher's API is not ours to pin down
         return f"could not read the launch tiles ({exc!r})."
     if fwd == tiles.interpret_tiles(256):
         return (f"**CONTRASTIVE_KERNELS_LAUNCH_AS={arch} had no effect: the numbers are for "
                 f"the interpreter's small test tiles and grids, not a GPU launch.**")
     return (f"CONTRASTIVE_KERNELS_LAUNCH_AS={arch}: the launchers picked the {arch} launch "
-            f"(e.g. bf16 D=256 forward tile {fwd.block_m}×{fwd.block_n}×{fwd.block_k}, "
-            f"{fwd.num_warps} warps).")
+            f"(e.g. bf16 D=256, aligned rows: forward tile {fwd.block_m}×{fwd.block_n}×"
+            f"{fwd.block_k}, backward {bwd.block_m}×{bwd.block_n}×{bwd.block_k}, "
+            f"{fwd.num_warps} warps; ×D = the rows stay on chip).")
 
 
 def report(rows: list[dict], args, seconds: float) -> str:

@@ -188,15 +188,15 @@ def _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D
 
 
 @triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
-                             "da_atomic", "has_col"])
+                             "da_atomic"])
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
         DA, DB, DSCALE,
         NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
-        tiles_per_split, mask_diag, da_atomic, has_col,
+        tiles_per_split, mask_diag, da_atomic,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr,
+        ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_COL: tl.constexpr,
         NEED_DA: tl.constexpr, NEED_DB: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
         PREC: tl.constexpr):
     """Recompute S for the owned block of A against one split of B; accumulate gradients.
@@ -232,10 +232,11 @@ def _softmax_bwd_kernel(
         g = tl.load(G_LSE + offs_a, mask=a_ok, other=0.0)[:, None]
         gp = tl.load(G_POS + offs_a, mask=a_ok, other=0.0)[:, None]
         rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
-    else:
-        # Column statistics (CLIP) only with has_col: otherwise masked off, never read.
-        clse = tl.load(CLSE + offs_a, mask=a_ok & (has_col != 0), other=0.0)[:, None]
-        gc = tl.load(G_CLSE + offs_a, mask=a_ok & (has_col != 0), other=0.0)[:, None]
+    elif HAS_COL:
+        # The column statistics (CLIP) of the owned columns. A compile-time flag: as a
+        # runtime one its registers made the 128-row sm_90 tiles spill.
+        clse = tl.load(CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+        gc = tl.load(G_CLSE + offs_a, mask=a_ok, other=0.0)[:, None]
     if TRANSPOSED:
         ckey = tl.load(COL_KEY + offs_a, mask=a_ok, other=-2)[:, None]
     for t in range(0, n_bb):
@@ -266,7 +267,7 @@ def _softmax_bwd_kernel(
         else:
             ckey = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
         ds = g * tl.exp(s - lse) + tl.where(rkey == ckey, gp, 0.0)
-        if has_col != 0:
+        if HAS_COL:
             if not TRANSPOSED:
                 clse = tl.load(CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
                 gc = tl.load(G_CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
@@ -330,17 +331,17 @@ _TILE_TABLE_SM90 = {
 }
 
 # sm_90 only, when every row address is 16-byte aligned (D a multiple of 16 and aligned
-# data): Triton then compiles with divisibility hints (proof/specialize.py), the addresses
-# of a tile need far fewer registers, and half-precision rows up to D = 256 stay on chip
-# with 128-row owned blocks (wgmma reads the owned tile from shared memory; the fp32
-# gradient rows, 128×D, live in registers). 128 rows is what the counted traffic needs:
-# the backward moves ~6 bytes per (owned block, streamed element), so its FLOP per byte is
-# about the owned block's rows. sm_80's mma.sync keeps both operands in registers: these
-# tiles spill there, so sm_80 keeps the general table.
+# data): Triton then compiles with divisibility hints (proof/specialize.py) and
+# half-precision forward rows up to D = 256 stay on chip in 128-row blocks (wgmma reads the
+# owned tile from shared memory), so the forward reads each streamed tile once per 128
+# rows. The backward keeps the general table's tiles: with the owned fp32 gradient rows on
+# chip (128 or 64 rows × D) every run-time variant of it spills at D = 256 and most at
+# D = 128 (measured with the run-time specialization, proof/catalogue.py), so above D = 64
+# it streams D. sm_80's mma.sync keeps both operands in registers: the general table.
 _ALIGNED_TILES = {
-    90: {"half": ((64, (128, 64, None, 8), (128, 64, None, 8)),
-                  (128, (128, 64, None, 8), (128, 64, None, 8)),
-                  (256, (128, 64, None, 8), (128, 32, None, 8)))},
+    90: {"half": ((64, (128, 64, None, 8), (64, 32, None, 8)),
+                  (128, (128, 64, None, 8), (32, 32, None, 8)),
+                  (256, (128, 64, None, 8), (64, 64, 32, 8)))},
     80: {},
 }
 _TILE_TABLES = {90: _TILE_TABLE_SM90, 80: _TILE_TABLE_SM90}
@@ -405,6 +406,8 @@ def _tiles_for(a: torch.Tensor, b: torch.Tensor) -> tuple[TileConfig, TileConfig
         cfg = interpret_tiles(a.shape[1])
         return cfg, cfg
     fwd, bwd = tile_config(a.shape[1], a.dtype, arch=arch, aligned=rows_aligned(a, b))
+    if arch != 90:  # the fitted 64-row tiles at 8 warps spill on sm_80
+        return fwd, bwd
     return _fit(fwd, a.shape[0], b.shape[0]), _fit(bwd, a.shape[0], b.shape[0])
 
 
@@ -504,9 +507,8 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
             da_arg, db if db is not None else dscale, dscale,
             na, nb, d, a.stride(0), b.stride(0), d, d,
             na * d if parts > 1 else 0, per_split, int(mask_diag), int(da_atomic),
-            int(has_col),
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed,
+            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
             PREC=precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return da, dscale
