@@ -1,5 +1,7 @@
 """The CPU emulation of the CUDA execution model (csrc/emu/cuda_emu.h): its standalone
-self-test (csrc/emu/tests/emu_selftest.cpp) built with g++ and run plainly, under
+self-test (csrc/emu/tests/emu_selftest.cpp: barriers, warp collectives, atomics, wmma, the
+PTX-level cp.async / ldmatrix / mma.sync m16n8k16 against the PTX ISA's fragment layouts,
+the traffic counters) built with g++ and run plainly, under
 ThreadSanitizer and under AddressSanitizer+UBSan — clean — and in the planted-bug variants
 the sanitizers must catch (a removed __syncthreads(), reads past a __shared__ array and past
 a global buffer).
@@ -112,7 +114,7 @@ def test_selftest_passes(plain):
     assert rc == 0, out
     assert "emu_selftest: all checks passed" in out, out
     for name in ("indices", "barriers", "sync_count", "syncwarp", "shuffles", "atomics", "wmma",
-                 "misc", "errors"):
+                 "ptx", "traffic", "misc", "errors"):
         assert any(line.split()[:2] == [name, "ok"] for line in out.splitlines()), (name, out)
 
 

@@ -3,9 +3,12 @@ emulation of the CUDA execution model (csrc/emu), under the sanitizers — each 
 fail.
 
 csrc/emu/tests/engine_driver.cpp calls the engine's host entry points (softmax forward with
-CLIP column statistics and mask_diag, atomic and deterministic backward, SigLIP and Hadsell
-pairwise forward/backward, batch-hard mining) on ragged shapes in fp32 (SIMT), fp16 (wmma)
-and fp64, and checks each result against a float64 ATen reference. It is linked with the
+CLIP column statistics and mask_diag, atomic and deterministic backward — rerun and compared
+bitwise — and dQ-only / dK-only backward, SigLIP and Hadsell pairwise forward/backward,
+batch-hard mining) on ragged shapes, split column ranges, two feature panels (D = 300) and a
+35-tile range (two blocked-sum groups), in fp32 (SIMT), fp16 and bf16 (mma.sync from
+ldmatrix, cp.async operand loads) and fp64, and checks each result against a float64 ATen
+reference. It is linked with the
 two emulated engine translation units (csrc/emu/softmax_engine_emu.cpp,
 pairwise_engine_emu.cpp) in three flavours:
 
@@ -21,16 +24,16 @@ the other objects of the flavour are reused:
   between the row pass (each warp writes the masked logits of its rows into sm.s) and the
   CLIP column pass (each thread reads one column of sm.s, i.e. every warp's rows);
 - "oob" (AddressSanitizer): tile_products.cuh, the operand loader load_chunk guards its
-  rows with `row <= n` instead of `row < n`, so a partial tile reads one row past the end
-  of the global feature tensor.
+  rows with `row <= n` instead of `row < n`, so a partial tile's cp.async reads one row past
+  the end of the global feature tensor (the emulated cp.async reads its source at issue).
 
 Builds are cached outside the repository, in
 ~/.cache/contrastive_kernels/emu_sanitizers/<flavour>-<hash>/ (mutants in a subfolder
 named by the hash of the mutation), the hash covering the driver, csrc/emu, csrc/cuda,
 csrc/*.h, the flags, the compiler and torch, so a fresh clone on the same machine reuses
-them. Measured on two cores shared with other jobs: cold about 7 minutes (eight compiles,
-the ASan+UBSan ones the slowest, plus the runs); cached about 3 minutes, the runs alone, the
-ThreadSanitizer one (~100 s: one OS thread per CUDA thread) dominating.
+them. Measured on two cores shared with other jobs: cold about 20 minutes (eight compiles,
+the ASan+UBSan ones the slowest, plus the runs: plain about 3 minutes, the ThreadSanitizer
+one — one OS thread per CUDA thread — the longest).
 """
 import functools
 import hashlib
@@ -98,11 +101,12 @@ MUTANTS = {
              "      __syncthreads();\n      if (p.need_col) {",
              "      if (p.need_col) {",
              "softmax", "softmax_engine_cuda.cu"),
-    # load_chunk: rows of a partial tile at or past n must load zeros; `row <= n` loads row n,
-    # one row past the end of the feature tensor (N = 70 and M = 45 are not multiples of 64).
+    # load_chunk: rows of a partial tile at or past n must be zero-filled (cp.async with no
+    # source bytes); `row <= n` copies row n, one row past the end of the feature tensor
+    # (N = 70 and M = 45 are not multiples of 64).
     "oob": ("asan", "tile_products.cuh",
-            "    if (row < n && col < D) {",
-            "    if (row <= n && col < D) {",
+            "    const bool valid = row < n && col < D;\n",
+            "    const bool valid = row <= n && col < D;\n",
             "softmax", "softmax_engine_cuda.cu"),
 }
 

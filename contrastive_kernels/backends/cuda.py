@@ -62,12 +62,13 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
              mask_diag: bool, normalize: bool, deterministic: bool,
              need_dq: bool = True, need_dk: bool = True):
-    """dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed), dscale 0-dim.
-    deterministic=False: one pass, dK by atomics (8·N·M·D FLOPs with the forward); True:
-    dQ and dK passes (10·N·M·D)."""
-    dq, dk, dscale = _ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
-                                   g_pos, g_clse, mask_diag, normalize, deterministic)
-    return (dq if need_dq else dq[:0]), (dk if need_dk else dk[:0]), dscale
+    """dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed: not computed),
+    dscale 0-dim. deterministic=False: one pass, dK by atomics (8·N·M·D FLOPs with the
+    forward); True: dQ and dK passes (10·N·M·D); a frozen key bank (need_dk=False): the
+    logit recompute and dQ only (6·N·M·D with the forward)."""
+    return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
+                               g_pos, g_clse, mask_diag, normalize, deterministic, need_dq,
+                               need_dk))
 
 
 # --- the pairwise engine (engines/pairwise.py): SigLIP, Hadsell, batch-hard mining ----

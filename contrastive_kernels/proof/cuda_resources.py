@@ -21,6 +21,7 @@ _RES_RE = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)
 # Pairwise kernels first: "fwd_kernel"/"bwd_kernel" are substrings of their names.
 _KERNEL_RE = re.compile(r"(pair_fwd_kernel|pair_bwd_kernel|hardest_kernel|sq_norm_kernel|"
                         r"inv_norm_kernel|norm_backward_kernel|fwd_kernel|merge_col_kernel|"
+                        r"merge_rows_kernel|sum_splits_kernel|"
                         r"bwd_kernel)I(\w+?)(E|L)")
 _TYPES = {"6__half": "float16", "13__nv_bfloat16": "bfloat16", "f": "float32", "d": "float64"}
 _BWD_FLAGS_RE = re.compile(r"bwd_kernelI\w+?(Lb[01])E(Lb[01])E(Lb[01])E")

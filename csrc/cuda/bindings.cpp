@@ -39,13 +39,13 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& lse, const at::Tensor& clse,
                                  const at::Tensor& g_lse, const at::Tensor& g_pos,
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
-                                 bool deterministic) {
+                                 bool deterministic, bool need_dq, bool need_dk) {
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
                           kDeviceType);
   ck::check_backward_inputs(q, k, lse, clse, g_lse, g_pos, g_clse);
   const DeviceGuard guard(q.device());
   return backward_cuda(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
-                       mask_diag, normalize, deterministic);
+                       mask_diag, normalize, deterministic, need_dq, need_dk);
 }
 
 // --- pairwise engine ---------------------------------------------------------------------
@@ -75,12 +75,12 @@ std::vector<at::Tensor> pair_backward(int64_t kind, const at::Tensor& q, const a
                                       const at::Tensor& params, const at::Tensor& row_key,
                                       const at::Tensor& col_key, const at::Tensor& g_row,
                                       bool mask_diag, bool normalize, bool want_rows,
-                                      bool deterministic) {
+                                      bool deterministic, bool need_dq, bool need_dk) {
   check_pair_inputs(kind, q, k, rq, rk, params, row_key, col_key, mask_diag);
   ck::check_vector(g_row, "g_row", q.size(0), ck::acc_type(q.scalar_type()), q.device());
   const DeviceGuard guard(q.device());
   return pair_backward_cuda(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
-                            normalize, want_rows, deterministic);
+                            normalize, want_rows, deterministic, need_dq, need_dk);
 }
 
 std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
@@ -91,6 +91,27 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
   const DeviceGuard guard(x.device());
   return hardest_pairs_cuda(x, rx, key);
 }
+
+#if defined(CK_CUDA_EMULATE)
+// The emulation build's traffic counters (csrc/cuda/memory.cuh, ck_emu::traffic_*), read by
+// contrastive_kernels/proof/cuda_traffic.py: traffic_begin() -> token; traffic_end(token) ->
+// one dict per kernel launch since then.
+pybind11::list traffic_end(std::size_t token) {
+  pybind11::list out;
+  for (const ck_emu::LaunchRecord& r : ck_emu::traffic_end(token)) {
+    pybind11::dict d;
+    d["kernel"] = r.kernel;
+    d["programs"] = r.programs;
+    d["bytes_loaded"] = r.traffic.loaded;
+    d["bytes_stored"] = r.traffic.stored;
+    d["bytes_atomic"] = r.traffic.atomic;
+    d["flops"] = r.traffic.flops;
+    d["num_warps"] = r.num_warps;
+    out.append(d);
+  }
+  return out;
+}
+#endif
 
 std::string built_archs() {
 #ifdef CK_CUDA_ARCHS
@@ -106,10 +127,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "contrastive_kernels CUDA C++ engine (tensor-core MMA for half inputs)";
   m.def("inverse_norms", &ck_cuda::inverse_norms, "r (N,) = 1/max(||x_i||, eps), or ones");
   m.def("forward", &ck_cuda::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
-  m.def("backward", &ck_cuda::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
+  namespace py = pybind11;
+  m.def("backward", &ck_cuda::backward,
+        "(dq (N,D), dk (M,D), dscale 0-dim); a gradient not needed (need_dq/need_dk) is (0,D)",
+        py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"), py::arg("scale"),
+        py::arg("row_key"), py::arg("col_key"), py::arg("lse"), py::arg("clse"),
+        py::arg("g_lse"), py::arg("g_pos"), py::arg("g_clse"), py::arg("mask_diag"),
+        py::arg("normalize"), py::arg("deterministic"), py::arg("need_dq") = true,
+        py::arg("need_dk") = true);
   m.def("pair_forward", &ck_cuda::pair_forward, "rows (N,) of the pairwise engine");
   m.def("pair_backward", &ck_cuda::pair_backward,
-        "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");
+        "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin]); "
+        "a gradient not needed (need_dq/need_dk) is (0,D)",
+        py::arg("kind"), py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"),
+        py::arg("params"), py::arg("row_key"), py::arg("col_key"), py::arg("g_row"),
+        py::arg("mask_diag"), py::arg("normalize"), py::arg("want_rows"),
+        py::arg("deterministic"), py::arg("need_dq") = true, py::arg("need_dk") = true);
   m.def("hardest_pairs", &ck_cuda::hardest_pairs, "(pos (N,), neg (N,)) int64, -1 where none");
   m.def("built_archs", &ck_cuda::built_archs, "TORCH_CUDA_ARCH_LIST of this build");
+#if defined(CK_CUDA_EMULATE)
+  m.def("traffic_begin", &ck_emu::traffic_begin,
+        "start recording one traffic record per kernel launch; returns a token");
+  m.def("traffic_end", &ck_cuda::traffic_end, pybind11::arg("token"),
+        "the launches since traffic_begin(token): [{kernel, programs, bytes_loaded, "
+        "bytes_stored, bytes_atomic, flops, num_warps}]");
+#endif
 }

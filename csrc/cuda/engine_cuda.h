@@ -23,9 +23,15 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& col_key, const at::Tensor& lse,
                                       const at::Tensor& clse, const at::Tensor& g_lse,
                                       const at::Tensor& g_pos, const at::Tensor& g_clse,
-                                      bool mask_diag, bool normalize, bool deterministic);
+                                      bool mask_diag, bool normalize, bool deterministic,
+                                      bool need_dq = true, bool need_dk = true);
 
-// dx (input dtype, preallocated like x) from G (acc dtype, rows × D): the F.normalize
+// need_dq / need_dk: whether the queries / keys need a gradient; one not needed is not
+// computed and comes back as a (0, D) tensor — the backward of a frozen key bank is the
+// logit recompute and dQ only.
+//
+// dx (input dtype, preallocated like x) from G (acc dtype, rows × D, or splits × rows × D
+// partial copies summed in order): the F.normalize
 // backward dx = scale·r·(G' − <G', x> r² x), G' = G − diag·r·x (diag null: G' = G; scale
 // null: 1; normalize false: r = 1, no radial term). Shared by both engines.
 void norm_backward_cuda(const at::Tensor& x, const at::Tensor& r, const at::Tensor& g,
@@ -42,7 +48,8 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
                                            const at::Tensor& rk, const at::Tensor& params,
                                            const at::Tensor& row_key, const at::Tensor& col_key,
                                            const at::Tensor& g_row, bool mask_diag,
-                                           bool normalize, bool want_rows, bool deterministic);
+                                           bool normalize, bool want_rows, bool deterministic,
+                                           bool need_dq = true, bool need_dk = true);
 std::vector<at::Tensor> hardest_pairs_cuda(const at::Tensor& x, const at::Tensor& rx,
                                            const at::Tensor& key);
 

@@ -1,25 +1,42 @@
 // The softmax-family engine in CUDA C++: the same contract as engines/softmax.py.
 //
-// Tiles (compile-time, per input type; see TileShape):
-//   half/bf16/fp32: 64×64 logit tiles, D streamed in 32-wide chunks, 128 threads (4 warps).
-//   fp64:           32×32 tiles (the same shared-memory bytes).
-// Why: a 64×64 fp32 logit tile plus two 64×32 operand chunks and a 64×64 dS tile is ~37 KB
-// of shared memory per block, so 4 blocks fit an A100 SM (164 KB) and 6 an H100 SM
-// (228 KB): enough warps to hide the exp/shuffle latency of the epilogue, which is the
-// point of fusing it. 4 warps × (32×32) map the 64×64 tile onto m16n16k16 tensor-core
-// fragments (wmma → HMMA on sm_80 and sm_90) for half inputs; fp32/fp64 use exact FMA
-// (SIMT) products, each thread owning an 8×4 (fp64: 4×2) register micro-tile.
+// Tiles (compile-time, per input type; see TileShape and Layout in tile_products.cuh):
+//   half/bf16/fp32: 64×64 logit tiles, 128 threads (4 warps); fp64: 32×32.
+//   A block owns a row block (or, TRANSPOSED, a column block) whose feature panel stays in
+//   shared memory (D ≤ 256; larger D in equal panels, the logits recomputed per panel block),
+//   streams the other side's panels once (cp.async, prefetched one tile ahead), and, in the
+//   backward, accumulates its own gradient rows on chip (blocked: kGroup tiles per group),
+//   writing them once per group: a plain store, or one atomic add per element when the
+//   column range is split across blocks.
+//   Half inputs: mma.sync m16n8k16 (HMMA) from ldmatrix fragments, fp32 accumulation;
+//   fp32/fp64: SIMT FMA from conflict-free padded tiles.
+// Occupancy (128 threads per block; registers from ptxas / cuobjdump, sm_80 and sm_90, no
+// spills: forward 110–113 for half inputs, 128 for fp32; backward 122–128, fp64 up to 146 —
+// registers alone would allow 3–4 blocks per SM): dynamic shared memory decides. bf16/fp16,
+// D = 256 / 128 / 64: forward 88 / 56 / 41 KB → 2 / 4 / 4 blocks per H100 SM (228 KB),
+// 1 / 2 / 3 per A100 SM (164 KB); backward 163 / 99 / 68 KB → 1 / 2 / 3 (H100), 1 / 1 / 2
+// (A100), i.e. 4–16 warps per SM: the cp.async prefetch of the next tile, not occupancy,
+// hides the load latency. fp32 keeps D ≤ 256 on chip on an H100 (214 KB backward), D ≤ 128
+// on an A100 (D = 256: two panels, the logits recomputed per panel block). The split of the
+// column range (tile_products.cuh: make_plan) sizes the grid from the SM count and this
+// occupancy (cudaOccupancyMaxActiveBlocksPerMultiprocessor), so a skinny problem (64
+// queries × a 4096-key queue) still fills the GPU. Measured table: benchmarks/cuda_report.py.
 //
 // Kernels:
 //   inv_norm_kernel         r_i = 1/max(||x_i||, eps)
-//   fwd_kernel              row lse/pos; per-program column partials (CLIP), persistent
+//   fwd_kernel              row (max, sum, pos) per column split (lse/pos directly when one);
+//                           per-program column partials (CLIP), persistent over row blocks
+//   merge_rows_kernel       row lse/pos from the split partials, fixed order
 //   merge_col_kernel        column lse from the partials, fixed order
 //   bwd_kernel              owned rows (or columns, TRANSPOSED) recompute S, form dS, and
-//                           accumulate dA (owned, plain stores) and dB (ATOMIC_B) in D chunks
+//                           accumulate dA on chip (the owned side) and dB (ATOMIC_B: one
+//                           atomic per element and tile)
 //   norm_backward_kernel    scale and the F.normalize backward, written in the input dtype
+//                           (sums the per-split partial gradient rows of the deterministic
+//                           mode in a fixed order)
 // All rules that decide a value come from ../tile_math.h, shared with the CPU engine.
-// The tile machinery (loaders, tile products, dS staging) is in tile_products.cuh, shared
-// with the pairwise engine (pairwise_engine_cuda.cu).
+// The tile machinery (layout, loaders, tile products, dS staging, the launch plan) is in
+// tile_products.cuh, shared with the pairwise engine (pairwise_engine_cuda.cu).
 #include <ATen/ATen.h>
 
 #include <limits>
@@ -43,43 +60,48 @@ __global__ void __launch_bounds__(kThreads)
   if (row >= n) return;
   Acc sq = 0;
   for (int64_t c = threadIdx.x % 32; c < D; c += 32) {
-    const Acc v = load_acc<Acc>(&X[row * D + c]);
+    const Acc v = gload_acc<Acc>(&X[row * D + c]);
     sq += v * v;
   }
   sq = warp_sum(sq);
-  if (threadIdx.x % 32 == 0) R[row] = ck::inverse_norm(sq);
+  if (threadIdx.x % 32 == 0) gstore(&R[row], ck::inverse_norm(sq));
 }
 
 // dX from G = Σ_j dS_ij r_j k_j: dx = scale·r·(G' − radial·x) with G' = G − diag_i·r·x
 // (diag: the pairwise engine's Σ_j dS_ij of a distance loss; null for the softmax family),
-// one warp per row. SCALE null means 1.
+// one warp per row. SCALE null means 1. G holds `splits` partial copies (n × D each, the
+// deterministic split backward's), summed in order.
 template <typename In>
 __global__ void __launch_bounds__(kThreads)
     norm_backward_kernel(const In* __restrict__ X, const acc_t<In>* __restrict__ R,
                          const acc_t<In>* __restrict__ G, const acc_t<In>* __restrict__ SCALE,
                          const acc_t<In>* __restrict__ DIAG, In* __restrict__ DX, int64_t n,
-                         int64_t D, bool normalize) {
+                         int64_t D, int64_t splits, bool normalize) {
   using Acc = acc_t<In>;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= n) return;
   const int lane = threadIdx.x % 32;
-  const Acc scale = SCALE != nullptr ? *SCALE : Acc(1);
-  const Acc r = normalize ? R[row] : Acc(1);
-  const Acc diag = DIAG != nullptr ? DIAG[row] * r : Acc(0);
-  // G' (the softmax family has no diag term and reads G unchanged).
-  auto g_at = [&](int64_t c, Acc x) { return DIAG != nullptr ? G[row * D + c] - diag * x : G[row * D + c]; };
+  const Acc scale = SCALE != nullptr ? gload(SCALE) : Acc(1);
+  const Acc r = normalize ? gload(&R[row]) : Acc(1);
+  const Acc diag = DIAG != nullptr ? gload(&DIAG[row]) * r : Acc(0);
+  auto g_at = [&](int64_t c, Acc x) {
+    Acc g = gload(&G[row * D + c]);
+    for (int64_t s = 1; s < splits; ++s) g += gload(&G[(s * n + row) * D + c]);
+    // G' (the softmax family has no diag term and reads G unchanged).
+    return DIAG != nullptr ? g - diag * x : g;
+  };
   Acc radial = 0;
   if (normalize) {
     Acc gx = 0;
     for (int64_t c = lane; c < D; c += 32) {
-      const Acc x = load_acc<Acc>(&X[row * D + c]);
+      const Acc x = gload_acc<Acc>(&X[row * D + c]);
       gx += g_at(c, x) * x;
     }
     radial = ck::radial_coef(warp_sum(gx), r);
   }
   for (int64_t c = lane; c < D; c += 32) {
-    const Acc x = load_acc<Acc>(&X[row * D + c]);
-    DX[row * D + c] = from_acc<In, Acc>(ck::normalized_grad(scale, r, g_at(c, x), radial, x));
+    const Acc x = gload_acc<Acc>(&X[row * D + c]);
+    gstore(&DX[row * D + c], from_acc<In, Acc>(ck::normalized_grad(scale, r, g_at(c, x), radial, x)));
   }
 }
 
@@ -97,45 +119,75 @@ struct FwdParams {
   const int64_t* row_key;
   const int64_t* col_key;
   const Acc* extra;  // nullable
-  Acc* lse;
+  Acc* lse;          // splits == 1: the results
   Acc* pos;
+  Acc* part;   // splits > 1: [3][splits][n] = (max, sum, pos) of each split
   Acc* col_m;  // [programs, M], nullable unless need_col
   Acc* col_l;
-  int64_t n, m, d;
+  int64_t n, m, d, tiles, per_split;
+  int panel, panels, vec, splits;
   bool mask_diag, need_col;
 };
 
 template <typename In>
 __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p) {
   using Acc = acc_t<In>;
-  constexpr int BM = Smem<In>::BM, BN = Smem<In>::BN;
+  constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
-  __shared__ Smem<In> sm;
+  CK_DYNAMIC_SMEM(smem);
+  const Smem<In> sm(smem, Layout<In>{p.panel, false});
+  Vectors<In>& v = *sm.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const Acc scale = *p.scale;
+  const Operands<In> o{p.q, p.k, p.n, p.m, p.d, p.panels, p.vec};
   const int64_t col_base = static_cast<int64_t>(blockIdx.x) * p.m;
   const int64_t row_blocks = (p.n + BM - 1) / BM;
+  const int split = blockIdx.y;
+  if (threadIdx.x == 0) v.scalar[0] = gload(p.scale);
   for (int64_t rb = blockIdx.x; rb < row_blocks; rb += gridDim.x) {
     const int64_t i0 = rb * BM;
+    const TileRange tr = tile_range(p.tiles, p.per_split, rb);
+    __syncthreads();  // the previous row block's vectors are read
     for (int r = threadIdx.x; r < BM; r += kThreads) {
       const int64_t i = i0 + r;
-      const bool has_extra = p.extra != nullptr && i < p.n;
-      sm.row_m[r] = has_extra ? p.extra[i] : ck::neg_inf<Acc>();
-      sm.row_l[r] = has_extra ? Acc(1) : Acc(0);
-      sm.row_pos[r] = 0;
+      const bool ok = i < p.n;
+      v.ra[r] = ok ? gload(&p.rq[i]) : Acc(0);
+      v.ka[r] = ok ? gload(&p.row_key[i]) : 0;
+      // The extra logit is one more candidate of the row: counted by split 0 only.
+      const bool has_extra = p.extra != nullptr && ok && split == 0;
+      v.tot[0][r] = has_extra ? gload(&p.extra[i]) : ck::neg_inf<Acc>();
+      v.tot[1][r] = has_extra ? Acc(1) : Acc(0);
+      v.tot[2][r] = 0;
+      v.grp[0][r] = ck::neg_inf<Acc>();
+      v.grp[1][r] = 0;
+      v.grp[2][r] = 0;
     }
-    for (int64_t j0 = 0; j0 < p.m; j0 += BN) {
-      tile_dots(sm, p.q, p.k, i0, j0, p.n, p.m, p.d);
+    if (p.panels == 1) {
+      issue_a(sm, o, i0);
+      if (tr.count > 0) issue_panel(sm, o, i0, tr.at(0) * BN, 0, false);
+    }
+    int in_group = 0;
+    for (int64_t it = 0; it < tr.count; ++it) {
+      const int64_t j0 = tr.at(it) * BN;
+      tile_s(sm, o, i0, j0, 0);
+      // The b panel is dead: prefetch the next tile's while this one's epilogue runs.
+      if (p.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, i0, tr.at(it + 1) * BN, 0, false);
+      for (int c = threadIdx.x; c < BN; c += kThreads) {
+        const int64_t j = j0 + c;
+        const bool ok = j < p.m;
+        v.rb[c] = ok ? gload(&p.rk[j]) : Acc(0);
+        v.kb[c] = ok ? gload(&p.col_key[j]) : 0;
+      }
+      __syncthreads();
       // Row pass: one warp per row, lanes across the columns.
       for (int rr = 0; rr < kRowsPerWarp; ++rr) {
         const int r = warp * kRowsPerWarp + rr;
         const int64_t i = i0 + r;
         if (i >= p.n) {
-          for (int c = lane; c < BN; c += 32) sm.s[r][c] = ck::neg_inf<Acc>();
+          for (int c = lane; c < BN; c += 32) sm.S(r, c) = ck::neg_inf<Acc>();
           continue;
         }
-        const Acc sa = scale * p.rq[i];
-        const int64_t key = p.row_key[i];
+        const Acc sa = v.scalar[0] * v.ra[r];
+        const int64_t key = v.ka[r];
         Acc s_vals[kColsPerLane];
         Acc mx = ck::neg_inf<Acc>(), pos = 0;
 #pragma unroll
@@ -143,15 +195,15 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
           const int c = lane + 32 * t;
           const int64_t j = j0 + c;
           const bool valid = j < p.m && !(p.mask_diag && i == j);
-          const Acc s = valid ? sm.s[r][c] * sa * p.rk[j] : ck::neg_inf<Acc>();
-          if (valid && p.col_key[j] == key) pos += s;
+          const Acc s = valid ? sm.S(r, c) * sa * v.rb[c] : ck::neg_inf<Acc>();
+          if (valid && v.kb[c] == key) pos += s;
           s_vals[t] = s;
-          sm.s[r][c] = s;
+          sm.S(r, c) = s;
           mx = s > mx ? s : mx;
         }
         mx = warp_max(mx);
         pos = warp_sum(pos);
-        const Acc m_old = sm.row_m[r];
+        const Acc m_old = v.grp[0][r];
         const Acc m_new = m_old > mx ? m_old : mx;
         const Acc shift = ck::lse_shift(m_new);
         Acc l = 0;
@@ -160,9 +212,9 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
         l = warp_sum(l);
         __syncwarp();
         if (lane == 0) {
-          sm.row_l[r] = sm.row_l[r] * exp(m_old - shift) + l;
-          sm.row_m[r] = m_new;
-          sm.row_pos[r] += pos;
+          v.grp[1][r] = v.grp[1][r] * exp(m_old - shift) + l;
+          v.grp[0][r] = m_new;
+          v.grp[2][r] += pos;
         }
       }
       __syncthreads();
@@ -171,26 +223,59 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
         for (int c = threadIdx.x; c < BN; c += kThreads) {
           const int64_t j = j0 + c;
           if (j >= p.m) continue;
-          Acc mx = p.col_m[col_base + j];
-          for (int r = 0; r < BM; ++r) mx = sm.s[r][c] > mx ? sm.s[r][c] : mx;
+          const Acc m_old = gload(&p.col_m[col_base + j]);
+          Acc mx = m_old;
+          for (int r = 0; r < BM; ++r) mx = sm.S(r, c) > mx ? sm.S(r, c) : mx;
           const Acc shift = ck::lse_shift(mx);
-          Acc l = p.col_l[col_base + j] * exp(p.col_m[col_base + j] - shift);
-          for (int r = 0; r < BM; ++r) l += exp(sm.s[r][c] - shift);
-          p.col_m[col_base + j] = mx;
-          p.col_l[col_base + j] = l;
+          Acc l = gload(&p.col_l[col_base + j]) * exp(m_old - shift);
+          for (int r = 0; r < BM; ++r) l += exp(sm.S(r, c) - shift);
+          gstore(&p.col_m[col_base + j], mx);
+          gstore(&p.col_l[col_base + j], l);
         }
       }
-      __syncthreads();
+      // Blocked sums: fold the group into the row totals every kGroup tiles (thread r owns
+      // row r here; the row pass's writes are behind the barrier above).
+      if (++in_group == kGroup || it + 1 == tr.count) {
+        for (int r = threadIdx.x; r < BM; r += kThreads) {
+          ck::merge_lse(v.tot[0][r], v.tot[1][r], v.grp[0][r], v.grp[1][r]);
+          v.tot[2][r] += v.grp[2][r];
+          v.grp[0][r] = ck::neg_inf<Acc>();
+          v.grp[1][r] = 0;
+          v.grp[2][r] = 0;
+        }
+        in_group = 0;
+      }
+      // (The next tile's S store comes after tile_s's barriers: sm.S is free by then.)
     }
     for (int r = threadIdx.x; r < BM; r += kThreads) {
       const int64_t i = i0 + r;
-      if (i < p.n) {
-        p.lse[i] = ck::finish_lse(sm.row_m[r], sm.row_l[r]);
-        p.pos[i] = sm.row_pos[r];
+      if (i >= p.n) continue;
+      if (p.splits == 1) {
+        gstore(&p.lse[i], ck::finish_lse(v.tot[0][r], v.tot[1][r]));
+        gstore(&p.pos[i], v.tot[2][r]);
+      } else {
+        gstore(&p.part[(0 * p.splits + split) * p.n + i], v.tot[0][r]);
+        gstore(&p.part[(1 * p.splits + split) * p.n + i], v.tot[1][r]);
+        gstore(&p.part[(2 * p.splits + split) * p.n + i], v.tot[2][r]);
       }
     }
-    __syncthreads();
   }
+  cp_async_wait<0>();
+}
+
+// Row lse / pos from the splits' (max, sum, pos), merged in split order.
+template <typename Acc>
+__global__ void merge_rows_kernel(const Acc* __restrict__ part, Acc* __restrict__ lse,
+                                  Acc* __restrict__ pos, int64_t splits, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  Acc mx = ck::neg_inf<Acc>(), l = 0, ps = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    ck::merge_lse(mx, l, gload(&part[s * n + i]), gload(&part[(splits + s) * n + i]));
+    ps += gload(&part[(2 * splits + s) * n + i]);
+  }
+  gstore(&lse[i], ck::finish_lse(mx, l));
+  gstore(&pos[i], ps);
 }
 
 template <typename Acc>
@@ -199,8 +284,9 @@ __global__ void merge_col_kernel(const Acc* __restrict__ col_m, const Acc* __res
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= m) return;
   Acc mx = ck::neg_inf<Acc>(), l = 0;
-  for (int64_t p = 0; p < programs; ++p) ck::merge_lse(mx, l, col_m[p * m + j], col_l[p * m + j]);
-  clse[j] = ck::finish_lse(mx, l);
+  for (int64_t p = 0; p < programs; ++p)
+    ck::merge_lse(mx, l, gload(&col_m[p * m + j]), gload(&col_l[p * m + j]));
+  gstore(&clse[j], ck::finish_lse(mx, l));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,35 +307,84 @@ struct BwdParams {
   const Acc* g_pos;
   const Acc* clse;    // nullable
   const Acc* g_clse;  // nullable
-  Acc* da;            // [na, D], owned rows: plain read-modify-write
+  Acc* da;            // [na, D] owned rows, or [splits, na, D] per-split partials
   Acc* db;            // [nb, D], atomics (ATOMIC_B) or unused
-  Acc* dscale;        // [na] or nullable
-  int64_t na, nb, d;
+  Acc* dscale;        // [splits, na] Σ_b dS·cos per owned row and split, or nullable
+  int64_t na, nb, d, tiles, per_split;
+  int panel, panels, vec, splits;
+  Flush flush;
+  bool partials;      // da is [splits, na, D]
   bool mask_diag;
 };
 
 template <typename In, bool TRANSPOSED, bool ATOMIC_B, bool HAS_COL>
-__global__ void __launch_bounds__(kThreads, 2) bwd_kernel(const BwdParams<In> p) {
+__global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p) {
   using Acc = acc_t<In>;
-  constexpr int BM = Smem<In>::BM, BN = Smem<In>::BN, BK = Smem<In>::BK;
+  constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
-  constexpr int LDI = Smem<In>::LDI;
-  __shared__ Smem<In> sm;
+  CK_DYNAMIC_SMEM(smem);
+  const Smem<In> sm(smem, Layout<In>{p.panel, true});
+  Vectors<In>& v = *sm.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const Acc scale = *p.scale;
-  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * BM;
-  // Per owned row: Σ_b dS·cos (the scale gradient), kept by the row's warp in shared
-  // memory (a register array indexed by a runtime row would live in local memory).
-  for (int r = threadIdx.x; r < BM; r += kThreads) sm.row_pos[r] = 0;
-  __syncthreads();
-  for (int64_t b0 = 0; b0 < p.nb; b0 += BN) {
-    tile_dots(sm, p.a, p.b, a0, b0, p.na, p.nb, p.d);
+  const Operands<In> o{p.a, p.b, p.na, p.nb, p.d, p.panels, p.vec};
+  const int64_t rb = blockIdx.x, a0 = rb * BM;
+  const int split = blockIdx.y, panel = blockIdx.z;
+  const bool lead = panel == 0;  // the panel-0 block writes the per-row scalars
+  const int64_t c0 = static_cast<int64_t>(panel) * p.panel;
+  const TileRange tr = tile_range(p.tiles, p.per_split, rb);
+  Acc* da = p.da + (p.partials ? static_cast<int64_t>(split) * p.na * p.d : 0);
+  // Per owned row: the saved statistics of S's rows (or columns, TRANSPOSED), and the blocked
+  // sum of dS·cos (the scale gradient).
+  if (threadIdx.x == 0) v.scalar[0] = gload(p.scale);
+  for (int r = threadIdx.x; r < BM; r += kThreads) {
+    const int64_t ia = a0 + r;
+    const bool ok = ia < p.na;
+    v.ra[r] = ok ? gload(&p.ra[ia]) : Acc(0);
+    if constexpr (TRANSPOSED) {
+      v.ka[r] = ok ? gload(&p.col_key[ia]) : 0;
+      v.va[0][r] = HAS_COL && ok ? gload(&p.clse[ia]) : Acc(0);
+      v.va[1][r] = HAS_COL && ok ? gload(&p.g_clse[ia]) : Acc(0);
+    } else {
+      v.ka[r] = ok ? gload(&p.row_key[ia]) : 0;
+      v.va[0][r] = ok ? gload(&p.lse[ia]) : Acc(0);
+      v.va[1][r] = ok ? gload(&p.g_lse[ia]) : Acc(0);
+      v.va[2][r] = ok ? gload(&p.g_pos[ia]) : Acc(0);
+    }
+    v.tot[0][r] = 0;
+    v.grp[0][r] = 0;
+  }
+  if (p.panels == 1) {
+    issue_a(sm, o, a0);
+    if (tr.count > 0) issue_panel(sm, o, a0, tr.at(0) * BN, 0, false);
+  }
+  int in_group = 0;
+  bool first_flush = true;
+  for (int64_t it = 0; it < tr.count; ++it) {
+    const int64_t b0 = tr.at(it) * BN;
+    tile_s(sm, o, a0, b0, panel);
+    for (int c = threadIdx.x; c < BN; c += kThreads) {
+      const int64_t ib = b0 + c;
+      const bool ok = ib < p.nb;
+      v.rb[c] = ok ? gload(&p.rb[ib]) : Acc(0);
+      if constexpr (TRANSPOSED) {
+        v.kb[c] = ok ? gload(&p.row_key[ib]) : 0;
+        v.vb[0][c] = ok ? gload(&p.lse[ib]) : Acc(0);
+        v.vb[1][c] = ok ? gload(&p.g_lse[ib]) : Acc(0);
+        v.vb[2][c] = ok ? gload(&p.g_pos[ib]) : Acc(0);
+      } else {
+        v.kb[c] = ok ? gload(&p.col_key[ib]) : 0;
+        v.vb[0][c] = HAS_COL && ok ? gload(&p.clse[ib]) : Acc(0);
+        v.vb[1][c] = HAS_COL && ok ? gload(&p.g_clse[ib]) : Acc(0);
+      }
+    }
+    __syncthreads();
     // dS, one warp per owned row; the same S rounding as the forward.
+    const Acc scale = v.scalar[0];
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;
       const int64_t ia = a0 + r;
       const bool a_ok = ia < p.na;
-      const Acc ra = a_ok ? p.ra[ia] : Acc(0);
+      const Acc ra = v.ra[r];
       Acc part = 0;
 #pragma unroll
       for (int t = 0; t < kColsPerLane; ++t) {
@@ -257,44 +392,63 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_kernel(const BwdParams<In> p)
         const int64_t ib = b0 + c;
         const bool valid = a_ok && ib < p.nb && !(p.mask_diag && ia == ib);
         Acc ds = 0;
-        const Acc dots = sm.s[r][c];
+        const Acc dots = sm.S(r, c);
         if (valid) {
-          const Acc rb = p.rb[ib];
+          const Acc rb = v.rb[c];
           const Acc s = TRANSPOSED ? dots * (scale * rb) * ra : dots * (scale * ra) * rb;
-          const int64_t i = TRANSPOSED ? ib : ia;  // row of S
-          const int64_t j = TRANSPOSED ? ia : ib;  // column of S
-          const Acc gc = HAS_COL ? p.g_clse[j] : Acc(0);
-          const Acc ec = HAS_COL ? exp(s - p.clse[j]) : Acc(0);
-          ds = ck::logit_grad(p.g_lse[i], exp(s - p.lse[i]), p.row_key[i] == p.col_key[j],
-                              p.g_pos[i], gc, ec);
+          // S's row i and column j: (ia, ib), or (ib, ia) when TRANSPOSED.
+          const Acc lse_i = TRANSPOSED ? v.vb[0][c] : v.va[0][r];
+          const Acc g_lse_i = TRANSPOSED ? v.vb[1][c] : v.va[1][r];
+          const Acc g_pos_i = TRANSPOSED ? v.vb[2][c] : v.va[2][r];
+          const Acc clse_j = TRANSPOSED ? v.va[0][r] : v.vb[0][c];
+          const Acc g_clse_j = TRANSPOSED ? v.va[1][r] : v.vb[1][c];
+          const Acc gc = HAS_COL ? g_clse_j : Acc(0);
+          const Acc ec = HAS_COL ? exp(s - clse_j) : Acc(0);
+          ds = ck::logit_grad(g_lse_i, exp(s - lse_i), v.ka[r] == v.kb[c], g_pos_i, gc, ec);
           part += ds * (dots * ra * rb);
         }
-        sm.s[r][c] = ds;  // only this lane reads or writes element (r, c) here
+        sm.S(r, c) = ds;  // only this lane reads or writes element (r, c) here
       }
       part = warp_sum(part);
-      if (lane == 0) sm.row_pos[r] += part;
+      if (lane == 0) v.grp[0][r] += part;
     }
     __syncthreads();
-    // The MMA operand dS is half precision: scale the tile by a power of two that puts its
-    // largest |dS| near 2^14, so entries of order g/N² (a mean over a large batch) do not
-    // flush to zero in fp16; the products are unscaled exactly in fp32.
+    // dA (owned, on chip) += dS · (r_b·B). Half inputs: dS is the MMA operand, scaled by a
+    // power of two (stage_ds) so that entries of order g/N² do not flush to zero.
     Acc inv_sigma = 1;
-    if constexpr (kTensorCores<In>) inv_sigma = stage_half_ds(sm);
-    // dA (owned) += dS · (r_b·B);  dB += dSᵀ · (r_a·A)  — D in BK chunks.
-    for (int64_t d0 = 0; d0 < p.d; d0 += BK) {
-      load_chunk<In, BN, BK, LDI>(sm.b, p.b, b0, p.nb, p.d, d0, p.rb);
-      if constexpr (ATOMIC_B) load_chunk<In, BM, BK, LDI>(sm.a, p.a, a0, p.na, p.d, d0, p.ra);
-      __syncthreads();
-      grad_chunk<In, false, false>(sm, p.da, a0, p.na, p.d, d0, inv_sigma);
-      if constexpr (ATOMIC_B) grad_chunk<In, true, true>(sm, p.db, b0, p.nb, p.d, d0, inv_sigma);
-      __syncthreads();
+    if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, false>(sm, v.rb);
+    da_product(sm, inv_sigma, in_group == 0);
+    __syncthreads();  // the b panel and the dS operand are read
+    if (p.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, a0, tr.at(it + 1) * BN, 0, false);
+    if constexpr (ATOMIC_B) {
+      // dB += dSᵀ · (r_a·A), one atomic add per element (overlaps the next panel's loads).
+      if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, true>(sm, v.ra);
+      db_product(sm, inv_sigma, p.db, b0, p.nb, p.d, c0);
+    }
+    if (++in_group == kGroup || it + 1 == tr.count) {
+      __syncthreads();  // the group's dA is complete
+      flush_ga(sm, da, a0, p.na, p.d, c0, p.flush, first_flush);
+      for (int r = threadIdx.x; r < BM; r += kThreads) {
+        v.tot[0][r] += v.grp[0][r];
+        v.grp[0][r] = 0;
+      }
+      first_flush = false;
+      in_group = 0;
+    }
+    __syncthreads();  // sm.S, sm.ds and sm.ga are rewritten by the next tile
+  }
+  if (tr.count == 0 && p.flush == Flush::kOwn) {
+    // No column at all (M = 0): the owned gradient rows are zero.
+    for (int e = threadIdx.x; e < BM * p.panel; e += kThreads) {
+      const int64_t row = a0 + e / p.panel, col = c0 + e % p.panel;
+      if (row < p.na && col < p.d) gstore(&da[row * p.d + col], Acc(0));
     }
   }
-  if (p.dscale != nullptr) {
-    __syncthreads();
+  if (p.dscale != nullptr && lead) {
     for (int r = threadIdx.x; r < BM; r += kThreads)
-      if (a0 + r < p.na) p.dscale[a0 + r] = sm.row_pos[r];
+      if (a0 + r < p.na) gstore(&p.dscale[split * p.na + a0 + r], v.tot[0][r]);
   }
+  cp_async_wait<0>();
 }
 
 }  // namespace
@@ -304,13 +458,15 @@ void norm_backward_cuda(const at::Tensor& x, const at::Tensor& r, const at::Tens
                         const c10::optional<at::Tensor>& diag, bool normalize, at::Tensor& dx) {
   const int64_t n = x.size(0), d = x.size(1);
   if (n == 0) return;
+  const int64_t splits = g.dim() == 3 ? g.size(0) : 1;
   auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
-    launch(norm_backward_kernel<In>, row_grid(n), kThreads, stream, ptr<In>(x), ptr<Acc>(r),
-           ptr<Acc>(g), scale ? ptr<Acc>(*scale) : nullptr, diag ? ptr<Acc>(*diag) : nullptr,
-           mut_ptr<In>(dx), n, d, normalize);
+    launch<norm_backward_kernel<In>>(row_grid(n), kThreads, 0, stream, ptr<In>(x), ptr<Acc>(r),
+                                     ptr<Acc>(g), scale ? ptr<Acc>(*scale) : nullptr,
+                                     diag ? ptr<Acc>(*diag) : nullptr, mut_ptr<In>(dx), n, d,
+                                     splits, normalize);
   });
 }
 
@@ -323,8 +479,8 @@ at::Tensor inverse_norms_cuda(const at::Tensor& x, bool normalize) {
   auto stream = current_stream();
   dispatch_input(x.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
-    launch(inv_norm_kernel<In>, row_grid(n), kThreads, stream, ptr<In>(x),
-           mut_ptr<acc_t<In>>(r), n, d);
+    launch<inv_norm_kernel<In>>(row_grid(n), kThreads, 0, stream, ptr<In>(x),
+                                mut_ptr<acc_t<In>>(r), n, d);
   });
   return r;
 }
@@ -347,23 +503,31 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
     using Acc = acc_t<In>;
-    const int64_t row_blocks = (n + TileShape<In>::BM - 1) / TileShape<In>::BM;
-    const int64_t grid = need_col ? std::max<int64_t>(1, std::min(programs, row_blocks))
-                                  : row_blocks;
-    at::Tensor col_m, col_l;
+    // CLIP: persistent programs (at most `programs`) keep the column partials [programs, M].
+    const Plan pl = make_plan<In, fwd_kernel<In>>(n, m, d, false, q.data_ptr(), k.data_ptr(),
+                                                  need_col ? programs : 0);
+    at::Tensor col_m, col_l, part;
     if (need_col) {
-      col_m = at::full({grid, m}, -std::numeric_limits<double>::infinity(), opts);
-      col_l = at::zeros({grid, m}, opts);
+      col_m = at::full({pl.grid_x, m}, -std::numeric_limits<double>::infinity(), opts);
+      col_l = at::zeros({pl.grid_x, m}, opts);
     }
+    if (pl.splits > 1) part = at::empty({3, pl.splits, n}, opts);
     FwdParams<In> p{ptr<In>(q), ptr<In>(k), ptr<Acc>(rq), ptr<Acc>(rk), ptr<Acc>(scale),
                     row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
                     extra ? ptr<Acc>(*extra) : nullptr, mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
+                    pl.splits > 1 ? mut_ptr<Acc>(part) : nullptr,
                     need_col ? mut_ptr<Acc>(col_m) : nullptr,
-                    need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, mask_diag, need_col};
-    launch(fwd_kernel<In>, static_cast<unsigned>(grid), kThreads, stream, p);
+                    need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, pl.tiles, pl.per_split,
+                    pl.panel, pl.panels, pl.vec, pl.splits, mask_diag, need_col};
+    launch<fwd_kernel<In>>(pl.grid(), kThreads, pl.smem, stream, p);
+    if (pl.splits > 1)
+      launch<merge_rows_kernel<Acc>>(static_cast<unsigned>((n + 255) / 256), 256, 0, stream,
+                                     ptr<Acc>(part), mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
+                                     static_cast<int64_t>(pl.splits), n);
     if (need_col && m > 0) {  // no columns: nothing to merge (a 0-block grid is invalid)
-      launch(merge_col_kernel<Acc>, static_cast<unsigned>((m + 255) / 256), 256, stream,
-             ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse), grid, m);
+      launch<merge_col_kernel<Acc>>(static_cast<unsigned>((m + 255) / 256), 256, 0, stream,
+                                    ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse),
+                                    static_cast<int64_t>(pl.grid_x), m);
     }
   });
   return {lse, pos, clse};
@@ -371,15 +535,46 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
 
 namespace {
 
-template <typename In, bool TRANSPOSED, bool ATOMIC_B>
-void launch_bwd(const BwdParams<In>& p, bool has_col, cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>((p.na + TileShape<In>::BM - 1) / TileShape<In>::BM);
-  if (grid == 0) return;
-  if (has_col) {
-    launch(bwd_kernel<In, TRANSPOSED, ATOMIC_B, true>, grid, kThreads, stream, p);
+// One backward pass owning p.a's rows (TRANSPOSED: S's columns): plans the grid, allocates
+// its gradient rows (plain rows, zeroed rows for atomics, or per-split partials in the
+// deterministic mode) and the per-split dscale partials (when want_dscale), and launches.
+// Returns (the owned side's gradient rows [na, D] or [splits, na, D], dscale partials).
+template <typename In, bool TRANSPOSED, bool ATOMIC_B, bool HAS_COL>
+std::pair<at::Tensor, at::Tensor> run_bwd(BwdParams<In> p, bool deterministic, bool want_dscale,
+                                          const at::TensorOptions& opts, cudaStream_t stream) {
+  constexpr auto kernel = bwd_kernel<In, TRANSPOSED, ATOMIC_B, HAS_COL>;
+  using Acc = acc_t<In>;
+  const Plan pl = make_plan<In, kernel>(p.na, p.nb, p.d, true, p.a, p.b);
+  const bool split = pl.splits > 1;
+  at::Tensor da;
+  if (split && deterministic) {
+    da = at::empty({pl.splits, p.na, p.d}, opts);
+  } else if (split) {
+    da = at::zeros({p.na, p.d}, opts);
   } else {
-    launch(bwd_kernel<In, TRANSPOSED, ATOMIC_B, false>, grid, kThreads, stream, p);
+    da = at::empty({p.na, p.d}, opts);
   }
+  at::Tensor dscale = want_dscale ? at::empty({pl.splits, p.na}, opts) : at::Tensor();
+  p.da = mut_ptr<Acc>(da);
+  p.dscale = want_dscale ? mut_ptr<Acc>(dscale) : nullptr;
+  p.tiles = pl.tiles;
+  p.per_split = pl.per_split;
+  p.panel = pl.panel;
+  p.panels = pl.panels;
+  p.vec = pl.vec;
+  p.splits = pl.splits;
+  p.flush = split && !deterministic ? Flush::kAtomic : Flush::kOwn;
+  p.partials = split && deterministic;
+  if (p.na > 0) launch<kernel>(pl.grid(), kThreads, pl.smem, stream, p);
+  return {da, dscale};
+}
+
+template <typename In, bool TRANSPOSED, bool ATOMIC_B>
+std::pair<at::Tensor, at::Tensor> run_bwd(const BwdParams<In>& p, bool has_col, bool deterministic,
+                                          bool want_dscale, const at::TensorOptions& opts,
+                                          cudaStream_t stream) {
+  return has_col ? run_bwd<In, TRANSPOSED, ATOMIC_B, true>(p, deterministic, want_dscale, opts, stream)
+                 : run_bwd<In, TRANSPOSED, ATOMIC_B, false>(p, deterministic, want_dscale, opts, stream);
 }
 
 }  // namespace
@@ -390,13 +585,21 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& col_key, const at::Tensor& lse,
                                       const at::Tensor& clse, const at::Tensor& g_lse,
                                       const at::Tensor& g_pos, const at::Tensor& g_clse,
-                                      bool mask_diag, bool normalize, bool deterministic) {
+                                      bool mask_diag, bool normalize, bool deterministic,
+                                      bool need_dq, bool need_dk) {
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
   auto opts = q.options().dtype(acc_type(q.scalar_type()));
   const bool has_col = clse.numel() > 0;
-  at::Tensor dq_acc = at::zeros({n, d}, opts), dk_acc = at::zeros({m, d}, opts);
-  at::Tensor dscale_rows = output({n}, opts);
-  at::Tensor dq = output(q.sizes(), q.options()), dk = output(k.sizes(), k.options());
+  // Passes: the row pass owns dQ (and, one-pass, adds dK by atomics); the column pass owns
+  // dK. dK alone (frozen queries) is the column pass alone; dQ alone (a frozen key bank) the
+  // row pass without dK. The scale gradient comes from the first pass that runs.
+  const bool atomic_b = need_dq && need_dk && !deterministic;
+  const bool row_pass = need_dq || !need_dk;
+  const bool col_pass = need_dk && !atomic_b;
+  at::Tensor dq_acc, dk_acc, dscale_rows;
+  // A gradient not needed comes back as a (0, D) tensor (the CPU engine's contract).
+  at::Tensor dq = need_dq ? output(q.sizes(), q.options()) : at::empty({0, d}, q.options());
+  at::Tensor dk = need_dk ? output(k.sizes(), k.options()) : at::empty({0, d}, k.options());
   auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
     using In = decltype(tag);
@@ -406,30 +609,40 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
     BwdParams<In> rows{ptr<In>(q), ptr<In>(k), ptr<Acc>(rq), ptr<Acc>(rk), ptr<Acc>(scale),
                        row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
                        ptr<Acc>(lse), ptr<Acc>(g_lse), ptr<Acc>(g_pos), cl, gc,
-                       mut_ptr<Acc>(dq_acc), mut_ptr<Acc>(dk_acc), mut_ptr<Acc>(dscale_rows),
-                       n, m, d, mask_diag};
-    if (deterministic) {
-      // Two passes, no atomics: dQ over row blocks, dK over column blocks.
-      launch_bwd<In, false, false>(rows, has_col, stream);
+                       nullptr, nullptr, nullptr, n, m, d, 0, 1, kChunk, 1, 1, 1,
+                       Flush::kOwn, false, mask_diag};
+    if (row_pass) {
+      if (atomic_b) {
+        dk_acc = at::zeros({m, d}, opts);
+        rows.db = mut_ptr<Acc>(dk_acc);
+        std::tie(dq_acc, dscale_rows) =
+            run_bwd<In, false, true>(rows, has_col, deterministic, true, opts, stream);
+      } else {
+        std::tie(dq_acc, dscale_rows) =
+            run_bwd<In, false, false>(rows, has_col, deterministic, true, opts, stream);
+      }
+    }
+    if (col_pass) {
       BwdParams<In> cols = rows;
       cols.a = ptr<In>(k);
       cols.b = ptr<In>(q);
       cols.ra = ptr<Acc>(rk);
       cols.rb = ptr<Acc>(rq);
-      cols.da = mut_ptr<Acc>(dk_acc);
       cols.db = nullptr;
-      cols.dscale = nullptr;
       cols.na = m;
       cols.nb = n;
-      launch_bwd<In, true, false>(cols, has_col, stream);
-    } else {
-      launch_bwd<In, false, true>(rows, has_col, stream);
+      at::Tensor ds_cols;
+      std::tie(dk_acc, ds_cols) =
+          run_bwd<In, true, false>(cols, has_col, deterministic, !row_pass, opts, stream);
+      if (!row_pass) dscale_rows = ds_cols;
     }
   });
-  norm_backward_cuda(q, rq, dq_acc, scale, c10::nullopt, normalize, dq);
-  norm_backward_cuda(k, rk, dk_acc, scale, c10::nullopt, normalize, dk);
-  if (n == 0) dscale_rows.zero_();
-  return {dq, dk, dscale_rows.sum()};
+  if (need_dq) norm_backward_cuda(q, rq, dq_acc, scale, c10::nullopt, normalize, dq);
+  if (need_dk) norm_backward_cuda(k, rk, dk_acc, scale, c10::nullopt, normalize, dk);
+  at::Tensor dscale = dscale_rows.defined() && dscale_rows.numel() > 0
+                          ? dscale_rows.sum()
+                          : at::zeros({}, opts);
+  return {dq, dk, dscale};
 }
 
 }  // namespace ck_cuda

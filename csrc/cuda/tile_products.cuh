@@ -1,34 +1,79 @@
-// Tile machinery shared by the CUDA engines (softmax_engine_cuda.cu, pairwise_engine_cuda.cu):
-// tile shapes, shared-memory layout, the operand loaders, the logit-tile product
-// (wmma HMMA for half inputs, SIMT FMA for fp32/fp64), the gradient chunk products
-// dS·Y / dSᵀ·Y, the power-of-two staging of a half-precision dS operand, and the host-side
-// dtype dispatch. Only device functions and host helpers live here: each kernel is defined
-// in exactly one .cu file, so every kernel name appears once in the built extension.
+// Tile machinery shared by the CUDA engines (softmax_engine_cuda.cu, pairwise_engine_cuda.cu).
+//
+// A block owns BM rows of one side ("a": the rows of S, or its columns in a transposed pass)
+// and visits column tiles of BN rows of the other side ("b"). Its operands live in shared
+// memory as panels of P ≤ 256 feature columns (P = D rounded up to 32 when that fits, else D
+// is split into equal panels):
+//   a panel  [BM][P + pad]   loaded once per block (when D fits one panel), stays on chip;
+//   b panel  [BN][P + pad]   one per column tile, streamed once: issued with cp.async in
+//                            32-column chunks (one commit group each) so the logit product
+//                            starts on chunk 0 while the rest land, and the next tile's
+//                            panel is issued as soon as this one is dead (prefetch);
+//   S        [BM][BN + pad]  the logit tile (accumulation dtype), then dS;
+//   dS       [BM][BN + 8]    half precision, the MMA operand of the gradient products;
+//   dA group [BM][P + pad]   (backward) the owned gradient rows, accumulated on chip;
+//   vectors                  per-row / per-column operands of the tile (inverse norms, keys,
+//                            saved statistics), loaded once per block / per tile.
+// Half inputs use mma.sync m16n8k16 fed by ldmatrix (mma.cuh); fp32/fp64 use SIMT FMA with
+// +1-word padded rows, so neither the operand reads nor the S / dA accesses have bank
+// conflicts (row strides ≡ 1 mod 32 words; 16-byte rows ≡ 16 mod 128 bytes for ldmatrix).
+//
+// The grid is (row blocks, column splits, panels): when the row blocks alone cannot fill the
+// GPU (sm count × blocks per SM from the occupancy), the column tiles are split into ranges,
+// each block merging partial row statistics (softmax: (max, sum, pos); pairwise: sums) that
+// a small kernel combines, and adding its gradient rows with one atomic per element (or, in
+// the deterministic mode, into per-split partial rows summed in a fixed order). Blocks start
+// at a staggered tile of their range, so blocks of one split do not hit the same columns'
+// atomics at the same time. Sums over many tiles are blocked (kGroup tiles into an on-chip
+// group, groups into the total), as the CPU engine's BlockSum, so a 1M-key queue keeps fp32
+// accuracy.
+//
+// Only device functions, the shared-memory layout and host helpers live here: each kernel is
+// defined in exactly one .cu file, so every kernel name appears once in the built extension.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "../engine_host.h"
 #include "../tile_math.h"
+#include "memory.cuh"
+#include "mma.cuh"
+
+#if !defined(CK_CUDA_EMULATE)
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+#endif
+
+// The launch's dynamic shared memory as `unsigned char name[]`, 128-byte aligned.
+#if defined(CK_CUDA_EMULATE)
+#define CK_DYNAMIC_SMEM(name) unsigned char* name = ::ck_emu::dynamic_shared<unsigned char>()
+#else
+#define CK_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 namespace ck_cuda {
 namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = 32;      // feature columns per cp.async group and per gradient block
+constexpr int kMaxPanel = 256;  // feature columns a panel holds at most
+constexpr int kGroup = 32;      // two-level sums: tiles per on-chip group
 
 template <typename In>
 struct TileShape {
-  static constexpr int BM = 64, BN = 64, BK = 32;
+  static constexpr int BM = 64, BN = 64;
 };
 template <>
 struct TileShape<double> {
-  static constexpr int BM = 32, BN = 32, BK = 32;
+  static constexpr int BM = 32, BN = 32;
 };
 
 template <typename In>
@@ -59,6 +104,13 @@ __device__ __forceinline__ Acc load_acc(const In* p) {
   }
 }
 
+// load_acc of a global element (counted by the emulation build's traffic counters).
+template <typename Acc, typename In>
+__device__ __forceinline__ Acc gload_acc(const In* p) {
+  const In v = gload(p);
+  return load_acc<Acc>(&v);
+}
+
 template <typename In, typename Acc>
 __device__ __forceinline__ In from_acc(Acc v) {
   if constexpr (std::is_same_v<In, __half>) {
@@ -87,243 +139,607 @@ __device__ __forceinline__ T warp_max(T v) {
   return v;
 }
 
-// Shared memory of one block. Operand chunks are [rows][BK + pad] in the input dtype; the
-// logit tile is [BM][BN + pad] in the accumulation dtype (raw dots, then masked logits);
-// dS is a separate input-dtype tile for the tensor-core path (the MMA operand), and lives
-// in the logit tile itself on the SIMT path.
+// ---------------------------------------------------------------------------------------
+// Shared-memory layout (host and device)
+// ---------------------------------------------------------------------------------------
+// Per-row and per-column operands of the current tile, and the blocked running statistics of
+// the owned rows (level 2: tot*, the open group: grp*). The kernels name the slots.
+template <typename In>
+struct Vectors {
+  using Acc = acc_t<In>;
+  static constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  Acc ra[BM], rb[BN];      // inverse norms (or 1) of the owned rows / the tile's columns
+  int64_t ka[BM], kb[BN];  // keys
+  Acc va[3][BM];           // per owned row: saved statistics / upstream gradients
+  Acc vb[3][BN];           // per tile column
+  Acc tot[3][BM];          // blocked sums, level 2
+  Acc grp[3][BM];          // blocked sums, the open group
+  Acc scalar[4];           // scale (and friends), read once per block
+  float red[kWarps];       // block reductions
+};
+
+__host__ __device__ constexpr size_t align128(size_t b) { return (b + 127) / 128 * 128; }
+
+template <typename In>
+struct Layout {
+  using Acc = acc_t<In>;
+  static constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  static constexpr bool kMma = kTensorCores<In>;
+  // Operand rows: +8 halves (16-byte rows at stride ≡ 16 mod 128 bytes: the 8 rows of an
+  // ldmatrix phase hit distinct bank groups), +1 word for fp32 (stride ≡ 1 mod 32 words:
+  // the SIMT product's column reads are conflict-free), +1 element for fp64.
+  static constexpr int kPadIn = kMma ? 8 : 1;
+  static constexpr int LDS = kMma ? BN + 4 : BN + 1;  // logit tile
+  static constexpr int LDD = BN + 8;                  // half dS tile (ldmatrix rows)
+  int panel;  // P, a multiple of kChunk
+  bool grad;  // backward: dS tile and dA group accumulator
+
+  __host__ __device__ int ldi() const { return panel + kPadIn; }
+  // dA group: fp32 fragments stored as float2 at stride ≡ 8 mod 32 words (conflict-free).
+  __host__ __device__ int ldg() const { return kMma ? panel + 8 : panel + 1; }
+  __host__ __device__ size_t off_b() const { return align128(size_t(BM) * ldi() * sizeof(In)); }
+  __host__ __device__ size_t off_s() const {
+    return off_b() + align128(size_t(BN) * ldi() * sizeof(In));
+  }
+  __host__ __device__ size_t off_ds() const { return off_s() + align128(size_t(BM) * LDS * sizeof(Acc)); }
+  __host__ __device__ size_t off_g() const {
+    return off_ds() + (grad && kMma ? align128(size_t(BM) * LDD * sizeof(In)) : 0);
+  }
+  __host__ __device__ size_t off_v() const {
+    return off_g() + (grad ? align128(size_t(BM) * ldg() * sizeof(Acc)) : 0);
+  }
+  __host__ __device__ size_t bytes() const { return off_v() + align128(sizeof(Vectors<In>)); }
+};
+
+// Pointers into the dynamic shared memory of one block.
 template <typename In>
 struct Smem {
   using Acc = acc_t<In>;
-  static constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN, BK = TileShape<In>::BK;
-  static constexpr int kPadIn = 16 / sizeof(In) > 0 ? 16 / sizeof(In) : 1;  // 16 bytes
-  static constexpr int LDI = BK + kPadIn;
-  static constexpr int LDS = BN + 4;
-  static constexpr int LDD = BN + kPadIn;
-  alignas(32) In a[BM][LDI];
-  alignas(32) In b[BN][LDI];
-  alignas(32) Acc s[BM][LDS];
-  alignas(32) In ds[kTensorCores<In> ? BM : 1][kTensorCores<In> ? LDD : 1];
-  Acc row_m[BM], row_l[BM], row_pos[BM];
-  float warp_max_abs[kWarps];
+  static constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  static constexpr int LDS = Layout<In>::LDS, LDD = Layout<In>::LDD;
+  In* a;
+  In* b;
+  Acc* s;
+  In* ds;
+  Acc* ga;
+  Vectors<In>* v;
+  int P, ldi, ldg;
+  __device__ Smem(unsigned char* base, const Layout<In>& L)
+      : a(reinterpret_cast<In*>(base)),
+        b(reinterpret_cast<In*>(base + L.off_b())),
+        s(reinterpret_cast<Acc*>(base + L.off_s())),
+        ds(reinterpret_cast<In*>(base + L.off_ds())),
+        ga(reinterpret_cast<Acc*>(base + L.off_g())),
+        v(reinterpret_cast<Vectors<In>*>(base + L.off_v())),
+        P(L.panel),
+        ldi(L.ldi()),
+        ldg(L.ldg()) {}
+  __device__ Acc& S(int r, int c) const { return s[r * LDS + c]; }
 };
 
-// Rows [r0, r0 + ROWS) × D-columns [d0, d0 + BK) of X into dst, zero outside (n, D), each
-// row optionally multiplied by its factor (the inverse norm) in the accumulation dtype.
-template <typename In, int ROWS, int BK, int LD>
-__device__ __forceinline__ void load_chunk(In (*dst)[LD], const In* X, int64_t r0, int64_t n, int64_t D,
-                           int64_t d0, const acc_t<In>* factor) {
-  using Acc = acc_t<In>;
-  for (int e = threadIdx.x; e < ROWS * BK; e += kThreads) {
-    const int r = e / BK, c = e % BK;
-    const int64_t row = r0 + r, col = d0 + c;
-    In v = from_acc<In, Acc>(Acc(0));
-    if (row < n && col < D) {
-      v = X[row * D + col];
-      if (factor != nullptr) v = from_acc<In, Acc>(load_acc<Acc>(&v) * factor[row]);
-    }
-    dst[r][c] = v;
-  }
-}
-
-// sm.s = A[a0.., :] · B[b0.., :]ᵀ (raw dots over all of D), zero outside the matrices.
-template <typename In>
-__device__ __forceinline__ void tile_dots(Smem<In>& sm, const In* A, const In* B, int64_t a0, int64_t b0,
-                          int64_t na, int64_t nb, int64_t D) {
-  using Acc = acc_t<In>;
-  constexpr int BM = Smem<In>::BM, BN = Smem<In>::BN, BK = Smem<In>::BK;
-  constexpr int LDI = Smem<In>::LDI;
-  if constexpr (kTensorCores<In>) {
-    using namespace nvcuda;
-    const int warp = threadIdx.x / 32;
-    const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-    for (int x = 0; x < 2; ++x)
-#pragma unroll
-      for (int y = 0; y < 2; ++y) wmma::fill_fragment(acc[x][y], 0.0f);
-    for (int64_t d0 = 0; d0 < D; d0 += BK) {
-      load_chunk<In, BM, BK, LDI>(sm.a, A, a0, na, D, d0, nullptr);
-      load_chunk<In, BN, BK, LDI>(sm.b, B, b0, nb, D, d0, nullptr);
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < BK; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, In, wmma::row_major> fa[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, In, wmma::col_major> fb[2];
-#pragma unroll
-        for (int x = 0; x < 2; ++x) wmma::load_matrix_sync(fa[x], &sm.a[wr + 16 * x][kk], LDI);
-#pragma unroll
-        for (int y = 0; y < 2; ++y) wmma::load_matrix_sync(fb[y], &sm.b[wc + 16 * y][kk], LDI);
-#pragma unroll
-        for (int x = 0; x < 2; ++x)
-#pragma unroll
-          for (int y = 0; y < 2; ++y) wmma::mma_sync(acc[x][y], fa[x], fb[y], acc[x][y]);
-      }
-      __syncthreads();
-    }
-#pragma unroll
-    for (int x = 0; x < 2; ++x)
-#pragma unroll
-      for (int y = 0; y < 2; ++y)
-        wmma::store_matrix_sync(&sm.s[wr + 16 * x][wc + 16 * y], acc[x][y], Smem<In>::LDS,
-                                wmma::mem_row_major);
-  } else {
-    // SIMT: thread (ty, tx) owns rows ty·TM.. and columns tx + 16·q (strided: no bank
-    // conflicts on the B chunk).
-    constexpr int TM = BM / 8, TN = BN / 16;
-    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-    Acc acc[TM][TN] = {};
-    for (int64_t d0 = 0; d0 < D; d0 += BK) {
-      load_chunk<In, BM, BK, LDI>(sm.a, A, a0, na, D, d0, nullptr);
-      load_chunk<In, BN, BK, LDI>(sm.b, B, b0, nb, D, d0, nullptr);
-      __syncthreads();
-#pragma unroll 8
-      for (int k = 0; k < BK; ++k) {
-        Acc bv[TN];
-#pragma unroll
-        for (int q = 0; q < TN; ++q) bv[q] = load_acc<Acc>(&sm.b[tx + 16 * q][k]);
-#pragma unroll
-        for (int p = 0; p < TM; ++p) {
-          const Acc av = load_acc<Acc>(&sm.a[ty * TM + p][k]);
-#pragma unroll
-          for (int q = 0; q < TN; ++q) acc[p][q] = fma(av, bv[q], acc[p][q]);
-        }
-      }
-      __syncthreads();
-    }
-#pragma unroll
-    for (int p = 0; p < TM; ++p)
-#pragma unroll
-      for (int q = 0; q < TN; ++q) sm.s[ty * TM + p][tx + 16 * q] = acc[p][q];
-  }
-  __syncthreads();
-}
-
-// C (BM×BK) += dS (BM×BN) · Y (BN×BK) for the owned side, or, with TRANS, the
-// transposed product dSᵀ (BN×BM) · Y (BM×BK) for the other side; written straight into
-// global rows out[row0 + r] (atomically when ATOMIC).
-template <typename In, bool TRANS, bool ATOMIC>
-__device__ __forceinline__ void grad_chunk(Smem<In>& sm, acc_t<In>* out, int64_t row0, int64_t nrows,
-                           int64_t D, int64_t d0, acc_t<In> inv_sigma) {
-  using Acc = acc_t<In>;
-  constexpr int BM = Smem<In>::BM, BN = Smem<In>::BN, BK = Smem<In>::BK;
-  static_assert(BM == BN, "the transposed product reuses the square tile");
-  if constexpr (kTensorCores<In>) {
-    using namespace nvcuda;
-    // 4 warps × 16 rows × BK(32) columns; k over BN (or BM) in 16-steps.
-    const int warp = threadIdx.x / 32;
-    const int wr = warp * 16;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
-    wmma::fill_fragment(acc[0], 0.0f);
-    wmma::fill_fragment(acc[1], 0.0f);
-    // Y is sm.b (the other side's chunk) for dA, sm.a (the owned chunk) for dB.
-#pragma unroll
-    for (int kk = 0; kk < BN; kk += 16) {
-      if constexpr (TRANS) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, In, wmma::col_major> fa;
-        wmma::load_matrix_sync(fa, &sm.ds[kk][wr], Smem<In>::LDD);
-#pragma unroll
-        for (int y = 0; y < 2; ++y) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, In, wmma::row_major> fb;
-          wmma::load_matrix_sync(fb, &sm.a[kk][16 * y], Smem<In>::LDI);
-          wmma::mma_sync(acc[y], fa, fb, acc[y]);
-        }
-      } else {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, In, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, &sm.ds[wr][kk], Smem<In>::LDD);
-#pragma unroll
-        for (int y = 0; y < 2; ++y) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, In, wmma::row_major> fb;
-          wmma::load_matrix_sync(fb, &sm.b[kk][16 * y], Smem<In>::LDI);
-          wmma::mma_sync(acc[y], fa, fb, acc[y]);
-        }
-      }
-    }
-    // Stage through the logit tile (free once dS is formed): columns 0..31 for dA,
-    // 32..63 for dB, so the two products of one chunk never overlap.
-    constexpr int kStageCol = TRANS ? 32 : 0;
-#pragma unroll
-    for (int y = 0; y < 2; ++y)
-      wmma::store_matrix_sync(&sm.s[wr][kStageCol + 16 * y], acc[y], Smem<In>::LDS,
-                              wmma::mem_row_major);
-    __syncwarp();
-    for (int e = threadIdx.x % 32; e < 16 * BK; e += 32) {
-      const int r = wr + e / BK, c = e % BK;
-      const int64_t row = row0 + r, col = d0 + c;
-      if (row < nrows && col < D) {
-        const Acc v = sm.s[r][kStageCol + c] * inv_sigma;
-        if constexpr (ATOMIC) {
-          atomicAdd(&out[row * D + col], v);
-        } else {
-          out[row * D + col] += v;
-        }
-      }
-    }
-  } else {
-    // SIMT, dS in sm.s (accumulation dtype): thread (ty, tx) owns rows ty·TM.. and the
-    // D-columns tx + 16·q of the chunk.
-    constexpr int TM = BM / 8, TN = BK / 16;
-    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-    Acc acc[TM][TN] = {};
-    for (int k = 0; k < BN; ++k) {
-      Acc yv[TN];
-#pragma unroll
-      for (int q = 0; q < TN; ++q)
-        yv[q] = TRANS ? load_acc<Acc>(&sm.a[k][tx + 16 * q]) : load_acc<Acc>(&sm.b[k][tx + 16 * q]);
-#pragma unroll
-      for (int p = 0; p < TM; ++p) {
-        const Acc x = TRANS ? sm.s[k][ty * TM + p] : sm.s[ty * TM + p][k];
-#pragma unroll
-        for (int q = 0; q < TN; ++q) acc[p][q] = fma(x, yv[q], acc[p][q]);
-      }
-    }
-#pragma unroll
-    for (int p = 0; p < TM; ++p) {
-      const int64_t row = row0 + ty * TM + p;
-#pragma unroll
-      for (int q = 0; q < TN; ++q) {
-        const int64_t col = d0 + tx + 16 * q;
-        if (row < nrows && col < D) {
-          if constexpr (ATOMIC) {
-            atomicAdd(&out[row * D + col], acc[p][q]);
-          } else {
-            out[row * D + col] += acc[p][q];
-          }
-        }
-      }
+// ---------------------------------------------------------------------------------------
+// Operand loads
+// ---------------------------------------------------------------------------------------
+// Issue the copies of rows [r0, r0 + ROWS) × feature columns [c0, c0 + kChunk) of X (n × D,
+// row-major) into dst (row stride ld; dst column 0 is feature column c0), zeros outside X.
+// vec: elements per copy (16/8/4-byte cp.async; 1 element of a 2-byte type: a plain load).
+template <typename In, int ROWS>
+__device__ __forceinline__ void load_chunk(In* dst, int ld, const In* X, int64_t r0, int64_t n,
+                                           int64_t D, int64_t c0, int vec) {
+  const int groups = kChunk / vec;
+  for (int e = threadIdx.x; e < ROWS * groups; e += kThreads) {
+    const int r = e / groups, c = (e % groups) * vec;
+    const int64_t row = r0 + r, col = c0 + c;
+    const bool valid = row < n && col < D;
+    In* d = dst + r * ld + c;
+    const In* src = valid ? X + row * D + col : X;
+    switch (vec * static_cast<int>(sizeof(In))) {
+      case 16: cp_async<16>(d, src, valid); break;
+      case 8: cp_async<8>(d, src, valid); break;
+      case 4: cp_async<4>(d, src, valid); break;
+      default: *d = valid ? gload(src) : from_acc<In, float>(0.0f); break;
     }
   }
-}
-
-// sm.s (dS, fp32) → sm.ds (input half type) times σ = 2^e with σ·max|dS| ≤ 2^14; returns
-// 1/σ. Called by all threads; ends synchronized.
-template <typename In>
-__device__ __forceinline__ float stage_half_ds(Smem<In>& sm) {
-  constexpr int BM = Smem<In>::BM, BN = Smem<In>::BN;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float mx = 0;
-  for (int e = threadIdx.x; e < BM * BN; e += kThreads) mx = fmaxf(mx, fabsf(sm.s[e / BN][e % BN]));
-  mx = warp_max(mx);
-  if (lane == 0) sm.warp_max_abs[warp] = mx;
-  __syncthreads();
-  mx = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm.warp_max_abs[w]);
-  int e = 0;
-  if (mx > 0.0f && mx < INFINITY) e = min(120, static_cast<int>(floorf(log2f(16384.0f / mx))));
-  const float sigma = ldexpf(1.0f, e);
-  for (int i = threadIdx.x; i < BM * BN; i += kThreads)
-    sm.ds[i / BN][i % BN] = from_acc<In, float>(sm.s[i / BN][i % BN] * sigma);
-  __syncthreads();
-  return ldexpf(1.0f, -e);
 }
 
 // ---------------------------------------------------------------------------------------
-// Host side
+// The logit tile S = A·Bᵀ over one panel (raw dots; accumulated across panels in registers)
+// ---------------------------------------------------------------------------------------
+// Accumulators of one thread: MMA — warp w owns the 32×32 quadrant (w/2, w%2) as 2×4
+// m16n8 fragments; SIMT — thread (ty, tx) owns rows ty·TM.., columns tx + 16q.
+template <typename In, bool MMA = kTensorCores<In>>
+struct SAcc;
+template <typename In>
+struct SAcc<In, true> {
+  float c[2][4][4];
+};
+template <typename In>
+struct SAcc<In, false> {
+  static constexpr int TM = TileShape<In>::BM / 8, TN = TileShape<In>::BN / 16;
+  acc_t<In> c[TM][TN];
+};
+
+template <typename In>
+__device__ __forceinline__ void zero(SAcc<In>& acc) {
+  if constexpr (kTensorCores<In>) {
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int y = 0; y < 4; ++y)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc.c[x][y][i] = 0.0f;
+  } else {
+#pragma unroll
+    for (int p = 0; p < SAcc<In>::TM; ++p)
+#pragma unroll
+      for (int q = 0; q < SAcc<In>::TN; ++q) acc.c[p][q] = 0;
+  }
+}
+
+// acc += A[:, k0:k0+kChunk] · B[:, k0:k0+kChunk]ᵀ from the panels in shared memory.
+template <typename In>
+__device__ __forceinline__ void s_chunk(const Smem<In>& sm, int k0, SAcc<In>& acc) {
+  using Acc = acc_t<In>;
+  const int ld = sm.ldi;
+  if constexpr (kTensorCores<In>) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;
+#pragma unroll
+    for (int kk = 0; kk < kChunk; kk += 16) {
+      const int k = k0 + kk;
+      unsigned fa[2][4], fb[2][4];
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+        ldsm_x4(fa[x], sm.a + (wr + 16 * x + lane % 16) * ld + k + (lane / 16) * 8);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        ldsm_x4(fb[h], sm.b + (wc + 16 * h + lane % 8 + (lane / 16) * 8) * ld + k +
+                           ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int y = 0; y < 4; ++y)
+          mma16816<In>(acc.c[x][y], fa[x], fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
+    }
+  } else {
+    constexpr int TM = SAcc<In>::TM, TN = SAcc<In>::TN;
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll 4
+    for (int k = k0; k < k0 + kChunk; ++k) {
+      Acc bv[TN];
+#pragma unroll
+      for (int q = 0; q < TN; ++q) bv[q] = load_acc<Acc>(&sm.b[(tx + 16 * q) * ld + k]);
+#pragma unroll
+      for (int p = 0; p < TM; ++p) {
+        const Acc av = load_acc<Acc>(&sm.a[(ty * TM + p) * ld + k]);
+#pragma unroll
+        for (int q = 0; q < TN; ++q) acc.c[p][q] = fma(av, bv[q], acc.c[p][q]);
+      }
+    }
+    count_flops(2ull * TM * TN * kChunk);
+  }
+}
+
+// sm.S = acc (the raw dots of the tile).
+template <typename In>
+__device__ __forceinline__ void store_s(const Smem<In>& sm, const SAcc<In>& acc) {
+  if constexpr (kTensorCores<In>) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wr = (warp / 2) * 32, wc = (warp % 2) * 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int y = 0; y < 4; ++y) {
+        const int r = wr + 16 * x + g, c = wc + 8 * y + 2 * t;
+        sm.S(r, c) = acc.c[x][y][0];
+        sm.S(r, c + 1) = acc.c[x][y][1];
+        sm.S(r + 8, c) = acc.c[x][y][2];
+        sm.S(r + 8, c + 1) = acc.c[x][y][3];
+      }
+  } else {
+    constexpr int TM = SAcc<In>::TM, TN = SAcc<In>::TN;
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+    for (int p = 0; p < TM; ++p)
+#pragma unroll
+      for (int q = 0; q < TN; ++q) sm.S(ty * TM + p, tx + 16 * q) = acc.c[p][q];
+  }
+}
+
+// The operands of one tile and where the block stands: set up by the kernels from the plan.
+template <typename In>
+struct Operands {
+  const In* a;  // owned side (na × D)
+  const In* b;  // other side (nb × D)
+  int64_t na, nb, d;
+  int panels, vec;
+};
+
+// Issue the panel loads of one tile: B (and, unless the a panel is resident, A) chunk by
+// chunk, one commit group per chunk. Panel `pp` covers feature columns [pp·P, pp·P + P).
+template <typename In>
+__device__ __forceinline__ void issue_panel(const Smem<In>& sm, const Operands<In>& o, int64_t a0,
+                                            int64_t b0, int pp, bool with_a) {
+  constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  const int64_t c0 = static_cast<int64_t>(pp) * sm.P;
+  for (int k = 0; k < sm.P; k += kChunk) {
+    if (with_a) load_chunk<In, BM>(sm.a + k, sm.ldi, o.a, a0, o.na, o.d, c0 + k, o.vec);
+    load_chunk<In, BN>(sm.b + k, sm.ldi, o.b, b0, o.nb, o.d, c0 + k, o.vec);
+    cp_async_commit();
+  }
+}
+
+// The resident a panel (one group), issued once per row block when D fits one panel.
+template <typename In>
+__device__ __forceinline__ void issue_a(const Smem<In>& sm, const Operands<In>& o, int64_t a0) {
+  constexpr int BM = TileShape<In>::BM;
+  for (int k = 0; k < sm.P; k += kChunk)
+    load_chunk<In, BM>(sm.a + k, sm.ldi, o.a, a0, o.na, o.d, k, o.vec);
+  cp_async_commit();
+}
+
+// S of tile (a0, b0) into sm.S, and the panel `own` (the block's gradient panel) left in
+// shared memory. With one panel: the b panel was issued (prefetched) already, the a panel is
+// resident. With several: each panel is loaded in turn, `own` last. Ends synchronized.
+template <typename In>
+__device__ __forceinline__ void tile_s(const Smem<In>& sm, const Operands<In>& o, int64_t a0,
+                                       int64_t b0, int own) {
+  SAcc<In> acc;
+  zero(acc);
+  const int chunks = sm.P / kChunk;
+  for (int i = 0; i < o.panels; ++i) {
+    if (o.panels > 1) {
+      const int pp = i == o.panels - 1 ? own : (i < own ? i : i + 1);
+      __syncthreads();  // the previous panel is read
+      issue_panel(sm, o, a0, b0, pp, true);
+    }
+    for (int c = 0; c < chunks; ++c) {
+      cp_async_wait_dyn(chunks - 1 - c);  // chunk c (and the resident a panel) landed
+      __syncthreads();
+      s_chunk(sm, c * kChunk, acc);
+    }
+  }
+  store_s(sm, acc);
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------
+// Gradient products
+// ---------------------------------------------------------------------------------------
+// MMA operand dS: sm.ds = half(σ · dS ∘ f) with f the owned rows' factor (BY_ROW: f[r]) or
+// the columns' (f[c]), σ = 2^e putting σ·max|dS ∘ f| near 2^14 so entries of order g/N² (a
+// mean over a large batch) do not flush to zero in half precision; returns 1/σ (the products
+// are unscaled exactly in fp32). All threads; ends synchronized.
+template <typename In, bool BY_ROW>
+__device__ __forceinline__ float stage_ds(const Smem<In>& sm, const float* f) {
+  constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float mx = 0;
+  for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
+    const int r = e / BN, c = e % BN;
+    mx = fmaxf(mx, fabsf(sm.S(r, c) * f[BY_ROW ? r : c]));
+  }
+  mx = warp_max(mx);
+  if (lane == 0) sm.v->red[warp] = mx;
+  __syncthreads();
+  mx = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm.v->red[w]);
+  int e = 0;
+  if (mx > 0.0f && mx < INFINITY) e = min(120, static_cast<int>(floorf(log2f(16384.0f / mx))));
+  const float sigma = ldexpf(1.0f, e);
+  for (int i = threadIdx.x; i < BM * BN; i += kThreads) {
+    const int r = i / BN, c = i % BN;
+    sm.ds[r * Smem<In>::LDD + c] = from_acc<In, float>(sm.S(r, c) * f[BY_ROW ? r : c] * sigma);
+  }
+  __syncthreads();  // the red slots are reused by the next staging
+  return ldexpf(1.0f, -e);
+}
+
+// The owned gradient rows: ga (+)= (dS ∘ f_col) · B_panel over the tile (first: overwrite).
+// MMA: warp w owns rows 16w.. in 32-column blocks; SIMT: thread (ty, tx) rows ty·TM..,
+// columns tx + 16q of each 32-column block, dS from sm.S and f applied per column.
+template <typename In>
+__device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sigma, bool first) {
+  using Acc = acc_t<In>;
+  constexpr int BN = TileShape<In>::BN;
+  const int ld = sm.ldi;
+  if constexpr (kTensorCores<In>) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int r0 = warp * 16;
+    for (int d0 = 0; d0 < sm.P; d0 += 32) {
+      float acc[4][4] = {};
+#pragma unroll
+      for (int k = 0; k < BN; k += 16) {
+        unsigned fa[4], fb[2][4];
+        ldsm_x4(fa, sm.ds + (r0 + lane % 16) * Smem<In>::LDD + k + (lane / 16) * 8);
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          ldsm_x4_trans(fb[h], sm.b + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
+#pragma unroll
+        for (int y = 0; y < 4; ++y)
+          mma16816<In>(acc[y], fa, fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
+      }
+#pragma unroll
+      for (int y = 0; y < 4; ++y)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          Acc& dst = sm.ga[(r0 + g + 8 * (i / 2)) * sm.ldg + d0 + 8 * y + 2 * t + i % 2];
+          dst = (first ? Acc(0) : dst) + acc[y][i] * inv_sigma;
+        }
+    }
+  } else {
+    constexpr int TM = TileShape<In>::BM / 8;
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const Acc* f = sm.v->rb;
+    for (int d0 = 0; d0 < sm.P; d0 += 32) {
+      Acc acc[TM][2] = {};
+      for (int k = 0; k < BN; ++k) {
+        const Acc fk = f[k];
+        const Acc y0 = load_acc<Acc>(&sm.b[k * ld + d0 + tx]) * fk;
+        const Acc y1 = load_acc<Acc>(&sm.b[k * ld + d0 + tx + 16]) * fk;
+#pragma unroll
+        for (int p = 0; p < TM; ++p) {
+          const Acc x = sm.S(ty * TM + p, k);
+          acc[p][0] = fma(x, y0, acc[p][0]);
+          acc[p][1] = fma(x, y1, acc[p][1]);
+        }
+      }
+      count_flops(2ull * TM * 2 * BN);
+#pragma unroll
+      for (int p = 0; p < TM; ++p)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          Acc& dst = sm.ga[(ty * TM + p) * sm.ldg + d0 + tx + 16 * q];
+          dst = (first ? Acc(0) : dst) + acc[p][q];
+        }
+    }
+  }
+}
+
+// The other side's gradient rows of the tile: out[b0 + n, c0 + d] += ((dS ∘ f_row)ᵀ · A_panel)
+// by one atomic add per element (f_row: the owned rows' factor, applied in stage_ds for MMA,
+// per row here for SIMT).
+template <typename In>
+__device__ __forceinline__ void db_product(const Smem<In>& sm, acc_t<In> inv_sigma, acc_t<In>* out,
+                                           int64_t b0, int64_t nb, int64_t D, int64_t c0) {
+  using Acc = acc_t<In>;
+  constexpr int BM = TileShape<In>::BM;
+  const int ld = sm.ldi;
+  if constexpr (kTensorCores<In>) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int n0 = warp * 16;
+    for (int d0 = 0; d0 < sm.P; d0 += 32) {
+      float acc[4][4] = {};
+#pragma unroll
+      for (int k = 0; k < BM; k += 16) {
+        unsigned fa[4], fb[2][4];
+        ldsm_x4_trans(fa, sm.ds + (k + lane % 8 + (lane / 16) * 8) * Smem<In>::LDD + n0 +
+                              ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          ldsm_x4_trans(fb[h], sm.a + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
+#pragma unroll
+        for (int y = 0; y < 4; ++y)
+          mma16816<In>(acc[y], fa, fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
+      }
+#pragma unroll
+      for (int y = 0; y < 4; ++y)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t row = b0 + n0 + g + 8 * (i / 2), col = c0 + d0 + 8 * y + 2 * t + i % 2;
+          if (row < nb && col < D) gatomic_add(&out[row * D + col], acc[y][i] * inv_sigma);
+        }
+    }
+  } else {
+    constexpr int TM = TileShape<In>::BN / 8;
+    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+    const Acc* f = sm.v->ra;
+    for (int d0 = 0; d0 < sm.P; d0 += 32) {
+      Acc acc[TM][2] = {};
+      for (int k = 0; k < BM; ++k) {
+        const Acc fk = f[k];
+        const Acc y0 = load_acc<Acc>(&sm.a[k * ld + d0 + tx]) * fk;
+        const Acc y1 = load_acc<Acc>(&sm.a[k * ld + d0 + tx + 16]) * fk;
+#pragma unroll
+        for (int p = 0; p < TM; ++p) {
+          const Acc x = sm.S(k, ty * TM + p);
+          acc[p][0] = fma(x, y0, acc[p][0]);
+          acc[p][1] = fma(x, y1, acc[p][1]);
+        }
+      }
+      count_flops(2ull * TM * 2 * BM);
+#pragma unroll
+      for (int p = 0; p < TM; ++p)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int64_t row = b0 + ty * TM + p, col = c0 + d0 + tx + 16 * q;
+          if (row < nb && col < D) gatomic_add(&out[row * D + col], acc[p][q]);
+        }
+    }
+  }
+}
+
+// How a block's gradient rows reach global memory.
+enum class Flush : int {
+  kOwn = 0,     // the block owns the rows' range: store on its first flush, add afterwards
+  kAtomic = 1,  // column range split: one atomic add per element and flush
+};
+
+// out[row0 + r, c0 + c] ← ga[r][c] for the block's rows and panel columns inside (nrows, D).
+// All threads; the caller synchronizes before (ga complete) and after (ga reused).
+template <typename In>
+__device__ __forceinline__ void flush_ga(const Smem<In>& sm, acc_t<In>* out, int64_t row0,
+                                         int64_t nrows, int64_t D, int64_t c0, Flush mode,
+                                         bool first) {
+  using Acc = acc_t<In>;
+  constexpr int BM = TileShape<In>::BM;
+  for (int e = threadIdx.x; e < BM * sm.P; e += kThreads) {
+    const int r = e / sm.P, c = e % sm.P;
+    const int64_t row = row0 + r, col = c0 + c;
+    if (row >= nrows || col >= D) continue;
+    const Acc v = sm.ga[r * sm.ldg + c];
+    Acc* dst = &out[row * D + col];
+    if (mode == Flush::kAtomic) {
+      gatomic_add(dst, v);
+    } else {
+      gstore(dst, first ? v : gload(dst) + v);
+    }
+  }
+}
+
+// The column tiles [lo, lo + count) of split blockIdx.y, visited from a staggered start.
+struct TileRange {
+  int64_t lo, count, start;
+  __device__ int64_t at(int64_t i) const { return lo + (start + i) % count; }
+};
+__device__ __forceinline__ TileRange tile_range(int64_t tiles, int64_t per_split, int64_t row_block) {
+  const int64_t lo = static_cast<int64_t>(blockIdx.y) * per_split;
+  const int64_t count = lo < tiles ? min(per_split, tiles - lo) : 0;
+  return {lo, count, count > 0 ? row_block % count : 0};
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side: the launch plan
 // ---------------------------------------------------------------------------------------
 using ck::acc_type;
 using ck::output;
 
 int row_grid(int64_t n) { return static_cast<int>((n + kWarps - 1) / kWarps); }
+
+struct DeviceInfo {
+  int sms;
+  size_t max_smem;  // dynamic shared memory one block may opt in to
+  size_t sm_smem;   // shared memory of one SM (the emulator's occupancy stand-in)
+};
+
+#if defined(CK_CUDA_EMULATE)
+// The emulator's stand-in for the GPU the plan is sized for — what count_cuda_launches
+// reports the grids of: an H100 SXM (132 SMs, 227 KB of shared memory per block, 228 KB per
+// SM), or with CONTRASTIVE_KERNELS_LAUNCH_AS=sm_80 an A100 (108 SMs, 163 / 164 KB).
+DeviceInfo device_info() {
+  const char* as = std::getenv("CONTRASTIVE_KERNELS_LAUNCH_AS");
+  if (as != nullptr && std::string(as) == "sm_80") return {108, 163 * 1024, 164 * 1024};
+  return {132, 227 * 1024, 228 * 1024};
+}
+#else
+DeviceInfo device_info() {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  int sms = 0, smem = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return {sms, static_cast<size_t>(smem), 0};
+}
+#endif
+
+// Blocks of `Kernel` one SM holds at `smem` bytes of dynamic shared memory.
+template <auto Kernel>
+int blocks_per_sm(const DeviceInfo& dev, size_t smem) {
+#if defined(CK_CUDA_EMULATE)
+  // The stand-in SM's shared memory (1 KB reserved per block), at most 4 blocks (the
+  // register budget of 128-thread blocks at ~128 registers).
+  return std::max<int>(1, std::min<int>(4, static_cast<int>(dev.sm_smem / (smem + 1024))));
+#else
+  (void)dev;
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, kThreads, smem));
+  return std::max(1, blocks);
+#endif
+}
+
+// Static shared memory of `Kernel` (ptxas reserves 1 KB on sm_90), which the dynamic part
+// must leave room for under the per-block limit.
+template <auto Kernel>
+size_t static_smem() {
+#if defined(CK_CUDA_EMULATE)
+  return 0;
+#else
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, Kernel));
+  return attr.sharedSizeBytes;
+#endif
+}
+
+// Column tiles a split covers at least (fewer would re-read the owned panel more often than
+// it saves idle SMs); CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES overrides it (tests: 1).
+int min_split_tiles() {
+  const char* v = std::getenv("CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES");
+  const int n = v != nullptr ? std::atoi(v) : 0;
+  return n > 0 ? n : 4;
+}
+
+struct Plan {
+  int panel = kChunk, panels = 1, vec = 1;
+  int64_t tiles = 0, per_split = 1;
+  int splits = 1;
+  unsigned grid_x = 0;
+  size_t smem = 0;
+  bool per_panel = false;  // backward: one block per gradient panel (grid z)
+  dim3 grid() const {
+    return dim3(grid_x, static_cast<unsigned>(splits), per_panel ? static_cast<unsigned>(panels) : 1u);
+  }
+};
+
+// Elements per operand copy: the widest 16/8/4-byte access that D and both bases allow.
+template <typename In>
+int vector_width(int64_t d, const void* a, const void* b) {
+  if constexpr (!kTensorCores<In>) {
+    return 1;  // fp32 / fp64 rows are padded by one element: element-wise copies
+  } else {
+    const auto aligned = [&](int bytes) {
+      return reinterpret_cast<uintptr_t>(a) % bytes == 0 && reinterpret_cast<uintptr_t>(b) % bytes == 0;
+    };
+    for (int v : {8, 4, 2})
+      if (d % v == 0 && aligned(v * 2)) return v;
+    return 1;
+  }
+}
+
+// The launch of a tile kernel over na owned rows and nb other rows: panels (D split only when
+// one panel of P = D rounded up to kChunk does not fit the shared memory; a forward block
+// loops over them, a backward has one block per gradient panel, each recomputing the logits),
+// and column splits sized so that the grid fills the GPU once (SMs × blocks per SM).
+// grid_cap bounds grid_x (the CLIP forward's persistent programs); split=false keeps one
+// range (mining).
+template <typename In, auto Kernel>
+Plan make_plan(int64_t na, int64_t nb, int64_t d, bool grad, const void* a, const void* b,
+               int64_t grid_cap = 0, bool split = true) {
+  constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
+  const DeviceInfo dev = device_info();
+  const size_t room = dev.max_smem - std::min(dev.max_smem, static_smem<Kernel>());
+  Plan p;
+  const int64_t dp = (d + kChunk - 1) / kChunk * kChunk;
+  for (int np = static_cast<int>((dp + kMaxPanel - 1) / kMaxPanel);; ++np) {
+    const int64_t per = (dp + np - 1) / np;
+    const int P = static_cast<int>((per + kChunk - 1) / kChunk * kChunk);
+    const size_t bytes = Layout<In>{P, grad}.bytes();
+    if (bytes <= room || P == kChunk) {
+      p.panel = P;
+      p.panels = static_cast<int>((dp + P - 1) / P);
+      p.smem = bytes;
+      break;
+    }
+  }
+  p.vec = vector_width<In>(d, a, b);
+  const int64_t row_blocks = (na + BM - 1) / BM;
+  p.grid_x = static_cast<unsigned>(grid_cap > 0 ? std::min(grid_cap, row_blocks) : row_blocks);
+  p.tiles = (nb + BN - 1) / BN;
+  p.per_split = std::max<int64_t>(1, p.tiles);
+  p.per_panel = grad;
+  const int64_t base = static_cast<int64_t>(p.grid_x) * (grad ? p.panels : 1);
+  const int64_t target = static_cast<int64_t>(dev.sms) * blocks_per_sm<Kernel>(dev, p.smem);
+  if (split && p.tiles > 1 && base > 0 && base < target) {
+    const int64_t most = std::max<int64_t>(1, p.tiles / min_split_tiles());
+    const int64_t want = std::min((target + base - 1) / base, most);
+    p.per_split = (p.tiles + want - 1) / want;
+  }
+  p.splits = static_cast<int>(std::max<int64_t>(1, (p.tiles + p.per_split - 1) / p.per_split));
+  return p;
+}
 
 template <typename Fn>
 void dispatch_input(at::ScalarType t, Fn&& fn) {

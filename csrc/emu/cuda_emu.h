@@ -31,6 +31,12 @@
 //     integers and floating point, a few intrinsics (__expf, __fdividef, rsqrtf, __popc,
 //     __float_as_int, ...).
 //   * nvcuda::wmma (fragment, fill_fragment, load_matrix_sync, store_matrix_sync, mma_sync).
+//   * the PTX-level intrinsics the kernels write as inline assembly (emu_ptx.h):
+//     cp.async with commit/wait groups (asynchronous: visible only after the wait),
+//     ldmatrix (.x1/.x2/.x4, .trans) and mma.sync m16n8k16 (f16/bf16 → f32) as warp
+//     collectives with the PTX ISA's fragment layouts.
+//   * traffic counters (ck_emu::count_load/store/atomic/flops, traffic_begin/end): the
+//     kernels' global-memory bytes and tile-product FLOPs per launch.
 //   * __half / __nv_bfloat16 / vector types / cudaStream_t from the CUDA toolkit's host-usable
 //     headers when they are on the include path (CK_EMU_HAVE_CUDA_HEADERS == 1).
 #pragma once
@@ -106,6 +112,7 @@ struct dim3 {
 
 #include "emu_runtime.h"
 #include "emu_wmma.h"
+#include "emu_ptx.h"
 
 // ---- CUDA's global math overloads ------------------------------------------------------------
 // min/max: CUDA declares these (not std::) for device and host code.

@@ -49,6 +49,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -121,12 +122,28 @@ constexpr std::uint64_t kRunningOne = std::uint64_t(1) << 32;
 inline unsigned running_of(std::uint64_t s) { return static_cast<unsigned>(s >> 32); }
 inline unsigned waiting_of(std::uint64_t s) { return static_cast<unsigned>(s & 0xffffffffu); }
 
+// Bytes of global memory a kernel's code requested (loads, stores, atomics; every thread's
+// access counted) and the FLOPs of its tile products, as csrc/cuda/memory.cuh reports them
+// through ck_emu::count_*. Summed per launch (see traffic_begin).
+struct Traffic {
+  unsigned long long loaded = 0, stored = 0, atomic = 0, flops = 0;
+  Traffic& operator+=(const Traffic& o) {
+    loaded += o.loaded, stored += o.stored, atomic += o.atomic, flops += o.flops;
+    return *this;
+  }
+};
+
 struct Launch {
   dim3 grid{1, 1, 1}, block{1, 1, 1};
+  std::mutex traffic_m;
+  Traffic traffic;  // the threads' counters, added when each thread leaves the launch
   unsigned nthreads = 0, nwarps = 0;
   unsigned long long nblocks = 0;
   const std::function<void()>* body = nullptr;
-  std::unique_ptr<unsigned char[]> dyn_smem_storage;
+  struct AlignedDelete {
+    void operator()(unsigned char* p) const { ::operator delete(p, std::align_val_t(128)); }
+  };
+  std::unique_ptr<unsigned char, AlignedDelete> dyn_smem_storage;
   unsigned char* dyn_smem = nullptr;
   std::size_t dyn_smem_bytes = 0;
 
@@ -313,11 +330,43 @@ struct Launch {
   }
 };
 
+// An asynchronous copy (cp.async) issued by a thread and not yet complete: the source bytes
+// were read at issue (so a sanitizer reports a bad source address at the issuing line); they
+// land in shared memory only when the thread waits for the copy's group (emu_ptx.h).
+struct PendingCopy {
+  void* dst;
+  unsigned size;
+  unsigned char data[16];
+};
+
 struct ThreadCtx {
   Launch* L;
   unsigned tid, lane, warp;
   unsigned xphase;  // exchange buffer parity of this lane's next collective
+  Traffic traffic;  // this thread's counted global-memory bytes and FLOPs (own writes only)
+  std::vector<PendingCopy> cp_pending;     // issued copies, oldest first
+  std::vector<std::size_t> cp_group_ends;  // committed groups: end index into cp_pending
 };
+
+// Completes the oldest committed groups of the thread's asynchronous copies until at most
+// `keep` committed groups are pending (all issued copies when keep < 0: the end of a block,
+// where a GPU completes them too). Defined here for thread_main; used by emu_ptx.h.
+inline void complete_copies(ThreadCtx& c, long keep) {
+  std::size_t upto = 0;
+  if (keep < 0) {
+    upto = c.cp_pending.size();
+    c.cp_group_ends.clear();
+  } else {
+    const std::size_t groups = c.cp_group_ends.size();
+    if (groups <= static_cast<std::size_t>(keep)) return;
+    const std::size_t done = groups - static_cast<std::size_t>(keep);
+    upto = c.cp_group_ends[done - 1];
+    c.cp_group_ends.erase(c.cp_group_ends.begin(), c.cp_group_ends.begin() + static_cast<std::ptrdiff_t>(done));
+    for (std::size_t& e : c.cp_group_ends) e -= upto;
+  }
+  for (std::size_t i = 0; i < upto; ++i) std::memcpy(c.cp_pending[i].dst, c.cp_pending[i].data, c.cp_pending[i].size);
+  c.cp_pending.erase(c.cp_pending.begin(), c.cp_pending.begin() + static_cast<std::ptrdiff_t>(upto));
+}
 
 inline thread_local ThreadCtx* tls = nullptr;
 
@@ -384,7 +433,7 @@ namespace ck_emu {
 namespace detail {
 
 inline void thread_main(Launch* L, unsigned tid) {
-  ThreadCtx c{L, tid, tid % kWarpSize, tid / kWarpSize, 0};
+  ThreadCtx c{L, tid, tid % kWarpSize, tid / kWarpSize, 0, {}, {}, {}};
   {
     std::unique_lock<std::mutex> lk(L->gate_m);
     L->gate_cv.wait(lk, [&] { return L->go || L->cancel; });
@@ -406,6 +455,7 @@ inline void thread_main(Launch* L, unsigned tid) {
     } catch (...) {
       err = std::current_exception();
     }
+    complete_copies(c, -1);  // copies the thread never waited for still land (as on a GPU)
     L->drop(tid);
     std::unique_lock<std::mutex> lk(L->block_m);
     if (err && !L->error) L->error = err;
@@ -418,6 +468,8 @@ inline void thread_main(Launch* L, unsigned tid) {
     if (L->stop) break;
   }
   tls = nullptr;
+  std::lock_guard<std::mutex> g(L->traffic_m);
+  L->traffic += c.traffic;
 }
 
 inline std::string describe(std::exception_ptr e) {
@@ -430,15 +482,55 @@ inline std::string describe(std::exception_ptr e) {
   }
 }
 
+// One launch as count_cuda_launches (contrastive_kernels/proof/cuda_traffic.py) reports it.
+struct LaunchRecord {
+  std::string kernel;              // the kernel's name (launch_named), "" when not given
+  unsigned long long programs = 0; // blocks in the grid
+  unsigned threads = 0, num_warps = 0;
+  std::size_t shared_bytes = 0;    // dynamic shared memory of the launch
+  Traffic traffic;
+};
+
+struct TrafficLog {
+  std::mutex m;
+  int depth = 0;  // open traffic_begin() calls; the log is kept while one is open
+  std::vector<LaunchRecord> records;
+};
+inline TrafficLog& traffic_log() {
+  static TrafficLog log;
+  return log;
+}
+
+inline void record_launch(const char* name, const Launch& L) {
+  TrafficLog& log = traffic_log();
+  std::lock_guard<std::mutex> g(log.m);
+  if (log.depth == 0) return;
+  LaunchRecord r;
+  r.kernel = name != nullptr ? name : "";
+  r.programs = L.nblocks;
+  r.threads = L.nthreads;
+  r.num_warps = L.nwarps;
+  r.shared_bytes = L.dyn_smem_bytes;
+  r.traffic = L.traffic;
+  log.records.push_back(std::move(r));
+}
+
+// The most dynamic shared memory one block may have: an H100's 227 KB (what
+// cudaFuncSetAttribute(..., MaxDynamicSharedMemorySize) allows there; an A100 allows 163 KB).
+constexpr std::size_t kMaxDynamicShared = 227 * 1024;
+
 inline void run(const dim3& grid, const dim3& block, std::size_t shared_bytes,
-                const std::function<void()>& body) {
+                const std::function<void()>& body, const char* name = nullptr) {
   if (tls != nullptr)
     throw usage_error("ck_emu::launch called from inside a kernel (dynamic parallelism is not emulated)");
   const unsigned long long nthreads = static_cast<unsigned long long>(block.x) * block.y * block.z;
   const unsigned long long nblocks = static_cast<unsigned long long>(grid.x) * grid.y * grid.z;
   if (nthreads == 0 || nthreads > kMaxBlockThreads || block.z > 64 || nblocks == 0 ||
-      grid.y > 65535 || grid.z > 65535) {
+      grid.y > 65535 || grid.z > 65535 || shared_bytes > kMaxDynamicShared) {
     std::ostringstream s;
+    if (shared_bytes > kMaxDynamicShared)
+      s << "too much dynamic shared memory: " << shared_bytes << " bytes > " << kMaxDynamicShared
+        << "; ";
     s << "invalid configuration argument: grid (" << grid.x << "," << grid.y << "," << grid.z
       << "), block (" << block.x << "," << block.y << "," << block.z << ")";
     set_last_error(s.str());
@@ -452,10 +544,10 @@ inline void run(const dim3& grid, const dim3& block, std::size_t shared_bytes,
   L->nwarps = (L->nthreads + kWarpSize - 1) / kWarpSize;
   L->nblocks = nblocks;
   L->body = &body;
-  if (shared_bytes > 0) {
-    L->dyn_smem_storage.reset(new unsigned char[shared_bytes + 16]);
-    const auto addr = reinterpret_cast<std::uintptr_t>(L->dyn_smem_storage.get());
-    L->dyn_smem = L->dyn_smem_storage.get() + ((16 - addr % 16) % 16);
+  if (shared_bytes > 0) {  // 128-byte aligned; exactly shared_bytes (AddressSanitizer sees overruns)
+    L->dyn_smem_storage.reset(static_cast<unsigned char*>(
+        ::operator new(shared_bytes, std::align_val_t(128))));
+    L->dyn_smem = L->dyn_smem_storage.get();
     L->dyn_smem_bytes = shared_bytes;
   }
   L->warps.reset(new Warp[L->nwarps]());  // value-initialized: exchange buffers start zeroed
@@ -488,6 +580,7 @@ inline void run(const dim3& grid, const dim3& block, std::size_t shared_bytes,
   }
   L->gate_cv.notify_all();
   for (auto& t : threads) t.join();
+  record_launch(name, *L);
 
   if (L->error) {
     set_last_error("kernel raised: " + describe(L->error));
@@ -602,13 +695,55 @@ inline unsigned ballot(unsigned mask, int pred, const char* what) {
 // deadlock_error, barrier_divergence (unless divergence_policy::record_only), or the first
 // exception thrown by kernel code (e.g. usage_error). last_error() reports the outcome.
 template <typename Kernel, typename Grid, typename Block, typename Stream, typename... Args>
-void launch(Kernel&& kernel, const Grid& grid, const Block& block, std::size_t shared_bytes,
-            Stream&& /*stream*/, Args&&... args) {
+void launch_named(const char* name, Kernel&& kernel, const Grid& grid, const Block& block,
+                  std::size_t shared_bytes, Stream&& /*stream*/, Args&&... args) {
   const dim3 g = detail::to_dim3(grid), b = detail::to_dim3(block);
   std::decay_t<Kernel> fn(std::forward<Kernel>(kernel));
   const std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
   const std::function<void()> body = [&fn, &params] { std::apply(fn, params); };
-  detail::run(g, b, shared_bytes, body);
+  detail::run(g, b, shared_bytes, body, name);
+}
+template <typename Kernel, typename Grid, typename Block, typename Stream, typename... Args>
+void launch(Kernel&& kernel, const Grid& grid, const Block& block, std::size_t shared_bytes,
+            Stream&& stream, Args&&... args) {
+  launch_named(nullptr, std::forward<Kernel>(kernel), grid, block, shared_bytes,
+               std::forward<Stream>(stream), std::forward<Args>(args)...);
+}
+
+// ---- traffic counting ------------------------------------------------------------------------
+// Kernel code reports its global-memory accesses and tile-product FLOPs (csrc/cuda/memory.cuh
+// calls these in the emulation build only); each thread counts its own, and a launch adds
+// them up. traffic_begin() starts keeping one LaunchRecord per launch and returns a token;
+// traffic_end(token) returns the launches since then (nested begin/end pairs each see theirs;
+// the log is dropped when the outermost pair closes). Counting outside a kernel is a no-op.
+using detail::LaunchRecord;
+using detail::Traffic;
+inline void count_load(std::size_t bytes) {
+  if (detail::tls != nullptr) detail::tls->traffic.loaded += bytes;
+}
+inline void count_store(std::size_t bytes) {
+  if (detail::tls != nullptr) detail::tls->traffic.stored += bytes;
+}
+inline void count_atomic(std::size_t bytes) {
+  if (detail::tls != nullptr) detail::tls->traffic.atomic += bytes;
+}
+inline void count_flops(unsigned long long flops) {
+  if (detail::tls != nullptr) detail::tls->traffic.flops += flops;
+}
+inline std::size_t traffic_begin() {
+  detail::TrafficLog& log = detail::traffic_log();
+  std::lock_guard<std::mutex> g(log.m);
+  ++log.depth;
+  return log.records.size();
+}
+inline std::vector<LaunchRecord> traffic_end(std::size_t token) {
+  detail::TrafficLog& log = detail::traffic_log();
+  std::lock_guard<std::mutex> g(log.m);
+  std::vector<LaunchRecord> out;
+  if (token < log.records.size())
+    out.assign(log.records.begin() + static_cast<std::ptrdiff_t>(token), log.records.end());
+  if (log.depth > 0 && --log.depth == 0) log.records.clear();
+  return out;
 }
 
 // launcher(kernel, grid, block, shared_bytes, stream)(args...): the shape of a

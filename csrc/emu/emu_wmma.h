@@ -219,6 +219,7 @@ inline void mma_sync(fragment<accumulator, m, n, k, Td>& d, const fragment<matri
         return 0;
       });
   for (int i = 0; i < FD::num_elements; ++i) d.x[i] = detail::from_float<Td>(out[i]);
+  if (tc0.lane == 0) ck_emu::count_flops(2ull * m * n * k);  // one tile product per warp
 }
 
 }  // namespace wmma

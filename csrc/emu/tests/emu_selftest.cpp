@@ -492,6 +492,250 @@ void test_wmma() {
   run_wmma_type<__nv_bfloat16>("bf16");
 }
 
+template <typename E, typename F>
+std::string expect_throw(F&& f, const char* what) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    CHECK(false, "%s: wrong exception: %s", what, e.what());
+    return {};
+  }
+  CHECK(false, "%s: nothing thrown", what);
+  return {};
+}
+
+// ---- PTX-level intrinsics: ldmatrix, mma.sync m16n8k16, cp.async (emu_ptx.h) ----------------
+// 16-bit codes of matrix i's element (row, col): every element distinct.
+constexpr std::uint16_t code(int i, int row, int col) { return static_cast<std::uint16_t>(i * 256 + row * 16 + col); }
+constexpr int kLdRow = 24;  // elements per shared row (48 bytes: 16-byte aligned rows, padded)
+
+// Lane l points at row l % 8 of matrix l / 8; registers checked against the PTX ISA's figure
+// for ldmatrix .m8n8.b16 (thread l: row l/4, columns 2(l%4), 2(l%4)+1; .trans: the transposed
+// matrix's, i.e. rows 2(l%4), 2(l%4)+1 of column l/4).
+__global__ void ldmatrix_kernel(int* done) {
+  std::uint16_t* sm = ck_emu::dynamic_shared<std::uint16_t>();
+  const int lane = threadIdx.x;
+  for (int e = lane; e < 4 * 8 * kLdRow; e += 32) {
+    const int i = e / (8 * kLdRow), row = (e / kLdRow) % 8, col = e % kLdRow;
+    sm[e] = col < 8 ? code(i, row, col) : 0xdead;
+  }
+  __syncwarp();
+  const void* addr = sm + ((lane / 8) * 8 + lane % 8) * kLdRow;
+  for (int num : {1, 2, 4})
+    for (bool trans : {false, true}) {
+      unsigned r[4] = {0, 0, 0, 0};
+      ck_emu::ldmatrix(r, num, trans, addr);
+      for (int i = 0; i < num; ++i) {
+        const int g = lane / 4, t = lane % 4;
+        const unsigned lo = trans ? code(i, 2 * t, g) : code(i, g, 2 * t);
+        const unsigned hi = trans ? code(i, 2 * t + 1, g) : code(i, g, 2 * t + 1);
+        KCHECK(r[i] == (lo | hi << 16), "ldmatrix x%d%s reg %d: %08x != %08x", num,
+               trans ? ".trans" : "", i, r[i], lo | hi << 16);
+      }
+    }
+  if (lane == 0) atomicAdd(done, 1);
+}
+
+template <typename T>
+unsigned pack(T lo, T hi) {
+  std::uint16_t a, b;
+  std::memcpy(&a, &lo, 2);
+  std::memcpy(&b, &hi, 2);
+  return static_cast<unsigned>(a) | static_cast<unsigned>(b) << 16;
+}
+
+// Fragments built by each lane from the PTX ISA's table for mma.m16n8k16 (.f16/.bf16):
+// a_i: row = g (i ∈ {0,1,4,5}) or g+8, col = 2t + (i&1) (+8 for i ≥ 4), two per register;
+// b_i: row = 2t + (i&1) (+8 for i ≥ 2), col = g; c_i: row = g (+8 for i ≥ 2), col = 2t + (i&1).
+template <typename T>
+__global__ void mma_kernel(const float* A, const float* B, const float* C, float* D) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto a_el = [&](int i) {
+    const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+    const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+    return to_t<T>(A[row * 16 + col]);
+  };
+  auto b_el = [&](int i) { return to_t<T>(B[(2 * t + (i & 1) + (i >= 2 ? 8 : 0)) * 8 + g]); };
+  unsigned a[4], b[2];
+  for (int r = 0; r < 4; ++r) a[r] = pack(a_el(2 * r), a_el(2 * r + 1));
+  for (int r = 0; r < 2; ++r) b[r] = pack(b_el(2 * r), b_el(2 * r + 1));
+  float c[4], d[4];
+  for (int i = 0; i < 4; ++i) c[i] = C[(g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)];
+  ck_emu::mma_m16n8k16(d, a, b, c, std::is_same_v<T, __nv_bfloat16>);
+  for (int i = 0; i < 4; ++i) D[(g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
+// The kernels' use: ldmatrix-fed fragments. D1 = A·B with A row-major [m][k] (ldmatrix
+// .x4), B stored [n][k] (ldmatrix .x2, plain); D2 the same with B stored [k][n] (.x2.trans);
+// D3 = Aᵀᵀ·B with A stored [k][m] (ldmatrix .x4.trans for the A operand).
+template <typename T>
+__global__ void ldmatrix_mma_kernel(const float* A, const float* B, float* D) {
+  T* sm = ck_emu::dynamic_shared<T>();
+  T* a = sm;                  // [16][kLdRow]: A[m][k]
+  T* at = sm + 16 * kLdRow;   // [16][kLdRow]: A[k][m]
+  T* bn = sm + 32 * kLdRow;   // [8][kLdRow]:  B[k][n] stored as [n][k]
+  T* bk = sm + 40 * kLdRow;   // [16][kLdRow]: B[k][n] stored as [k][n]
+  const int lane = threadIdx.x;
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, c = e % 16;
+    a[r * kLdRow + c] = to_t<T>(A[r * 16 + c]);
+    at[c * kLdRow + r] = to_t<T>(A[r * 16 + c]);
+  }
+  for (int e = lane; e < 128; e += 32) {
+    const int k = e / 8, n = e % 8;
+    bn[n * kLdRow + k] = to_t<T>(B[k * 8 + n]);
+    bk[k * kLdRow + n] = to_t<T>(B[k * 8 + n]);
+  }
+  __syncwarp();
+  unsigned fa[4], fat[4], fb[4], fbt[4];
+  ck_emu::ldmatrix(fa, 4, false, a + (lane % 16) * kLdRow + (lane / 16) * 8);
+  // A operand from [k][m]: matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), ...
+  ck_emu::ldmatrix(fat, 4, true, at + ((lane % 8) + (lane / 16) * 8) * kLdRow + ((lane / 8) % 2) * 8);
+  ck_emu::ldmatrix(fb, 2, false, bn + (lane % 8) * kLdRow + ((lane / 8) % 2) * 8);
+  ck_emu::ldmatrix(fbt, 2, true, bk + (lane % 16) * kLdRow);
+  const bool bf = std::is_same_v<T, __nv_bfloat16>;
+  const float zero[4] = {0, 0, 0, 0};
+  float d[3][4];
+  ck_emu::mma_m16n8k16(d[0], fa, fb, zero, bf);
+  ck_emu::mma_m16n8k16(d[1], fa, fbt, zero, bf);
+  ck_emu::mma_m16n8k16(d[2], fat, fb, zero, bf);
+  const int g = lane / 4, t = lane % 4;
+  for (int w = 0; w < 3; ++w)
+    for (int i = 0; i < 4; ++i) D[w * 128 + (g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)] = d[w][i];
+}
+
+template <typename T>
+void run_mma(const char* name) {
+  std::vector<float> A(256), B(128), C(128), D(128, -1.0f), D3(3 * 128, -1.0f), want(128), prod(128);
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k) A[r * 16 + k] = static_cast<float>((r * 5 + k * 3) % 11 - 5);
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n) B[k * 8 + n] = static_cast<float>((k * 7 + n * 2) % 9 - 4) * 0.5f;
+  for (int i = 0; i < 128; ++i) C[i] = static_cast<float>(i % 13) - 6.0f;
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n) {
+      float s = 0;
+      for (int k = 0; k < 16; ++k) s += A[r * 16 + k] * B[k * 8 + n];  // exact small integers
+      prod[r * 8 + n] = s;
+      want[r * 8 + n] = s + C[r * 8 + n];
+    }
+  ck_emu::launch(mma_kernel<T>, 1, 32, 0, nullptr, A.data(), B.data(), C.data(), D.data());
+  int bad = 0;
+  for (int i = 0; i < 128; ++i) bad += D[i] != want[i];
+  CHECK(bad == 0, "mma.m16n8k16 %s: %d of 128 elements wrong", name, bad);
+  ck_emu::launch(ldmatrix_mma_kernel<T>, 1, 32, 56 * kLdRow * sizeof(T), nullptr, A.data(), B.data(),
+                 D3.data());
+  for (int w = 0; w < 3; ++w) {
+    bad = 0;
+    for (int i = 0; i < 128; ++i) bad += D3[w * 128 + i] != prod[i];
+    CHECK(bad == 0, "ldmatrix-fed mma %s, variant %d: %d of 128 elements wrong", name, w, bad);
+  }
+}
+
+// cp.async: 64 threads copy 16-, 8- and 4-byte pieces (and a zero-filled one) of a global
+// buffer into shared memory in three commit groups; nothing lands before the wait, waiting
+// for all but the newest group lands the older ones only, the block sees them after a barrier.
+__global__ void cp_async_kernel(const std::uint32_t* src, std::uint32_t* out, int* done) {
+  std::uint32_t* sm = ck_emu::dynamic_shared<std::uint32_t>();
+  const int t = threadIdx.x;
+  for (int i = 0; i < 8; ++i) sm[t * 8 + i] = 0xffffffffu;  // sentinel
+  __syncthreads();
+  ck_emu::cp_async(sm + t * 8, src + t * 8, 16, 16);          // group 0: words 0-3
+  ck_emu::cp_async_commit();
+  ck_emu::cp_async(sm + t * 8 + 4, src + t * 8 + 4, 8, 8);    // group 1: words 4-5
+  ck_emu::cp_async(sm + t * 8 + 6, src + t * 8 + 6, 4, 4);    //          word 6
+  ck_emu::cp_async_commit();
+  ck_emu::cp_async(sm + t * 8 + 7, src, 4, 0);                // group 2: zero-fill word 7
+  ck_emu::cp_async_commit();
+  KCHECK(sm[t * 8] == 0xffffffffu && sm[t * 8 + 7] == 0xffffffffu, "cp.async visible before the wait");
+  ck_emu::cp_async_wait(1);  // groups 0 and 1 complete, group 2 may be pending
+  KCHECK(sm[t * 8] == src[t * 8] && sm[t * 8 + 5] == src[t * 8 + 5] && sm[t * 8 + 6] == src[t * 8 + 6],
+         "cp.async groups 0/1 not complete after wait_group 1");
+  KCHECK(sm[t * 8 + 7] == 0xffffffffu, "cp.async group 2 completed by wait_group 1");
+  ck_emu::cp_async_wait(0);
+  __syncthreads();
+  const int o = (t + 1) % blockDim.x;  // another thread's copies
+  for (int i = 0; i < 8; ++i) out[t * 8 + i] = sm[o * 8 + i];
+  if (t == 0) atomicAdd(done, 1);
+}
+
+void test_ptx() {
+  int done = 0;
+  const int before = g_kernel_failures.load();
+  ck_emu::launch(ldmatrix_kernel, 1, 32, 4 * 8 * kLdRow * sizeof(std::uint16_t), nullptr, &done);
+  CHECK(done == 1 && g_kernel_failures.load() == before, "ldmatrix");
+  run_mma<__half>("f16");
+  run_mma<__nv_bfloat16>("bf16");
+  std::vector<std::uint32_t> src(64 * 8), out(64 * 8, 0);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::uint32_t>(i * 2654435761u);
+  done = 0;
+  ck_emu::launch(cp_async_kernel, 2, 64, 64 * 8 * sizeof(std::uint32_t), nullptr, src.data(), out.data(), &done);
+  int bad = 0;
+  for (int t = 0; t < 64; ++t)
+    for (int i = 0; i < 8; ++i) bad += out[t * 8 + i] != (i == 7 ? 0u : src[((t + 1) % 64) * 8 + i]);
+  CHECK(done == 2 && bad == 0 && g_kernel_failures.load() == before, "cp.async: %d words wrong", bad);
+  // Misaligned addresses are refused, as the PTX requires.
+  Aligned<std::uint32_t> buf(64, 0);
+  std::string m = expect_throw<ck_emu::usage_error>(
+      [&] {
+        ck_emu::launch([](std::uint32_t* p) {
+          ck_emu::cp_async(ck_emu::dynamic_shared<std::uint32_t>() + 1, p, 16, 16);
+        }, 1, 1, 64, nullptr, buf.p);
+      }, "misaligned cp.async");
+  CHECK(m.find("aligned") != std::string::npos, "misaligned cp.async message: %s", m.c_str());
+  m = expect_throw<ck_emu::usage_error>(
+      [&] {
+        ck_emu::launch([] {
+          unsigned r[4];
+          ck_emu::ldmatrix(r, 4, false, ck_emu::dynamic_shared<unsigned char>() + 8);
+        }, 1, 32, 256, nullptr);
+      }, "misaligned ldmatrix");
+  CHECK(m.find("aligned") != std::string::npos, "misaligned ldmatrix message: %s", m.c_str());
+}
+
+// ---- traffic counters --------------------------------------------------------------------------
+__global__ void traffic_kernel(const float* in, float* out, float* acc) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  ck_emu::count_load(sizeof(float));
+  const float v = in[i];
+  ck_emu::count_store(sizeof(float));
+  out[i] = 2 * v;
+  ck_emu::count_atomic(sizeof(float));
+  atomicAdd(acc, v);
+  ck_emu::count_flops(3);
+}
+
+void test_traffic() {
+  std::vector<float> in(96 * 3, 1.0f), out(96 * 3, 0.0f);
+  float acc = 0;
+  const std::size_t outer = ck_emu::traffic_begin();
+  ck_emu::launch(traffic_kernel, 3, 96, 0, nullptr, in.data(), out.data(), &acc);
+  const std::size_t inner = ck_emu::traffic_begin();
+  ck_emu::launch_named("named", traffic_kernel, dim3(2, 2), 64, 0, nullptr, in.data(), out.data(), &acc);
+  ck_emu::count_load(1000);  // outside a kernel: not counted
+  const std::vector<ck_emu::LaunchRecord> in_rec = ck_emu::traffic_end(inner);
+  const std::vector<ck_emu::LaunchRecord> all = ck_emu::traffic_end(outer);
+  CHECK(in_rec.size() == 1 && all.size() == 2, "records: inner %zu, outer %zu", in_rec.size(), all.size());
+  if (all.size() == 2 && in_rec.size() == 1) {
+    const ck_emu::LaunchRecord& a = all[0];
+    CHECK(a.programs == 3 && a.threads == 96 && a.num_warps == 3 && a.kernel.empty(),
+          "record 0: programs %llu threads %u warps %u", a.programs, a.threads, a.num_warps);
+    CHECK(a.traffic.loaded == 288 * 4 && a.traffic.stored == 288 * 4 && a.traffic.atomic == 288 * 4 &&
+              a.traffic.flops == 288 * 3,
+          "record 0 counts: %llu %llu %llu %llu", a.traffic.loaded, a.traffic.stored, a.traffic.atomic,
+          a.traffic.flops);
+    const ck_emu::LaunchRecord& b = in_rec[0];
+    CHECK(b.kernel == "named" && b.programs == 4 && b.num_warps == 2 && b.traffic.loaded == 256 * 4,
+          "record 1: %s programs %llu loaded %llu", b.kernel.c_str(), b.programs, b.traffic.loaded);
+  }
+  // Closed: later launches are not kept.
+  ck_emu::launch(traffic_kernel, 1, 32, 0, nullptr, in.data(), out.data(), &acc);
+  const std::size_t again = ck_emu::traffic_begin();
+  CHECK(ck_emu::traffic_end(again).empty(), "launches recorded while no traffic_begin was open");
+}
+
 // ---- misc: dynamic shared memory, launcher, lambdas, tile_math-style math --------------------
 __global__ void dyn_smem_kernel(float* out) {
   float* s = ck_emu::dynamic_shared<float>();
@@ -572,19 +816,6 @@ __global__ void nested_launch_kernel(int* out) {
   ck_emu::launch(early_return_kernel, 1, 1, 0, nullptr, out);
 }
 
-template <typename E, typename F>
-std::string expect_throw(F&& f, const char* what) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    CHECK(false, "%s: wrong exception: %s", what, e.what());
-    return {};
-  }
-  CHECK(false, "%s: nothing thrown", what);
-  return {};
-}
 
 void test_errors() {
   std::vector<int> out(256, 0);
@@ -697,7 +928,8 @@ int main(int argc, char** argv) {
   const Test tests[] = {{"indices", test_indices},   {"barriers", test_barriers},
                         {"sync_count", test_sync_count}, {"syncwarp", test_syncwarp},
                         {"shuffles", test_shuffles}, {"atomics", test_atomics},
-                        {"wmma", test_wmma},         {"misc", test_misc},
+                        {"wmma", test_wmma},         {"ptx", test_ptx},
+                        {"traffic", test_traffic},   {"misc", test_misc},
                         {"errors", test_errors}};
   for (const Test& t : tests) {
     const int before = g_failures + g_kernel_failures.load();

@@ -10,15 +10,23 @@
 //   engine_driver [FILTER]   runs the groups whose name ("fp32/ragged/softmax", ...) contains
 //                            FILTER (all without one); exit code 0 only if every check passed.
 //
-// Shapes: "ragged" N=70, M=45, D=40 (partial row and column tiles, D streamed in two 32-wide
-// chunks, the second partial), "masked" N=45, M=70 (q = the first N rows of k, mask_diag),
-// "tile" N=M=20, D=16, k is q (one partial tile, one chunk). Dtypes fp32 (SIMT FMA), fp16
-// (wmma), fp64 (SIMT, 32×32 tiles). Outputs are poisoned (CONTRASTIVE_KERNELS_POISON=1), so
-// an element the engine fails to write is NaN and fails its check.
+// Shapes: "ragged" N=70, M=45, D=40 (partial row and column tiles, a 64-wide panel loaded in
+// two 32-wide chunks, the second partial), "masked" N=45, M=70 (q = the first N rows of k,
+// mask_diag), "tile" N=M=20, D=16, k is q (one partial tile, one chunk); "split" N=70, M=300
+// with the column range split into one-tile ranges (CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES=1:
+// merged row statistics, atomic / per-split partial gradient rows, staggered starts);
+// "panels" D=300 (two feature panels: the forward loops over them, the backward has one block
+// per gradient panel) with split ranges; "groups" N=8, M=2200 in one range of 35 tiles (the
+// blocked sums flush two groups). Dtypes fp32 (SIMT FMA), fp16 and bf16 (mma.sync from
+// ldmatrix), fp64 (SIMT, 32×32 tiles). Outputs are poisoned (CONTRASTIVE_KERNELS_POISON=1), so
+// an element the engine fails to write is NaN and fails its check. Backward checks: atomic
+// and deterministic, the deterministic one rerun and compared bitwise, and dQ only / dK only
+// (need_dq / need_dk: the other gradient must come back as a (0, D) tensor).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -68,12 +76,21 @@ double tolerance(at::ScalarType t) {
   switch (t) {
     case at::kDouble: return 1e-12;
     case at::kFloat: return 1e-5;
+    case at::kBFloat16: return 3e-2;  // dS and the operands rounded to bf16 (8-bit mantissa)
     default: return 5e-3;  // half inputs: dS and the operands are rounded to fp16
   }
 }
 
 const char* dtype_name(at::ScalarType t) {
-  return t == at::kDouble ? "fp64" : t == at::kFloat ? "fp32" : "fp16";
+  return t == at::kDouble ? "fp64" : t == at::kFloat ? "fp32" : t == at::kBFloat16 ? "bf16" : "fp16";
+}
+
+// Bitwise equality of two runs (the deterministic mode's promise).
+void same_bits(const std::string& name, const at::Tensor& a, const at::Tensor& b) {
+  auto bytes = [](const at::Tensor& t) { return t.contiguous().reshape({-1}).view(at::kByte); };
+  const bool ok = a.defined() && b.defined() && a.sizes() == b.sizes() &&
+                  (a.numel() == 0 || at::equal(bytes(a), bytes(b)));
+  report(ok, name, ok ? "bitwise equal" : "reruns differ");
 }
 
 struct Case {
@@ -84,7 +101,14 @@ struct Case {
   bool need_col;
   bool extra;
   int64_t programs;
+  int split_min_tiles;  // CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES for the case (0: default)
+  unsigned dtypes;      // bit mask over kDtypes
+  bool extras;          // also: dQ-only / dK-only backward, deterministic reruns compared bitwise
+  unsigned kinds;       // bit mask: 1 softmax, 2 siglip, 4 hadsell, 8 hardest
 };
+
+const at::ScalarType kDtypes[] = {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble};
+constexpr unsigned kAllDtypes = 15, kAllKinds = 15;
 
 const at::TensorOptions kF64 = at::TensorOptions().dtype(at::kDouble);
 const at::TensorOptions kI64 = at::TensorOptions().dtype(at::kLong);
@@ -167,13 +191,17 @@ void softmax_group(const std::string& tag, const Case& c, const Inputs& in) {
   } else {
     report(fwd[2].numel() == 0, tag + ".forward.clse_empty", "");
   }
+  const at::Tensor e = at::empty({0}, acc);
+  auto run = [&](bool deterministic, bool need_dq, bool need_dk) {
+    return ck_cuda::backward_cuda(in.q, in.k, in.rq, in.rk, scale, in.row_key, in.col_key,
+                                  fwd[0], c.need_col ? fwd[2] : e, g_lse.to(in.acc),
+                                  g_pos.to(in.acc), c.need_col ? g_clse.to(in.acc) : e,
+                                  c.mask_diag, /*normalize=*/true, deterministic, need_dq,
+                                  need_dk);
+  };
   for (bool deterministic : {false, true}) {
     const std::string name = tag + (deterministic ? ".backward.deterministic" : ".backward.atomic");
-    const at::Tensor e = at::empty({0}, acc);
-    auto bwd = ck_cuda::backward_cuda(in.q, in.k, in.rq, in.rk, scale, in.row_key, in.col_key,
-                                      fwd[0], c.need_col ? fwd[2] : e, g_lse.to(in.acc),
-                                      g_pos.to(in.acc), c.need_col ? g_clse.to(in.acc) : e,
-                                      c.mask_diag, /*normalize=*/true, deterministic);
+    auto bwd = run(deterministic, true, true);
     if (c.shared) {  // k is q: the engine's two gradients add up
       close(name + ".dq+dk", bwd[0].to(at::kDouble) + bwd[1].to(at::kDouble), qv.grad(), tol);
     } else {
@@ -181,6 +209,24 @@ void softmax_group(const std::string& tag, const Case& c, const Inputs& in) {
       close(name + ".dk", bwd[1], kv.grad(), tol);
     }
     close(name + ".dscale", bwd[2], sv.grad(), tol);
+    if (deterministic && c.extras) {
+      auto again = run(true, true, true);
+      for (int i = 0; i < 3; ++i) same_bits(name + ".rerun." + std::to_string(i), bwd[i], again[i]);
+    }
+  }
+  if (!c.shared && c.extras) {
+    // A frozen key bank (dQ only: recompute + dQ, no dK work) and frozen queries (dK only).
+    for (bool deterministic : {false, true}) {
+      const std::string name = tag + (deterministic ? ".backward.deterministic" : ".backward.atomic");
+      auto only_q = run(deterministic, true, false);
+      close(name + ".dq_only.dq", only_q[0], qv.grad(), tol);
+      report(only_q[1].size(0) == 0, name + ".dq_only.dk_empty", "");
+      close(name + ".dq_only.dscale", only_q[2], sv.grad(), tol);
+      auto only_k = run(deterministic, false, true);
+      report(only_k[0].size(0) == 0, name + ".dk_only.dq_empty", "");
+      close(name + ".dk_only.dk", only_k[1], kv.grad(), tol);
+      close(name + ".dk_only.dscale", only_k[2], sv.grad(), tol);
+    }
   }
 }
 
@@ -220,12 +266,15 @@ void pairwise_group(const std::string& tag, const Case& c, const Inputs& in, int
   at::Tensor got = ck_cuda::pair_forward_cuda(kind, in.q, in.k, rq, rk, params, in.row_key,
                                               in.col_key, c.mask_diag);
   close(ktag + ".forward.rows", got, rows, tol);
+  auto run = [&](bool deterministic, bool need_dk) {
+    return ck_cuda::pair_backward_cuda(kind, in.q, in.k, rq, rk, params, in.row_key, in.col_key,
+                                       g_row.to(in.acc), c.mask_diag, normalize,
+                                       /*want_rows=*/!deterministic, deterministic, true, need_dk);
+  };
   for (bool deterministic : {false, true}) {
     const std::string name =
         ktag + (deterministic ? ".backward.deterministic" : ".backward.atomic");
-    auto bwd = ck_cuda::pair_backward_cuda(kind, in.q, in.k, rq, rk, params, in.row_key,
-                                           in.col_key, g_row.to(in.acc), c.mask_diag, normalize,
-                                           /*want_rows=*/!deterministic, deterministic);
+    auto bwd = run(deterministic, true);
     if (!deterministic) close(name + ".rows", bwd[0], rows, tol);
     if (c.shared) {
       close(name + ".dq+dk", bwd[1].to(at::kDouble) + bwd[2].to(at::kDouble), qv.grad(), tol);
@@ -234,6 +283,15 @@ void pairwise_group(const std::string& tag, const Case& c, const Inputs& in, int
       close(name + ".dk", bwd[2], kv.grad(), tol);
     }
     close(name + ".dparams", bwd[3], pv.grad(), tol);
+    if (deterministic && c.extras) {
+      auto again = run(true, true);
+      for (int i = 1; i < 4; ++i) same_bits(name + ".rerun." + std::to_string(i), bwd[i], again[i]);
+    }
+    if (!c.shared && c.extras) {  // a frozen k: no dK work, dk undefined
+      auto only_q = run(deterministic, false);
+      close(name + ".dq_only.dq", only_q[1], qv.grad(), tol);
+      report(only_q[2].size(0) == 0, name + ".dq_only.dk_empty", "");
+    }
   }
 }
 
@@ -280,11 +338,14 @@ bool selected(const std::string& name, const char* filter) {
 }
 
 void guarded(const std::string& name, const std::function<void()>& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
   try {
     fn();
   } catch (const std::exception& e) {
     report(false, name, std::string("threw: ") + e.what());
   }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("time %s %.1f s\n", name.c_str(), s);
 }
 
 }  // namespace
@@ -294,17 +355,29 @@ int main(int argc, char** argv) {
   at::set_num_threads(1);  // the reference's ATen ops: no OpenMP threads beside the emulator's
   const char* filter = argc > 1 ? argv[1] : nullptr;
   const Case cases[] = {
-      {"ragged", 70, 45, 40, false, false, true, true, 1},
-      {"masked", 45, 70, 40, true, false, true, false, 3},
-      {"tile", 20, 20, 16, true, true, false, false, 1},
+      // fp32, fp16, bf16, fp64 = bits 1, 2, 4, 8
+      {"ragged", 70, 45, 40, false, false, true, true, 1, 0, kAllDtypes, true, kAllKinds},
+      {"masked", 45, 70, 40, true, false, true, false, 3, 0, kAllDtypes, false, kAllKinds},
+      {"tile", 20, 20, 16, true, true, false, false, 1, 0, kAllDtypes, false, kAllKinds},
+      {"split", 70, 300, 40, false, false, true, true, 1, 1, 1 | 4 | 8, true, kAllKinds},
+      {"panels", 40, 70, 300, true, false, true, false, 2, 1, 1 | 4, false, kAllKinds},
+      {"groups", 8, 2200, 16, false, false, true, false, 1, 64, 1 | 4, false, 1 | 2},
   };
   int groups = 0;
-  for (at::ScalarType dtype : {at::kFloat, at::kHalf, at::kDouble}) {
+  for (int di = 0; di < 4; ++di) {
+    const at::ScalarType dtype = kDtypes[di];
     for (const Case& c : cases) {
+      if (!((c.dtypes >> di) & 1u)) continue;
+      if (c.split_min_tiles > 0) {
+        setenv("CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES", std::to_string(c.split_min_tiles).c_str(), 1);
+      } else {
+        unsetenv("CONTRASTIVE_KERNELS_CUDA_SPLIT_MIN_TILES");
+      }
       const std::string tag = std::string(dtype_name(dtype)) + "/" + c.name;
-      const bool soft = selected(tag + "/softmax", filter);
-      const bool sig = selected(tag + "/siglip", filter), had = selected(tag + "/hadsell", filter);
-      const bool hard = selected(tag + "/hardest", filter);
+      const bool soft = (c.kinds & 1u) && selected(tag + "/softmax", filter);
+      const bool sig = (c.kinds & 2u) && selected(tag + "/siglip", filter);
+      const bool had = (c.kinds & 4u) && selected(tag + "/hadsell", filter);
+      const bool hard = (c.kinds & 8u) && selected(tag + "/hardest", filter);
       if (!soft && !sig && !had && !hard) continue;
       at::manual_seed(1234);
       Inputs in;
