@@ -129,8 +129,8 @@ import torch
 from contrastive_kernels.backends.triton import launch, softmax as te
 q = torch.zeros(2048, 256, dtype=torch.bfloat16)
 fwd, bwd = te._tiles_for(q, q)
-print(launch.sm_count(q.device), fwd == te._fit(te.tile_config(256, torch.bfloat16, arch={arch}, aligned=True)[0], 2048, 2048),
-      bwd == te._fit(te.tile_config(256, torch.bfloat16, arch={arch}, aligned=True)[1], 2048, 2048), fwd.block_m)
+print(launch.sm_count(q.device), fwd == te._fit(te.tile_config(256, torch.bfloat16, arch={arch}, aligned=True)[0], 2048),
+      bwd == te._fit(te.tile_config(256, torch.bfloat16, arch={arch}, aligned=True)[1], 2048), fwd.block_m)
 """
 
 
@@ -161,6 +161,6 @@ def test_the_test_launches_cross_multi_tile_and_ragged_splits():
     """The interpreter's stand-in machine gives the tests splits of several tiles, a ragged
     last split and staggered starts (a planted wrong tile order in the backward's walk
     failed 4 of the gradient tests above)."""
-    cfg = te.interpret_tiles(40) if hasattr(te, "interpret_tiles") else None
+    cfg = te.interpret_tiles(40)
     splits, per_split = launch.split_grid(5, 7, cfg, torch.device("cpu"))
     assert per_split >= 2 and splits * per_split > 7

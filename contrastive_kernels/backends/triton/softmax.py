@@ -389,7 +389,7 @@ def rows_aligned(*xs: torch.Tensor) -> bool:
 FIT_BLOCK = 64
 
 
-def _fit(cfg: TileConfig, n_own: int, n_other: int) -> TileConfig:
+def _fit(cfg: TileConfig, n_own: int) -> TileConfig:
     """cfg with 64-row owned blocks where the owned side has at most 64 rows: 64 MoCo
     queries get one 64-row block, not 128 rows half of which are padding."""
     if cfg.block_m > FIT_BLOCK >= n_own:
@@ -408,7 +408,7 @@ def _tiles_for(a: torch.Tensor, b: torch.Tensor) -> tuple[TileConfig, TileConfig
     fwd, bwd = tile_config(a.shape[1], a.dtype, arch=arch, aligned=rows_aligned(a, b))
     if arch != 90:  # the fitted 64-row tiles at 8 warps spill on sm_80
         return fwd, bwd
-    return _fit(fwd, a.shape[0], b.shape[0]), _fit(bwd, a.shape[0], b.shape[0])
+    return _fit(fwd, a.shape[0]), _fit(bwd, a.shape[0])
 
 
 def _merge(part_m, part_l, part_sum, extra, n: int, acc_tl):
