@@ -159,7 +159,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "triton>=3.0; platform_system == 'Linux'"],
     # The examples' dependencies are part of "test": the test suite runs the examples.
     # "peers": the libraries the benchmarks compare against (benchmarks/peers.py).
-    extras_require={"test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "scikit-learn",
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis", "scikit-learn",
                              "tqdm", "matplotlib"],
                     "peers": ["open_clip_torch", "pytorch-metric-learning", "info-nce-pytorch",
                               "inf-cl"]},

@@ -11,18 +11,25 @@ reload less per FLOP; no timing is involved (that needs a GPU).
     python benchmarks/tile_search.py                      # every class: ~1 h on 2 cores
     python benchmarks/tile_search.py fp32:64 fp64:None --pairs 32x32 16x32
                                                           # some classes, given tiles only
+    python benchmarks/tile_search.py --check _pair_kernel bf16 90 128x64x256w8 64x16x256w8s1
+        # any kernel: every recorded flag set with the launcher's divisibility hints,
+        # retiled to each candidate (owned rows on chip: BLOCK_K = D), one line per binary
+
+The --check mode is how the aligned (on-chip) classes of both engines' tables were chosen:
+the search above only retiles binaries that already exist at a class, while a new
+on-chip class has no recorded binary yet.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 
 import torch
 
 from contrastive_kernels.proof import aot, catalogue
 from contrastive_kernels.backends.triton.tiles import NUM_STAGES, TileConfig
 
-_PTR = {"half": ("*fp16", "*bf16"), "fp32": ("*fp32",), "fp64": ("*fp64",)}
 _KERNEL = {"fwd": ("_softmax_fwd_kernel", "Q"), "bwd": ("_softmax_bwd_kernel", "A")}
 
 PAIRS = ((128, 64), (64, 128), (64, 64), (64, 32), (32, 64), (32, 32))
@@ -31,6 +38,7 @@ CLASSES = {"half": (16, 32, 64, 128, 256, None), "fp32": (16, 32, 64, 128, None)
            "fp64": (16, 32, None)}
 DTYPES = {"half": (torch.float16, torch.bfloat16), "fp32": (torch.float32,),
           "fp64": (torch.float64,)}
+_PTR = {cls: tuple(aot.POINTER_TYPE[d] for d in dtypes) for cls, dtypes in DTYPES.items()}
 
 
 def _candidates(cls: str, max_d, pairs=None):
@@ -66,7 +74,45 @@ def _specs():
     return _SPECS
 
 
+def _parse_tile(text: str) -> TileConfig:
+    """'64x16x256w8s1' -> TileConfig(64, 16, 256, one chunk, 8 warps, 1 stage)."""
+    tiles, _, rest = text.partition("w")
+    warps, _, stages = rest.partition("s")
+    bm, bn, bk = map(int, tiles.split("x"))
+    return TileConfig(bm, bn, bk, True, int(warps), int(stages or NUM_STAGES))
+
+
+def check(kernel: str, dtype: str, arch: int, tiles: list[str]) -> bool:
+    """Compile every flag set of ``kernel`` recorded with divisibility hints on D (the
+    aligned launches), retiled to each candidate; print registers and spills per binary.
+    True when no binary spills."""
+    ptr = "*" + dtype
+    flag_sets = {}
+    for spec in aot.engine_variants(arches=(arch,)):
+        ce = spec.named_constexprs
+        if spec.name != kernel or ptr not in spec.signature.values() or "D" in ce or \
+                "D" not in spec.divisible_by_16:
+            continue
+        key = tuple(sorted((k, str(v)) for k, v in ce.items()
+                           if not k.startswith("BLOCK_") and k != "ONE_CHUNK"))
+        flag_sets.setdefault(key, spec)
+    clean = True
+    for text in tiles:
+        cfg = _parse_tile(text)
+        for key, spec in flag_sets.items():
+            r = aot.compile_variant(aot.retile(spec, cfg))
+            flags = " ".join(k if v == "True" else f"{k}={v}" for k, v in key
+                             if v == "True" or k == "KIND")
+            print(f"{text} {flags or '-'}: {r.registers} regs, spill {r.spill_bytes} B, "
+                  f"{r.mma_kinds}", flush=True)
+            clean &= not (r.spill_bytes or r.local_insts)
+    return clean
+
+
 def main():
+    if sys.argv[1:2] == ["--check"]:
+        kernel, dtype, arch, *tiles = sys.argv[2:]
+        sys.exit(0 if check(kernel, dtype, int(arch), tiles) else 1)
     parser = argparse.ArgumentParser()
     parser.add_argument("classes", nargs="*", help="dtype:maxD, e.g. fp32:64 or fp64:None")
     parser.add_argument("--pairs", nargs="*", help="BLOCK_MxBLOCK_N tiles to try, in order")

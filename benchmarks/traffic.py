@@ -31,6 +31,10 @@ if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
 HEADING = "## Counted data movement (interpreter, GPU launch)"
+# One block per engine, so that counting one engine never overwrites the other's table.
+BLOCKS = {"triton": ("TRAFFIC", HEADING),
+          "cuda": ("TRAFFIC_CUDA", "## Counted data movement: CUDA C++ engine (emulator, "
+                                   "GPU launch plan)")}
 # Shapes of the problems at --scale 1: rows of each side and width.
 SHAPES = {"clip": (2048, 2048, 256), "siglip": (2048, 2048, 256), "moco": (64, 4096, 128),
           "moco_bank_grad": (64, 4096, 128)}
@@ -303,7 +307,8 @@ def main(argv=None) -> int:
     text = report(rows, args, time.time() - start)
     print(text)
     if args.write:
-        write_block("TRAFFIC", text, heading=HEADING)
+        block, heading = BLOCKS[args.engine]
+        write_block(block, text, heading=heading)
     return 0
 
 

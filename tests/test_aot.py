@@ -11,7 +11,7 @@ import pathlib
 import pytest
 import torch
 
-from contrastive_kernels.backends.triton import softmax as te
+from contrastive_kernels.backends.triton import pairwise as tp, softmax as te
 from contrastive_kernels.proof import aot, catalogue
 from contrastive_kernels.proof import specialize as sp
 
@@ -80,14 +80,28 @@ def test_every_width_maps_to_a_catalogued_tile(arch, variants):
     tiles = {(v.signature["Q"], v.named_constexprs["BLOCK_M"], v.named_constexprs["BLOCK_N"],
               v.named_constexprs["BLOCK_K"], v.options["num_warps"])
              for v in variants if v.name == "_softmax_fwd_kernel" and v.target.arch == arch}
-    ptr = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
-           torch.float64: "*fp64"}
     for dtype in aot.DTYPES:
         for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
             for aligned in {False, d % 16 == 0}:
                 cfg = te.tile_config(d, dtype, arch=arch, aligned=aligned)[0]
-                assert (ptr[dtype], cfg.block_m, cfg.block_n, cfg.block_k,
+                assert (aot.POINTER_TYPE[dtype], cfg.block_m, cfg.block_n, cfg.block_k,
                         cfg.num_warps) in tiles, (dtype, d, aligned)
+
+
+@pytest.mark.parametrize("arch", aot.ARCHES)
+def test_every_width_maps_to_a_catalogued_pairwise_tile(arch, variants):
+    """The same for the pairwise kernel's forward and backward tiles."""
+    tiles = {(v.signature["A"], v.named_constexprs["GRAD"], v.named_constexprs["BLOCK_A"],
+              v.named_constexprs["BLOCK_B"], v.named_constexprs["BLOCK_K"],
+              v.options["num_warps"])
+             for v in variants if v.name == "_pair_kernel" and v.target.arch == arch}
+    for dtype in aot.DTYPES:
+        for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
+            for aligned in {False, d % 16 == 0}:
+                cfgs = tp.tile_config(d, dtype, interpret=False, arch=arch, aligned=aligned)
+                for grad, cfg in zip((False, True), cfgs):
+                    assert (aot.POINTER_TYPE[dtype], grad, cfg.block_m, cfg.block_n,
+                            cfg.block_k, cfg.num_warps) in tiles, (dtype, d, aligned, grad)
 
 
 def test_running_maxima_propagate_nan_in_the_compiled_code(reports, table):

@@ -107,11 +107,27 @@ def test_split_grid_fills_a_wave_and_bounds_each_split(owned, tiles, target, cap
                                                        monkeypatch):
     monkeypatch.setattr(launch, "target_programs", lambda cfg, device: target)
     monkeypatch.setattr(launch, "max_tiles_per_split", lambda: cap)
+    monkeypatch.setattr(launch, "min_tiles_per_split", lambda: 1)
     cfg = TileConfig(64, 64, 64, True, 4, 2)
     splits, per_split = launch.split_grid(owned, tiles, cfg, torch.device("cpu"))
     assert per_split <= cap
     assert (splits - 1) * per_split < tiles <= splits * per_split  # no empty split
     assert owned * splits >= min(target, owned * tiles)
+
+
+@pytest.mark.parametrize("owned, tiles, splits_wanted", [
+    (1, 128, 32),    # MoCo-like: one owned block, a long queue: splits of 4, not of 1
+    (1, 3, 1),       # shorter than the minimum: one split of all of it
+    (16, 32, 8),     # 132 programs would need splits of 3: splits of 4 (128 programs)
+    (32, 128, 6)])   # a wave needs splits of 25: the minimum does not bind
+def test_a_split_walks_at_least_the_minimum_tiles(owned, tiles, splits_wanted, monkeypatch):
+    monkeypatch.setattr(launch, "target_programs", lambda cfg, device: 132)
+    monkeypatch.setattr(launch, "max_tiles_per_split", lambda: 64)
+    monkeypatch.setattr(launch, "min_tiles_per_split", lambda: 4)
+    cfg = TileConfig(64, 64, 64, True, 4, 2)
+    splits, per_split = launch.split_grid(owned, tiles, cfg, torch.device("cpu"))
+    assert (splits, per_split >= min(4, tiles)) == (splits_wanted, True)
+    assert (splits - 1) * per_split < tiles <= splits * per_split
 
 
 def test_launch_as_names_an_architecture(monkeypatch):
@@ -164,3 +180,51 @@ def test_the_test_launches_cross_multi_tile_and_ragged_splits():
     cfg = te.interpret_tiles(40)
     splits, per_split = launch.split_grid(5, 7, cfg, torch.device("cpu"))
     assert per_split >= 2 and splits * per_split > 7
+
+
+def _siglip(a, b, backend):
+    return ck.siglip_loss(a, b, 10.0, -10.0, reduction="none", normalize=True,
+                          backend=backend)
+
+
+def _pair_inputs(n, d, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=gen, dtype=torch.float64).float().to(DEVICE)
+            for _ in range(2)]
+
+
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_siglip_gradients_only_where_needed(needs):
+    # 130 rows in blocks of 32 under the interpreter: 5 row blocks against 5 column tiles,
+    # split in two, so the row partials are summed and the owned rows added by atomics.
+    _check(_siglip, _pair_inputs(130, 40, 5), needs, f"siglip needs={needs}")
+
+
+@pytest.mark.parametrize("fn", ["siglip", "contrastive"])
+def test_pairwise_deterministic_mode_with_splits_is_bitwise_reproducible(fn):
+    labels = torch.arange(130, device=DEVICE) % 7
+    call = _siglip if fn == "siglip" else (
+        lambda x, backend: ck.contrastive_loss(x, labels, reduction="none", backend=backend))
+    tensors = _pair_inputs(130, 40, 6)[: 2 if fn == "siglip" else 1]
+    needs = (True,) * len(tensors)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _check(call, tensors, needs, f"{fn} deterministic")
+        again = _run(call, tensors, needs, "triton")[1]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's stand-in machine")
+def test_pairwise_test_launches_split_the_columns():
+    """The pairwise tests above run split grids (several programs per row block)."""
+    from contrastive_kernels.backends.triton import pairwise as tp
+    cfg = tp.tile_config(40, torch.float32)[1]
+    splits, _ = launch.split_grid(triton_cdiv(130, cfg.block_m), triton_cdiv(130, cfg.block_n),
+                                  cfg, torch.device("cpu"))
+    assert splits > 1
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)

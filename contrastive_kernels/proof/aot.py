@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
@@ -31,6 +32,11 @@ DTYPES = catalogue.DTYPES
 # Kernels whose binaries contain tile products (tensor cores for half inputs).
 MMA_KERNELS = ("_softmax_fwd_kernel", "_softmax_bwd_kernel", "_pair_kernel",
                "_hardest_kernel")
+# Triton's pointer type of each input dtype, the one map from signature to dtype that the
+# proof tooling and its tests share.
+POINTER_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
+                torch.float64: "*fp64"}
+_TORCH_DTYPE = {ptr: str(dtype).removeprefix("torch.") for dtype, ptr in POINTER_TYPE.items()}
 _SHORT = {"BLOCK_M": "m", "BLOCK_N": "n", "BLOCK_A": "m", "BLOCK_B": "n", "BLOCK_K": "k"}
 
 
@@ -47,8 +53,7 @@ def engine_variants(arches=ARCHES, launches: dict | None = None
 def variant_name(spec: specialize.RuntimeSpec) -> str:
     """A readable name of a binary: kernel, input dtype, tiles, flags, warps, hints."""
     ce = spec.named_constexprs
-    dtype = next((t[1:] for t in spec.signature.values() if t in
-                  ("*fp16", "*bf16", "*fp32", "*fp64")), "-")
+    dtype = next((t[1:] for t in spec.signature.values() if t in _TORCH_DTYPE), "-")
     parts = [spec.name.lstrip("_").removesuffix("_kernel"), dtype]
     tiles = "x".join(str(ce[k]) for k in ("BLOCK_M", "BLOCK_A", "BLOCK_N", "BLOCK_B")
                      if k in ce)
@@ -197,8 +202,6 @@ def sample(specs) -> list:
     return [spec for _, spec in best.values()]
 
 
-_TORCH_DTYPE = {"*fp16": "float16", "*bf16": "bfloat16", "*fp32": "float32",
-                "*fp64": "float64"}
 
 
 def _compile_job(spec) -> "CompileReport | str":

@@ -73,8 +73,10 @@ def _pairwise_launches(dtype, d, n) -> None:
     for kind in (tp.SIGLIP, tp.HADSELL):
         tp.pair_forward(kind, q, k, rq, rk, params, keys, keys, False)
         for normalize, deterministic in ((True, False), (True, True), (False, False)):
-            tp.pair_backward(kind, q, k, rq, rk, params, keys, keys, torch.ones_like(rq),
-                             False, normalize, True, deterministic)
+            for need_dq, need_dk in ((True, True), (True, False), (False, True)):
+                tp.pair_backward(kind, q, k, rq, rk, params, keys, keys,
+                                 torch.ones_like(rq), False, normalize, True, deterministic,
+                                 need_dq, need_dk)
     tp.hardest_pairs(q, rq, keys)
 
 

@@ -37,6 +37,12 @@ _INTERPRET_SMS = 3
 _INTERPRET_MAX_TILES = 3
 # Tiles one program sums before its partial joins the others (two-level sums).
 MAX_TILES_PER_SPLIT = 64
+# Fewest tiles a split walks on a GPU launch. Every split reloads the owned block and
+# writes (or atomically adds) its gradient rows once: below about four streamed tiles per
+# split those fixed costs outweigh the tiles themselves (counted: the MoCo backward at one
+# tile per split moved 3x the bytes per FLOP of four), so a short axis gets fewer programs
+# rather than programs that mostly reload.
+MIN_TILES_PER_SPLIT = 4
 
 
 def launch_as() -> int | None:
@@ -84,6 +90,10 @@ def max_tiles_per_split() -> int:
         else MAX_TILES_PER_SPLIT
 
 
+def min_tiles_per_split() -> int:
+    return 1 if interpreting() and launch_as() is None else MIN_TILES_PER_SPLIT
+
+
 def target_programs(cfg: TileConfig, device: torch.device) -> int:
     """Programs that fill the machine once: SMs × resident blocks per SM of this tile
     (its occupancy, from the compiled register and shared-memory use; see the tables)."""
@@ -93,12 +103,26 @@ def target_programs(cfg: TileConfig, device: torch.device) -> int:
 def split_grid(owned_blocks: int, other_tiles: int, cfg: TileConfig,
                device: torch.device) -> tuple[int, int]:
     """(splits, tiles per split) of the other side's ``other_tiles`` tiles: enough splits
-    that owned_blocks × splits fills one wave, at most MAX_TILES_PER_SPLIT tiles in a
-    split, never an empty split (at least one split, of at least one tile)."""
+    that owned_blocks × splits fills one wave, at most MAX_TILES_PER_SPLIT and (where
+    the axis is long enough) at least MIN_TILES_PER_SPLIT tiles in a split, never an
+    empty split (at least one split, of at least one tile)."""
     if other_tiles == 0:
         return 1, 1
     want = max(triton.cdiv(target_programs(cfg, device), max(owned_blocks, 1)),
                triton.cdiv(other_tiles, max_tiles_per_split()))
     # Round the split length down, so that rounding never leaves the wave unfilled.
     per_split = max(1, other_tiles // max(want, 1))
+    per_split = min(max(per_split, min_tiles_per_split()), other_tiles)
+    return triton.cdiv(other_tiles, per_split), per_split
+
+
+def capped_splits(splits: int, per_split: int, other_tiles: int, part_elements: int,
+                  limit: int) -> tuple[int, int]:
+    """(splits, tiles per split) such that splits × part_elements ≤ limit: the
+    deterministic mode keeps one fixed-order gradient partial of ``part_elements`` per
+    split, so past the limit the splits get longer (a one-level sum over more tiles)
+    rather than the partials taking gigabytes."""
+    if splits * part_elements <= limit:
+        return splits, per_split
+    per_split = triton.cdiv(other_tiles, max(1, limit // max(part_elements, 1)))
     return triton.cdiv(other_tiles, per_split), per_split

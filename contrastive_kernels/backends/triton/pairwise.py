@@ -6,7 +6,9 @@ hadsell_term/grad/margin_grad, beats_max/min), written here with the same formul
 same NaN behaviour and the same near-coincident constant.
 
 One kernel, ``_pair_kernel``, serves every pass. A program owns a block of rows of A and
-walks all of B in tiles, recomputing ⟨a_i, b_j⟩ with a tile product:
+walks one split of B's tiles (grid: blocks × splits, sized by launch.split_grid to fill
+the GPU; per-split partials of the O(N) outputs are summed in a fixed order, the owned
+gradient rows are written once per program), recomputing ⟨a_i, b_j⟩ with a tile product:
 
 - forward (GRAD off): rows_i = Σ_{j valid} term_ij;
 - row pass (A = q, B = k): dQ̂ accumulates Σ_j dS_ij k̂_j in registers (or in DA, when D is
@@ -36,14 +38,17 @@ entries, at the cost of one tile-wide max per tile. bf16 has fp32's range: no sc
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
+from .launch import capped_splits, launch_as, split_grid, target_arch
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, TileConfig, dot_tile, dtype_class, interpret_tiles,
                     interpreting, load_rows, out_buffer, pow2_scale, precision, row_block,
-                    tl_acc, upcast)
+                    rows_aligned, split_range, tl_acc, upcast)
 
 SIGLIP = 0
 HADSELL = 1
@@ -252,15 +257,17 @@ def _grad_operands(ds, ra, rb, TILE_SCALE: tl.constexpr):
 
 @triton.jit
 def _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv, DB, offs_b, b_ok, D,
-                            stride_db, ATOMIC_B: tl.constexpr, TILE_SCALE: tl.constexpr,
-                            BLOCK_K: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """D in one register tile: dA accumulates in registers; dB += dSᵀ·A by atomics."""
-    if TILE_SCALE:
-        da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
-                         out_dtype=ACC) * inv
-    else:
-        da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
-                        input_precision=PREC, out_dtype=ACC)
+                            stride_db, NEED_DA: tl.constexpr, ATOMIC_B: tl.constexpr,
+                            TILE_SCALE: tl.constexpr, BLOCK_K: tl.constexpr,
+                            ACC: tl.constexpr, PREC: tl.constexpr):
+    """D in one register tile: dA accumulates on chip; dB += dSᵀ·A by atomics."""
+    if NEED_DA:
+        if TILE_SCALE:
+            da_acc += tl.dot(ds_b.to(b_tile.dtype), b_tile, input_precision=PREC,
+                             out_dtype=ACC) * inv
+        else:
+            da_acc = tl.dot(ds_b.to(b_tile.dtype), b_tile, da_acc,
+                            input_precision=PREC, out_dtype=ACC)
     if ATOMIC_B:
         db_part = tl.dot(tl.trans(ds_a.to(a_tile.dtype)), a_tile,
                          input_precision=PREC, out_dtype=ACC)
@@ -274,28 +281,30 @@ def _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv, DB, offs_b,
 
 @triton.jit
 def _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b, inv, D,
-                            stride_a, stride_b, stride_da, stride_db,
-                            ATOMIC_B: tl.constexpr, TILE_SCALE: tl.constexpr,
-                            BLOCK_K: tl.constexpr, ACC: tl.constexpr,
-                            UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """D streamed in chunks: the owned accumulator rows live in DA (read-modify-write by
-    this program only, so still deterministic); dB += dSᵀ·A by atomics."""
+                            stride_a, stride_b, stride_da, stride_db, da_atomic,
+                            NEED_DA: tl.constexpr, ATOMIC_B: tl.constexpr,
+                            TILE_SCALE: tl.constexpr, BLOCK_K: tl.constexpr,
+                            ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """D streamed in chunks: the owned rows' gradient goes to DA per tile, read-modify-
+    written in this split's own slice (deterministic) or added by atomics (da_atomic:
+    the columns are split across programs); dB += dSᵀ·A by atomics."""
     for d0 in range(0, D, BLOCK_K):
         offs_d = d0 + tl.arange(0, BLOCK_K)
         d_ok = offs_d[None, :] < D
-        b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
-                      mask=b_ok[:, None] & d_ok, other=0.0)
-        if UPCAST:
-            b_c = b_c.to(ACC)
-        da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-        da_c = tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-        if TILE_SCALE:
-            da_c += tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC,
-                           out_dtype=ACC) * inv
-        else:
-            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, da_c, input_precision=PREC,
-                          out_dtype=ACC)
-        tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
+        if NEED_DA:
+            b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
+                          mask=b_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                b_c = b_c.to(ACC)
+            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC, out_dtype=ACC)
+            if TILE_SCALE:
+                da_c = da_c * inv
+            if da_atomic != 0:
+                tl.atomic_add(da_ptr, da_c, mask=a_ok[:, None] & d_ok, sem="relaxed")
+            else:
+                da_c += tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
+                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
         if ATOMIC_B:
             a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
                           mask=a_ok[:, None] & d_ok, other=0.0)
@@ -309,40 +318,53 @@ def _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b
                           db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["NA", "NB", "mask_diag", "want_rows"])
+@triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
+                             "want_rows", "da_atomic"])
 def _pair_kernel(
         A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
         ROWS, DA, DB, SUM_A, SUM_B, PART,
-        NA, NB, D, stride_a, stride_b, stride_da, stride_db, mask_diag, want_rows,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
+        tiles_per_split, mask_diag, want_rows, da_atomic,
         KIND: tl.constexpr, GRAD: tl.constexpr,
-        TRANSPOSED: tl.constexpr, ATOMIC_B: tl.constexpr,
+        TRANSPOSED: tl.constexpr, NEED_DA: tl.constexpr, ATOMIC_B: tl.constexpr,
         TILE_SCALE: tl.constexpr,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
         PREC: tl.constexpr):
-    """One block of A against all of B (see the module docstring for the passes).
+    """One block of A against one split of B (see the module docstring for the passes).
 
-    ``mask_diag`` (leave out i == j) and ``want_rows`` (write the loss rows; never with
-    TRANSPOSED) are runtime flags: they change no tile shape, and as compile-time flags
-    they would double the variants twice over.
+    Grid (blocks of A, splits of B); each program starts at a different tile of its split
+    so that concurrent atomics hit different rows. ``mask_diag`` (leave out i == j),
+    ``want_rows`` (write the loss rows; never with TRANSPOSED) and ``da_atomic`` are
+    runtime flags: they change no tile shape, and as compile-time flags they would
+    multiply the variants.
 
-    Row-side data (G, ROW_KEY, SQ of q) index A unless TRANSPOSED, then B. Outputs:
-      ROWS[a]  loss rows (want_rows; never TRANSPOSED)
-      DA[a]    Σ_b dS_ab r_b B[b]            (GRAD; owned rows: plain stores)
-      DB[b]   += Σ_a dS_ab r_a A[a]          (ATOMIC_B)
-      SUM_A[a] Σ_b dS_ab, SUM_B[b] += Σ_a dS_ab   (Hadsell, GRAD / ATOMIC_B)
-      PART[0|1|2, a] per-row dscale, dbias, dmargin partials (GRAD, not TRANSPOSED)
+    Row-side data (G, ROW_KEY, SQ of q) index A unless TRANSPOSED, then B. Outputs, the
+    O(NA) ones per split (slice ``split`` of a (splits, ...) buffer, summed in a fixed
+    order by the launcher):
+      ROWS[split, a]     loss rows (want_rows; never TRANSPOSED)
+      DA[a]              Σ_b dS_ab r_b B[b] (NEED_DA): with D on chip written once per
+                         program, a plain store into this split's slice
+                         DA + split·split_stride_da, or one atomic add (da_atomic)
+      DB[b]             += Σ_a dS_ab r_a A[a]          (ATOMIC_B)
+      SUM_A[split, a]    Σ_b dS_ab; SUM_B[b] += Σ_a dS_ab   (Hadsell, GRAD / ATOMIC_B)
+      PART[split, 0|1|2, a] per-row dscale, dbias, dmargin partials (GRAD, not TRANSPOSED)
 
     Per tile: the tile product, the pairs (_pair_tile), the kind's terms
     (_siglip_terms / _hadsell_terms), the reductions of dS (_row_reductions) and the two
     gradient products (_grad_operands, then _resident_ or _streamed_grad_products).
     """
     pid = tl.program_id(0)
+    split = tl.program_id(1)
+    bb_lo, n_bb = split_range(split, tiles_per_split, tl.cdiv(NB, BLOCK_B))
+    first = pid % tl.maximum(n_bb, 1)
     scale = tl.load(PARAMS).to(ACC)
     bias = tl.load(PARAMS + 1).to(ACC)
     margin = tl.load(PARAMS + 2).to(ACC)
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < NA
+    vec = split.to(tl.int64) * NA  # this split's slice of the O(NA) outputs
+    DA = DA + split.to(tl.int64) * split_stride_da
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
     sqa = ra  # read by Hadsell only
     if KIND == 1:
@@ -363,7 +385,8 @@ def _pair_kernel(
         a_tile = load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
         if GRAD:
             da_acc = tl.zeros([BLOCK_A, BLOCK_K], ACC)
-    for bb in range(0, tl.cdiv(NB, BLOCK_B)):
+    for t in range(0, n_bb):
+        bb = bb_lo + (first + t) % n_bb
         offs_b = bb * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
         b_ok = offs_b < NB
         rb = tl.load(RB + offs_b, mask=b_ok, other=0.0).to(ACC)
@@ -392,26 +415,31 @@ def _pair_kernel(
             ds_a, ds_b, inv = _grad_operands(ds, ra, rb, TILE_SCALE)
             if ONE_CHUNK:
                 da_acc = _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv,
-                                                 DB, offs_b, b_ok, D, stride_db, ATOMIC_B,
-                                                 TILE_SCALE, BLOCK_K, ACC, PREC)
+                                                 DB, offs_b, b_ok, D, stride_db, NEED_DA,
+                                                 ATOMIC_B, TILE_SCALE, BLOCK_K, ACC, PREC)
             else:
                 _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a,
                                         ds_b, inv, D, stride_a, stride_b, stride_da,
-                                        stride_db, ATOMIC_B, TILE_SCALE, BLOCK_K, ACC,
-                                        UPCAST, PREC)
+                                        stride_db, da_atomic, NEED_DA, ATOMIC_B,
+                                        TILE_SCALE, BLOCK_K, ACC, UPCAST, PREC)
     if want_rows != 0:
-        tl.store(ROWS + offs_a, rows_acc, mask=a_ok)
+        tl.store(ROWS + vec + offs_a, rows_acc, mask=a_ok)
     if GRAD:
-        if ONE_CHUNK:
+        if ONE_CHUNK and NEED_DA:
             offs_d = tl.arange(0, BLOCK_K)
-            tl.store(DA + offs_a[:, None] * stride_da + offs_d[None, :], da_acc,
-                     mask=a_ok[:, None] & (offs_d[None, :] < D))
+            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+            da_mask = a_ok[:, None] & (offs_d[None, :] < D)
+            if da_atomic != 0:
+                tl.atomic_add(da_ptr, da_acc, mask=da_mask, sem="relaxed")
+            else:
+                tl.store(da_ptr, da_acc, mask=da_mask)
         if KIND == 1:
-            tl.store(SUM_A + offs_a, own_sum, mask=a_ok)
+            tl.store(SUM_A + vec + offs_a, own_sum, mask=a_ok)
         if not TRANSPOSED:
-            tl.store(PART + offs_a, p_scale, mask=a_ok)
-            tl.store(PART + NA + offs_a, p_bias, mask=a_ok)
-            tl.store(PART + 2 * NA + offs_a, p_margin, mask=a_ok)
+            part = PART + 3 * vec
+            tl.store(part + offs_a, p_scale, mask=a_ok)
+            tl.store(part + NA + offs_a, p_bias, mask=a_ok)
+            tl.store(part + 2 * NA + offs_a, p_margin, mask=a_ok)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -498,14 +526,6 @@ def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# (max D rounded up to a power of two or None for the rest, forward tiles, backward tiles)
-# per dtype class; entries (block_m, block_n, block_k, warps), D always streamed in
-# block_k chunks. The mining kernel uses the forward tiles. Much smaller than the softmax
-# engine's (tile_config): the pair epilogue (softplus, sigmoid and a division, or the
-# distance, its near-coincident check and the margin terms) keeps several more tile-sized
-# values live, and these are the largest tiles that compile without spills for every
-# pass on sm_80 and sm_90 (measured with proof/aot.py; tests/test_aot.py holds them to it).
-# Untimed: no GPU has been available to trade tile size against occupancy.
 # ptxas's default register heuristic leaves some of these kernels at ~96-128 registers
 # and spills one long-lived value across the tile loop (8 B of local memory); an explicit
 # cap at the architectural maximum lets it keep everything in registers.
@@ -519,46 +539,136 @@ def _launch_options(cfg) -> dict:
     return opts
 
 
+# Tiles per dtype class as rows of (max D rounded up to a power of two, or None for the
+# rest; forward tiles; backward tiles); a tile is (BLOCK_A, BLOCK_B, BLOCK_K or None for
+# the owned rows on chip, warps). The pair epilogue (softplus, sigmoid and a division, or
+# the distance, its near-coincident check and the margin terms) keeps several more
+# tile-sized values live than the softmax engine's, so the general tiles are small and
+# stream D; these are spill-free in every run-time variant the catalogue records
+# (proof/aot.py; tests/test_aot.py holds them to it). Untimed: no GPU has been available.
 _PAIR_TILES = {
     "half": ((None, (32, 32, 32, 4), (32, 32, 32, 4)),),
     "fp32": ((None, (16, 16, 16, 4), (16, 16, 16, 4)),),
     "fp64": ((None, (16, 16, 16, 4), (16, 16, 16, 4)),),
 }
+# sm_90, rows 16-byte aligned (divisibility hints), half inputs, D ≤ 256: the owned rows
+# stay on chip. The forward reads each streamed tile once per 128 owned rows (wgmma reads
+# the owned tile from shared memory); the backward's owned fp32 gradient rows fit 64 rows
+# with 32-wide streamed tiles up to D = 128 and 16-wide ones at D = 256 (wider or taller
+# tiles spill), so it reads each streamed tile once per 64 rows instead of re-reading
+# both operands per D chunk. Not for fp16 Hadsell, whose per-tile scaling keeps more
+# values live (16 bytes spill at D = 256), nor on sm_80, where mma.sync holds both
+# operands in registers and most backward variants spill.
+_PAIR_ALIGNED = {
+    90: {"half": ((128, (128, 64, None, 8), (64, 32, None, 8)),
+                  (256, (128, 64, None, 8), (64, 16, None, 8)))},
+    80: {},
+}
+# Batch-hard mining keeps the general tiles (its running arg-max/arg-min is row-only).
+_MINING_TILES = {cls: rows[-1][1] for cls, rows in _PAIR_TILES.items()}
 
 
-def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None):
-    """(forward, backward) TileConfigs of the pairwise and mining kernels for width D."""
+def _config(tile, d_pow2: int) -> TileConfig:
+    block_a, block_b, block_k, warps = tile
+    return TileConfig(block_a, block_b, block_k or d_pow2, block_k is None, warps,
+                      NUM_STAGES)
+
+
+def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None,
+                arch: int = 90, aligned: bool = False) -> tuple[TileConfig, TileConfig]:
+    """(forward, backward) TileConfigs of the pairwise kernels for width D on sm_<arch>
+    (``aligned``: every row 16-byte aligned, which allows that arch's aligned rows)."""
     interpret = interpreting() if interpret is None else interpret
-    if interpret:
+    if interpret and launch_as() is None:
         cfg = interpret_tiles(D)
         return cfg, cfg
     d_pow2 = max(16, triton.next_power_of_2(D))
-    for max_d, fwd, bwd in _PAIR_TILES[dtype_class(dtype)]:
+    cls = dtype_class(dtype)
+    rows = (_PAIR_ALIGNED[arch].get(cls, ()) if aligned else ()) + _PAIR_TILES[cls]
+    for max_d, fwd, bwd in rows:
         if max_d is None or d_pow2 <= max_d:
-            return tuple(TileConfig(t[0], t[1], t[2], False, t[3], NUM_STAGES)
-                         for t in (fwd, bwd))
+            return _config(fwd, d_pow2), _config(bwd, d_pow2)
     raise AssertionError("the pairwise tile table ends with a catch-all class")
 
 
-def _launch_pair(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
-                 rows, da, db, sum_a, sum_b, part, *, mask_diag, grad, transposed, atomic_b,
-                 want_rows):
-    na, d = a.shape
-    _pair_kernel[(triton.cdiv(na, cfg.block_m),)](
-        a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, rows, da, db, sum_a, sum_b,
-        part, na, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), db.stride(0),
-        int(mask_diag), int(want_rows),
-        KIND=kind, GRAD=grad, TRANSPOSED=transposed,
-        ATOMIC_B=atomic_b, TILE_SCALE=tile_scale(kind, a.dtype),
-        BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-        ONE_CHUNK=cfg.one_chunk, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
-        PREC=precision(a.dtype), **_launch_options(cfg))
+def mining_tiles(D: int, dtype: torch.dtype) -> TileConfig:
+    """The batch-hard mining kernel's tiles for width D."""
+    if interpreting() and launch_as() is None:
+        return interpret_tiles(D)
+    return _config(_MINING_TILES[dtype_class(dtype)], max(16, triton.next_power_of_2(D)))
+
+
+def _tiles_for(kind: int, a: torch.Tensor, b: torch.Tensor
+               ) -> tuple[TileConfig, TileConfig]:
+    """The (forward, backward) tiles of a launch owning a (NA, D) against b (NB, D)."""
+    aligned = rows_aligned(a, b) and not tile_scale(kind, a.dtype)
+    return tile_config(a.shape[1], a.dtype, arch=target_arch(a.device) or 90,
+                       aligned=aligned)
 
 
 def tile_scale(kind: int, dtype: torch.dtype) -> bool:
     """Per-tile power-of-two scaling of the dS operand: fp16 Hadsell only (see the module
     docstring); SigLIP fp16 uses one global factor, other dtypes need none."""
     return kind == HADSELL and dtype == torch.float16
+
+
+# Most elements the deterministic mode's per-split gradient partials may take (256 MiB fp32).
+_MAX_PART_ELEMENTS = 1 << 26
+
+
+@dataclasses.dataclass
+class _PassOut:
+    """What one pass of _pair_kernel leaves: per-split partials of the O(NA) outputs
+    ((splits, NA); part (splits, 3, NA)) and the owned gradient partials (P, NA, D)."""
+    rows: torch.Tensor | None
+    sum_a: torch.Tensor | None
+    part: torch.Tensor | None
+    da: torch.Tensor | None
+
+
+def _pair_pass(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, *,
+               mask_diag, grad, transposed, need_da, atomic_b, want_rows, deterministic,
+               db=None, sum_b=None) -> _PassOut:
+    """One launch of _pair_kernel owning the rows of a (NA, D) against b (NB, D), on the
+    grid (blocks of a, splits of b); db (NB, D) and sum_b (NB,) receive atomics."""
+    na, d = a.shape
+    nb = b.shape[0]
+    acc, dev = ra.dtype, a.device
+    n_ab, n_bb = triton.cdiv(na, cfg.block_m), triton.cdiv(nb, cfg.block_n)
+    splits, per_split = split_grid(n_ab, n_bb, cfg, dev)
+    if deterministic and need_da:
+        splits, per_split = capped_splits(splits, per_split, n_bb, na * d,
+                                          _MAX_PART_ELEMENTS)
+    da_atomic = need_da and splits > 1 and not deterministic
+    out = _PassOut(None, None, None, None)
+    if need_da:
+        shape = (1 if da_atomic else splits, na, d)
+        out.da = (torch.zeros(shape, dtype=acc, device=dev)
+                  if (da_atomic or not cfg.one_chunk) else out_buffer(shape, acc, dev))
+    if want_rows:
+        out.rows = out_buffer((splits, na), acc, dev)
+    if grad and kind == HADSELL:
+        out.sum_a = out_buffer((splits, na), acc, dev)
+    if grad and not transposed:
+        out.part = out_buffer((splits, 3, na), acc, dev)
+    dummy = ra
+    _pair_kernel[(n_ab, splits)](
+        a, b, ra, rb, sqa, sqb, params, row_key, col_key, g,
+        _or(out.rows, dummy), _or(out.da, dummy), _or(db, dummy), _or(out.sum_a, dummy),
+        _or(sum_b, dummy), _or(out.part, dummy),
+        na, nb, d, a.stride(0), b.stride(0), d, d,
+        na * d if (need_da and out.da.shape[0] > 1) else 0, per_split, int(mask_diag),
+        int(want_rows), int(da_atomic),
+        KIND=kind, GRAD=grad, TRANSPOSED=transposed, NEED_DA=need_da, ATOMIC_B=atomic_b,
+        TILE_SCALE=grad and tile_scale(kind, a.dtype),
+        BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
+        ONE_CHUNK=cfg.one_chunk, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
+        PREC=precision(a.dtype), **_launch_options(cfg))
+    return out
+
+
+def _or(x, default):
+    return default if x is None else x
 
 
 def _norms(kind, q, k, rq, rk):
@@ -571,68 +681,79 @@ def _norms(kind, q, k, rq, rk):
 def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag):
     """rows (N,) = Σ_{j valid} term_ij, in the accumulation dtype."""
     n, d = q.shape
-    rows = out_buffer((n,), rq.dtype, q.device)
     if n == 0:
-        return rows
+        return out_buffer((0,), rq.dtype, q.device)
     sq_q, sq_k = _norms(kind, q, k, rq, rk)
-    cfg = tile_config(d, q.dtype)[0]
-    _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, rq,
-                 rows, q, q, rows, rows, rows, mask_diag=mask_diag, grad=False,
-                 transposed=False, atomic_b=False, want_rows=True)
-    return rows
+    cfg = _tiles_for(kind, q, k)[0]
+    out = _pair_pass(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, rq,
+                     mask_diag=mask_diag, grad=False, transposed=False, need_da=False,
+                     atomic_b=False, want_rows=True, deterministic=False)
+    return out.rows.sum(0)
+
+
+def _owned_grad(kind, x, r, out: _PassOut, sum_x, scale, normalize, sigma):
+    """dx (N, D) from one side's gradient partials (P, N, D) and, for Hadsell, its dS row
+    sums: dx̂ −= (Σ_j dS_ij)·x̂ (the diagonal term), then the normalization backward."""
+    parts = out.da
+    if kind == HADSELL:
+        acc = parts.sum(0) if parts.shape[0] > 1 else parts[0]
+        parts = acc.addcmul_(x.to(acc.dtype), (sum_x * r).neg().unsqueeze(1))
+    return finish_grad(x, r, parts, scale, normalize, sigma)
 
 
 def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
-                  normalize, want_rows, deterministic):
-    """(rows or empty, dq, dk, dparams (3,) = [dscale, dbias, dmargin]).
+                  normalize, want_rows, deterministic, need_dq=True, need_dk=True):
+    """(rows (N,) or (0,), dq (N, D), dk (M, D) — (0, D) when not needed —, dparams (3,) =
+    [dscale, dbias, dmargin]).
 
-    deterministic=False: one pass, 3 tile products (dK̂ and the column sums by atomics).
-    deterministic=True: a row pass and a transposed column pass, each recomputing the tile
-    (4 products), no float atomics: bitwise reproducible.
+    deterministic=False: one pass owning q's rows, 3 tile products (2 when only one of
+    dq/dk is needed; dK̂ and the column sums by atomics).
+    deterministic=True: a row pass and (when dk is needed) a transposed column pass, each
+    recomputing the tile (4 products), no float atomics: bitwise reproducible.
     """
     n, d = q.shape
     m = k.shape[0]
-    acc = rq.dtype
-    dev = q.device
-    rows = out_buffer((n,), acc, dev) if want_rows else torch.empty(0, dtype=acc, device=dev)
-    dq_acc = torch.zeros((n, d), dtype=acc, device=dev)
-    dk_acc = torch.zeros((m, d), dtype=acc, device=dev)
-    sum_q = torch.zeros(n, dtype=acc, device=dev)
+    acc, dev = rq.dtype, q.device
+    if not (n and m):
+        rows = torch.zeros(n if want_rows else 0, dtype=acc, device=dev)
+        zeros = (lambda x, need: torch.zeros((x.shape[0] if need else 0, d), dtype=x.dtype,
+                                             device=dev))
+        return rows, zeros(q, need_dq), zeros(k, need_dk), torch.zeros(3, dtype=acc,
+                                                                        device=dev)
+    sigma = None
+    if kind == SIGLIP and q.dtype == torch.float16:
+        # |dS_ij| ≤ |g_i|: one power of two σ keeps σ·|dS·r| ≤ 2^14 (fp16 operand); the
+        # results are divided by σ once (exact).
+        sigma = pow2_scale(g_row.abs().max() * torch.maximum(rq.abs().max(), rk.abs().max()))
+        g_row = g_row * sigma
+    sq_q, sq_k = _norms(kind, q, k, rq, rk)
+    cfg = _tiles_for(kind, q, k)[1]
+    dk_acc = torch.zeros((1, m, d), dtype=acc, device=dev) if need_dk else None
     sum_k = torch.zeros(m, dtype=acc, device=dev)
-    part = torch.zeros((3, n), dtype=acc, device=dev)
-    if n and want_rows and not m:
-        rows.zero_()
-    if n and m:
-        sigma = None
-        if kind == SIGLIP and q.dtype == torch.float16:
-            # |dS_ij| ≤ |g_i|: one power of two σ keeps σ·|dS·r| ≤ 2^14 (fp16 operand);
-            # results are divided by σ once (exact).
-            sigma = pow2_scale(g_row.abs().max() * torch.maximum(rq.abs().max(),
-                                                                     rk.abs().max()))
-            g_row = g_row * sigma
-        sq_q, sq_k = _norms(kind, q, k, rq, rk)
-        cfg = tile_config(d, q.dtype)[1]
-        common = dict(mask_diag=mask_diag, grad=True)
-        _launch_pair(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key, g_row,
-                     rows, dq_acc, dk_acc, sum_q, sum_k, part, transposed=False,
-                     atomic_b=not deterministic, want_rows=want_rows, **common)
-        if deterministic:
-            _launch_pair(cfg, kind, k, q, rk, rq, sq_k, sq_q, params, row_key, col_key,
-                         g_row, rows, dk_acc, dq_acc, sum_k, sum_q, part, transposed=True,
-                         atomic_b=False, want_rows=False, **common)
-        if sigma is not None:
-            dq_acc.div_(sigma)
-            dk_acc.div_(sigma)
-            part.div_(sigma)
+    common = dict(mask_diag=mask_diag, grad=True, deterministic=deterministic)
+    rows_pass = _pair_pass(cfg, kind, q, k, rq, rk, sq_q, sq_k, params, row_key, col_key,
+                           g_row, transposed=False, need_da=need_dq,
+                           atomic_b=need_dk and not deterministic, want_rows=want_rows,
+                           db=None if dk_acc is None else dk_acc[0], sum_b=sum_k, **common)
+    cols_pass = _PassOut(None, None, None, dk_acc)
+    if deterministic and need_dk:
+        cols_pass = _pair_pass(_tiles_for(kind, k, q)[1], kind, k, q, rk, rq, sq_k, sq_q,
+                               params, row_key, col_key, g_row, transposed=True, need_da=True,
+                               atomic_b=False, want_rows=False, **common)
         if kind == HADSELL:
-            # dq̂_i −= (Σ_j dS_ij)·q̂_i, dk̂_j −= (Σ_i dS_ij)·k̂_j
-            dq_acc.addcmul_(q.to(acc), (sum_q * rq).neg().unsqueeze(1))
-            dk_acc.addcmul_(k.to(acc), (sum_k * rk).neg().unsqueeze(1))
+            sum_k = cols_pass.sum_a.sum(0)
+    part = rows_pass.part.sum(0)
+    if sigma is not None:
+        part = part / sigma
     # SigLIP: dq̂ = scale·dS·K̂ (the logit scale is the normalization backward's factor);
     # Hadsell: dS already is the Gram-entry gradient.
     scale = params if kind == SIGLIP else params.new_ones(1)
-    dq = finish_grad(q, rq, dq_acc, scale, normalize)
-    dk = finish_grad(k, rk, dk_acc, scale, normalize)
+    sum_q = rows_pass.sum_a.sum(0) if kind == HADSELL else None
+    dq = (_owned_grad(kind, q, rq, rows_pass, sum_q, scale, normalize, sigma) if need_dq
+          else q.new_empty((0, d)))
+    dk = (_owned_grad(kind, k, rk, cols_pass, sum_k, scale, normalize, sigma) if need_dk
+          else k.new_empty((0, d)))
+    rows = rows_pass.rows.sum(0) if want_rows else torch.empty(0, dtype=acc, device=dev)
     return rows, dq, dk, part.sum(1)
 
 
@@ -647,7 +768,7 @@ def hardest_pairs(x, rx, key):
     if n == 0:
         return pos, neg
     sq = _sq_norms(x, rx)
-    cfg = tile_config(d, x.dtype)[0]
+    cfg = mining_tiles(d, x.dtype)
     _hardest_kernel[(triton.cdiv(n, cfg.block_m),)](
         x, rx, sq, key, pos, neg, n, d, x.stride(0), BLOCK_A=cfg.block_m,
         BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk,

@@ -19,23 +19,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch_as, split_grid, target_arch, target_programs
+from .launch import capped_splits, launch_as, split_grid, target_arch, target_programs
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
                     interpret_tiles, interpreting, load_rows, nan_max, nan_max_reduce,
-                    out_buffer, pow2_scale, precision, tl_acc, upcast)
+                    out_buffer, pow2_scale, precision, rows_aligned, split_range, tl_acc,
+                    upcast)
 
 
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
-@triton.jit
-def _split_range(split, tiles_per_split, n_tiles):
-    """(first tile, tile count) of one split of the other side's tiles."""
-    lo = split * tiles_per_split
-    return lo, tl.minimum(tiles_per_split, n_tiles - lo)
-
-
 @triton.jit
 def _online_lse(m_i, l_i, s_m, AXIS: tl.constexpr):
     """One tile's step of the running (max, sum of exp) along AXIS of the masked logits
@@ -74,7 +68,7 @@ def _softmax_fwd_kernel(
     n_prog = tl.num_programs(0)
     split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
-    cb_lo, n_cb = _split_range(split, tiles_per_split, tl.cdiv(M, BLOCK_N))
+    cb_lo, n_cb = split_range(split, tiles_per_split, tl.cdiv(M, BLOCK_N))
     part = split.to(tl.int64) * N
     col_base = pid.to(tl.int64) * M
     for rb in range(pid, tl.cdiv(N, BLOCK_M), n_prog):
@@ -215,7 +209,7 @@ def _softmax_bwd_kernel(
     pid = tl.program_id(0)
     split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
-    bb_lo, n_bb = _split_range(split, tiles_per_split, tl.cdiv(NB, BLOCK_B))
+    bb_lo, n_bb = split_range(split, tiles_per_split, tl.cdiv(NB, BLOCK_B))
     # Staggered start: programs of one split begin at different tiles of it.
     first = pid % tl.maximum(n_bb, 1)
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -330,19 +324,22 @@ _TILE_TABLE_SM90 = {
              (None, (32, 32, 32, 8), (32, 32, 32, 8))),
 }
 
-# sm_90 only, when every row address is 16-byte aligned (D a multiple of 16 and aligned
-# data): Triton then compiles with divisibility hints (proof/specialize.py) and
-# half-precision forward rows up to D = 256 stay on chip in 128-row blocks (wgmma reads the
-# owned tile from shared memory), so the forward reads each streamed tile once per 128
-# rows. The backward keeps the general table's tiles: with the owned fp32 gradient rows on
-# chip (128 or 64 rows × D) every run-time variant of it spills at D = 256 and most at
-# D = 128 (measured with the run-time specialization, proof/catalogue.py), so above D = 64
-# it streams D. sm_80's mma.sync keeps both operands in registers: the general table.
+# When every row address is 16-byte aligned (D a multiple of 16 and aligned data) Triton
+# compiles with divisibility hints (proof/specialize.py) and the owned rows stay on chip up
+# to D = 256 for half inputs: the forward reads each streamed tile once per 128 owned rows
+# (on sm_90 wgmma reads the owned tile from shared memory). The backward's owned fp32
+# gradient rows are the limit. With the hints (which vectorize loads and cost registers)
+# on sm_90: 128 rows × 256 spill in every variant at 8 and at 16 warps; 64 × 256 fit
+# against 16-wide streamed tiles with one pipeline stage (two stages spill 8 bytes in 4 of
+# 10 variants); 64 × 128 fit against 32-wide tiles (128 × 128 spill). On sm_80 mma.sync
+# holds both operands in registers: the 128×64 forward fits at D = 256, no on-chip
+# backward does (64×16: 4 of 10 variants spill), so its backward streams D.
 _ALIGNED_TILES = {
     90: {"half": ((64, (128, 64, None, 8), (64, 32, None, 8)),
-                  (128, (128, 64, None, 8), (32, 32, None, 8)),
-                  (256, (128, 64, None, 8), (64, 64, 32, 8)))},
-    80: {},
+                  (128, (128, 64, None, 8), (64, 32, None, 8)),
+                  (256, (128, 64, None, 8), (64, 16, None, 8, 1)))},
+    80: {"half": _TILE_TABLE_SM90["half"][:-1] +
+         ((256, (128, 64, None, 8), _TILE_TABLE_SM90["half"][-1][2]),)},
 }
 _TILE_TABLES = {90: _TILE_TABLE_SM90, 80: _TILE_TABLE_SM90}
 
@@ -377,12 +374,6 @@ def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None,
             return cfg, cfg
     return _table_tiles(_TILE_TABLES[arch], D, dtype,
                         _ALIGNED_TILES[arch] if aligned else None)
-
-
-def rows_aligned(*xs: torch.Tensor) -> bool:
-    """Whether every row of every x starts 16-byte aligned (what Triton's divisibility
-    hints need): aligned data and a row stride that is a multiple of 16 elements."""
-    return all(x.data_ptr() % 16 == 0 and x.stride(0) % 16 == 0 for x in xs)
 
 
 # The one smaller owned block a tall tile falls back to (one more compiled variant each).
@@ -487,11 +478,9 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     splits, per_split = split_grid(n_ab, n_bb, cfg, a.device)
     # Several splits of one row: atomics, or (deterministic) one slice per split summed in
     # a fixed order by the normalization backward. Streamed D read-modify-writes its rows.
-    if deterministic and need_da and splits * na * d > _MAX_PART_ELEMENTS:
-        # Fixed-order partials cost splits × NA × D: cap them (longer splits, so a
-        # one-level sum over more tiles) rather than allocate gigabytes.
-        per_split = triton.cdiv(n_bb, max(1, _MAX_PART_ELEMENTS // max(na * d, 1)))
-        splits = triton.cdiv(n_bb, per_split)
+    if deterministic and need_da:
+        splits, per_split = capped_splits(splits, per_split, n_bb, na * d,
+                                          _MAX_PART_ELEMENTS)
     da_atomic = need_da and splits > 1 and not deterministic
     parts = splits if (need_da and not da_atomic) else 1
     da = None

@@ -30,6 +30,14 @@ def nan_max_reduce(x, axis: tl.constexpr):
 
 
 @triton.jit
+def split_range(split, tiles_per_split, n_tiles):
+    """(first tile, tile count) of one split of the other side's tiles (launch.split_grid
+    sizes the splits)."""
+    lo = split * tiles_per_split
+    return lo, tl.minimum(tiles_per_split, n_tiles - lo)
+
+
+@triton.jit
 def dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
               BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
               ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
@@ -89,6 +97,12 @@ def out_buffer(shape, dtype, device) -> torch.Tensor:
     if os.environ.get(POISON_ENV) == "1":
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def rows_aligned(*xs: torch.Tensor) -> bool:
+    """Whether every row of every x starts 16-byte aligned (what Triton's divisibility
+    hints need): aligned data and a row stride that is a multiple of 16 elements."""
+    return all(x.data_ptr() % 16 == 0 and x.stride(0) % 16 == 0 for x in xs)
 
 
 def interpreting() -> bool:
