@@ -67,13 +67,16 @@ def pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag: bool):
 
 
 def pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag: bool,
-                  normalize: bool, want_rows: bool, deterministic: bool):
-    """(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,)); one pass of 3 tile products.
-    Bitwise reproducible for a fixed thread count, so ``deterministic`` changes nothing."""
+                  normalize: bool, want_rows: bool, deterministic: bool,
+                  need_dq: bool = True, need_dk: bool = True):
+    """(rows (N,) or empty, dq (N,D), dk (M,D) ((0, D) where not needed), dparams (3,));
+    one pass of 3 tile products. Bitwise reproducible for a fixed thread count, so
+    ``deterministic`` changes nothing. The C++ pass computes both gradients."""
     bm, bn = tile_config(q.dtype)
-    return tuple(_ext.pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row,
-                                    mask_diag, normalize, want_rows, bm, bn,
-                                    MAX_PARTIAL_ELEMENTS))
+    rows, dq, dk, dparams = _ext.pair_backward(kind, q, k, rq, rk, params, row_key, col_key,
+                                               g_row, mask_diag, normalize, want_rows, bm, bn,
+                                               MAX_PARTIAL_ELEMENTS)
+    return rows, (dq if need_dq else dq[:0]), (dk if need_dk else dk[:0]), dparams
 
 
 def hardest_pairs(x, rx, key):

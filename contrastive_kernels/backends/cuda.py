@@ -79,13 +79,18 @@ def pair_forward(kind: int, q, k, rq, rk, params, row_key, col_key, mask_diag: b
 
 
 def pair_backward(kind: int, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag: bool,
-                  normalize: bool, want_rows: bool, deterministic: bool):
-    """(rows (N,) or empty unless want_rows, dq (N,D), dk (M,D) in the input dtype,
-    dparams (3,) = [dscale, dbias, dmargin]). deterministic=False: one pass, dK̂ (and the
-    Hadsell column sums) by atomics; True: an atomic-free row pass and a column pass, each
-    recomputing the tiles, so reruns are bitwise identical."""
+                  normalize: bool, want_rows: bool, deterministic: bool,
+                  need_dq: bool = True, need_dk: bool = True):
+    """(rows (N,) or empty unless want_rows, dq (N,D), dk (M,D) in the input dtype ((0, D)
+    where not needed), dparams (3,) = [dscale, dbias, dmargin]). deterministic=False: one
+    pass, dK̂ (and the Hadsell column sums) by atomics; True: an atomic-free row pass and a
+    column pass, each recomputing the tiles, so reruns are bitwise identical. A frozen key
+    side (need_dk=False) is the row pass without dK̂; the row pass always runs (it owns the
+    row terms and the scalar gradients), so need_dq=False skips only dQ's normalization
+    backward."""
     return tuple(_ext.pair_backward(int(kind), q, k, rq, rk, params, row_key, col_key, g_row,
-                                    mask_diag, normalize, want_rows, deterministic))
+                                    mask_diag, normalize, want_rows, deterministic, need_dq,
+                                    need_dk))
 
 
 def hardest_pairs(x, rx, key):

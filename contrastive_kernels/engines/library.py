@@ -184,19 +184,22 @@ def _(q, k, params, row_key, col_key, kind, mask_diag, normalize, shared, determ
 def pair_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, params: Tensor,
                   row_key: Tensor, col_key: Tensor, g_row: Tensor, kind: int,
                   mask_diag: bool, normalize: bool, want_rows: bool, deterministic: bool,
-                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(rows (N,) or (0,) unless want_rows, dq (N, D), dk (M, D), dparams (3,))."""
+                  backend: str, need_dq: bool = True,
+                  need_dk: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(rows (N,) or (0,) unless want_rows, dq (N, D), dk (M, D), dparams (3,)); a gradient
+    that is not needed (a frozen side) comes back with 0 rows, as softmax_backward's."""
     rows, dq, dk, dparams = engine(backend).pair_backward(
         kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag, normalize,
-        want_rows, deterministic)
+        want_rows, deterministic, need_dq=need_dq, need_dk=need_dk)
     return rows, dq, _distinct(dq, dk), dparams
 
 
 @pair_backward.register_fake
 def _(q, k, rq, rk, params, row_key, col_key, g_row, kind, mask_diag, normalize,
-      want_rows, deterministic, backend):
-    return (_vec(q, q.shape[0] if want_rows else 0), torch.empty_like(q), torch.empty_like(k),
-            torch.empty_like(params))
+      want_rows, deterministic, backend, need_dq=True, need_dk=True):
+    return (_vec(q, q.shape[0] if want_rows else 0),
+            q.new_empty((q.shape[0] if need_dq else 0, q.shape[1])),
+            k.new_empty((k.shape[0] if need_dk else 0, k.shape[1])), torch.empty_like(params))
 
 
 def _pair_setup(ctx, inputs, output):
@@ -210,10 +213,14 @@ def _pair_setup(ctx, inputs, output):
 def _pair_grad(ctx, g_rows, _g_rq, _g_rk):
     q, k, rq, rk, params, row_key, col_key = ctx.saved_tensors
     kind, mask_diag, normalize, shared, deterministic, backend = ctx.flags
+    # With k is q both gradients flow into q; otherwise skip the one nobody needs.
+    need_dq = ctx.needs_input_grad[0] or shared
+    need_dk = ctx.needs_input_grad[1] or shared
     _, dq, dk, dparams = pair_backward(q, k, rq, rq if shared else rk, params, row_key,
                                        col_key, _dense(g_rows, rq), kind, mask_diag,
-                                       normalize, False, deterministic, backend)
-    return (dq, dk, dparams) + (None,) * 8
+                                       normalize, False, deterministic, backend, need_dq,
+                                       need_dk)
+    return (dq if need_dq else None, dk if need_dk else None, dparams) + (None,) * 8
 
 
 torch.library.register_autograd(f"{_NS}::pair_forward", _pair_grad, setup_context=_pair_setup)

@@ -17,9 +17,9 @@ weight of each row's sum):
 
     pair_forward(kind, q, k, rq, rk, params, row_key, col_key, mask_diag) -> rows (N,)
     pair_backward(kind, q, k, rq, rk, params, row_key, col_key, g_row, mask_diag,
-                  normalize, want_rows, deterministic)
-        -> rows (N,) (empty unless want_rows), dq (N, D), dk (M, D) in the input dtype,
-           dparams (3,) = [dscale, dbias, dmargin]
+                  normalize, want_rows, deterministic, need_dq=True, need_dk=True)
+        -> rows (N,) (empty unless want_rows), dq (N, D), dk (M, D) in the input dtype
+           ((0, D) where need_dq / need_dk is False), dparams (3,) = [dscale, dbias, dmargin]
     hardest_pairs(x, rx, key) -> pos (N,), neg (N,) int64: per row the farthest row with
         the same key (j ≠ i) and the nearest with another key (lowest index on ties,
         -1 where there is none)

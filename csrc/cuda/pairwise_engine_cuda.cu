@@ -191,46 +191,26 @@ template <typename In, int KIND, bool TRANS>
 __device__ __forceinline__ void pair_vectors_a(const Smem<In>& sm, const PairParams<In>& p,
                                                int64_t a0) {
   using Acc = acc_t<In>;
-  constexpr int BM = TileShape<In>::BM;
   Vectors<In>& v = *sm.v;
   if (threadIdx.x < 3) v.scalar[threadIdx.x] = gload(&p.params[threadIdx.x]);
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
-    const int64_t ia = a0 + r;
-    const bool ok = ia < p.na;
-    v.ra[r] = ok ? gload(&p.ra[ia]) : Acc(0);
+  load_vectors<In, true>(v, a0, p.na, p.ra, [&](int r, int64_t ia, bool ok) {
     v.ka[r] = ok ? gload(TRANS ? &p.col_key[ia] : &p.row_key[ia]) : 0;
     v.va[0][r] = ok && !TRANS && p.g_row != nullptr ? gload(&p.g_row[ia]) : Acc(0);
     v.va[1][r] = ok && KIND == kHadsell ? gload(&p.nsq_a[ia]) : Acc(0);
     for (int s = 0; s < 3; ++s) v.tot[s][r] = v.grp[s][r] = 0;
-  }
+  });
 }
 
 template <typename In, int KIND, bool TRANS>
 __device__ __forceinline__ void pair_vectors_b(const Smem<In>& sm, const PairParams<In>& p,
                                                int64_t b0) {
   using Acc = acc_t<In>;
-  constexpr int BN = TileShape<In>::BN;
   Vectors<In>& v = *sm.v;
-  for (int c = threadIdx.x; c < BN; c += kThreads) {
-    const int64_t ib = b0 + c;
-    const bool ok = ib < p.nb;
-    v.rb[c] = ok ? gload(&p.rb[ib]) : Acc(0);
+  load_vectors<In, false>(v, b0, p.nb, p.rb, [&](int c, int64_t ib, bool ok) {
     v.kb[c] = ok ? gload(TRANS ? &p.row_key[ib] : &p.col_key[ib]) : 0;
     v.vb[0][c] = ok && TRANS && p.g_row != nullptr ? gload(&p.g_row[ib]) : Acc(0);
     v.vb[1][c] = ok && KIND == kHadsell ? gload(&p.nsq_b[ib]) : Acc(0);
-  }
-}
-
-// Blocked sums: fold the open group into the totals (thread r owns row r; callers have
-// synchronized after the epilogue).
-template <typename In>
-__device__ __forceinline__ void fold_group(const Smem<In>& sm) {
-  constexpr int BM = TileShape<In>::BM;
-  for (int r = threadIdx.x; r < BM; r += kThreads)
-    for (int s = 0; s < 3; ++s) {
-      sm.v->tot[s][r] += sm.v->grp[s][r];
-      sm.v->grp[s][r] = 0;
-    }
+  });
 }
 
 template <typename In, int KIND>
@@ -256,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, 2) pair_fwd_kernel(const PairParams<
     pair_epilogue<In, KIND, false, false>(sm, p, a0, b0, true);
     __syncthreads();  // the group sums are complete; sm.S is rewritten by the next tile
     if (++in_group == kGroup || it + 1 == tr.count) {
-      fold_group(sm);
+      fold_group<In, 3>(sm);
       in_group = 0;
     }
   }
@@ -286,8 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<
     issue_a(sm, o, a0);
     if (tr.count > 0) issue_panel(sm, o, a0, tr.at(0) * BN, 0, false);
   }
-  int in_group = 0;
-  bool first_flush = true;
+  GradGroup group;
   for (int64_t it = 0; it < tr.count; ++it) {
     const int64_t b0 = tr.at(it) * BN;
     tile_s(sm, o, a0, b0, panel);
@@ -306,32 +285,11 @@ __global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<
         }
       }
     }
-    // Half inputs: dS is the MMA operand, staged in the input type times a power of two
-    // (the softmax engine's underflow guard), unscaled exactly in fp32 by the products.
-    Acc inv_sigma = 1;
-    if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, false>(sm, v.rb);
-    da_product(sm, inv_sigma, in_group == 0);
-    __syncthreads();  // the b panel and the dS operand are read
-    if (p.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, a0, tr.at(it + 1) * BN, 0, false);
-    if constexpr (ATOMIC_B) {
-      if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, true>(sm, v.ra);
-      db_product(sm, inv_sigma, p.db, b0, p.nb, p.d, c0);
-    }
-    if (++in_group == kGroup || it + 1 == tr.count) {
-      __syncthreads();  // the group's dA is complete
-      flush_ga(sm, da, a0, p.na, p.d, c0, p.flush, first_flush);
-      fold_group(sm);
-      first_flush = false;
-      in_group = 0;
-    }
-    __syncthreads();  // sm.S, sm.ds and sm.ga are rewritten by the next tile
+    // dA += dS · (r_b·B); ATOMIC_B: dB += dSᵀ · (r_a·A) by atomics; the group flush and the
+    // fold of the three per-row sums.
+    tile_grad_step<In, ATOMIC_B, 3>(sm, o, tr, it, a0, b0, c0, da, p.db, p.flush, group);
   }
-  if (tr.count == 0 && p.flush == Flush::kOwn) {
-    for (int e = threadIdx.x; e < BM * p.panel; e += kThreads) {
-      const int64_t row = a0 + e / p.panel, col = c0 + e % p.panel;
-      if (row < p.na && col < p.d) gstore(&da[row * p.d + col], Acc(0));
-    }
-  }
+  if (tr.count == 0 && p.flush == Flush::kOwn) zero_rows<In>(da, a0, p.na, p.d, c0, p.panel);
   if (lead) {
     for (int r = threadIdx.x; r < BM; r += kThreads) {
       const int64_t ia = a0 + r;
@@ -408,15 +366,12 @@ __global__ void __launch_bounds__(kThreads, 2) hardest_kernel(const HardParams<I
   const Operands<In> o{p.x, p.x, p.n, p.n, p.d, p.panels, p.vec};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * BM;
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
-    const int64_t i = i0 + r;
-    const bool ok = i < p.n;
-    v.ra[r] = ok ? gload(&p.rx[i]) : Acc(0);
+  load_vectors<In, true>(v, i0, p.n, p.rx, [&](int r, int64_t i, bool ok) {
     v.va[0][r] = ok ? gload(&p.nsq[i]) : Acc(0);
     v.ka[r] = ok ? gload(&p.key[i]) : 0;
     v.tot[0][r] = v.tot[1][r] = 0;
     best[0][r] = best[1][r] = -1;
-  }
+  });
   if (p.panels == 1) {
     issue_a(sm, o, i0);
     if (p.tiles > 0) issue_panel(sm, o, i0, 0, 0, false);
@@ -425,13 +380,10 @@ __global__ void __launch_bounds__(kThreads, 2) hardest_kernel(const HardParams<I
     const int64_t j0 = t * BN;
     tile_s(sm, o, i0, j0, 0);
     if (p.panels == 1 && t + 1 < p.tiles) issue_panel(sm, o, i0, j0 + BN, 0, false);
-    for (int c = threadIdx.x; c < BN; c += kThreads) {
-      const int64_t j = j0 + c;
-      const bool ok = j < p.n;
-      v.rb[c] = ok ? gload(&p.rx[j]) : Acc(0);
+    load_vectors<In, false>(v, j0, p.n, p.rx, [&](int c, int64_t j, bool ok) {
       v.vb[0][c] = ok ? gload(&p.nsq[j]) : Acc(0);
       v.kb[c] = ok ? gload(&p.key[j]) : 0;
-    }
+    });
     __syncthreads();
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp * kRowsPerWarp + rr;

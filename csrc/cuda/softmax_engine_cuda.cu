@@ -147,10 +147,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
     const int64_t i0 = rb * BM;
     const TileRange tr = tile_range(p.tiles, p.per_split, rb);
     __syncthreads();  // the previous row block's vectors are read
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
-      const int64_t i = i0 + r;
-      const bool ok = i < p.n;
-      v.ra[r] = ok ? gload(&p.rq[i]) : Acc(0);
+    load_vectors<In, true>(v, i0, p.n, p.rq, [&](int r, int64_t i, bool ok) {
       v.ka[r] = ok ? gload(&p.row_key[i]) : 0;
       // The extra logit is one more candidate of the row: counted by split 0 only.
       const bool has_extra = p.extra != nullptr && ok && split == 0;
@@ -160,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
       v.grp[0][r] = ck::neg_inf<Acc>();
       v.grp[1][r] = 0;
       v.grp[2][r] = 0;
-    }
+    });
     if (p.panels == 1) {
       issue_a(sm, o, i0);
       if (tr.count > 0) issue_panel(sm, o, i0, tr.at(0) * BN, 0, false);
@@ -171,12 +168,9 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
       tile_s(sm, o, i0, j0, 0);
       // The b panel is dead: prefetch the next tile's while this one's epilogue runs.
       if (p.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, i0, tr.at(it + 1) * BN, 0, false);
-      for (int c = threadIdx.x; c < BN; c += kThreads) {
-        const int64_t j = j0 + c;
-        const bool ok = j < p.m;
-        v.rb[c] = ok ? gload(&p.rk[j]) : Acc(0);
+      load_vectors<In, false>(v, j0, p.m, p.rk, [&](int c, int64_t j, bool ok) {
         v.kb[c] = ok ? gload(&p.col_key[j]) : 0;
-      }
+      });
       __syncthreads();
       // Row pass: one warp per row, lanes across the columns.
       for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -336,10 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
   // Per owned row: the saved statistics of S's rows (or columns, TRANSPOSED), and the blocked
   // sum of dS·cos (the scale gradient).
   if (threadIdx.x == 0) v.scalar[0] = gload(p.scale);
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
-    const int64_t ia = a0 + r;
-    const bool ok = ia < p.na;
-    v.ra[r] = ok ? gload(&p.ra[ia]) : Acc(0);
+  load_vectors<In, true>(v, a0, p.na, p.ra, [&](int r, int64_t ia, bool ok) {
     if constexpr (TRANSPOSED) {
       v.ka[r] = ok ? gload(&p.col_key[ia]) : 0;
       v.va[0][r] = HAS_COL && ok ? gload(&p.clse[ia]) : Acc(0);
@@ -352,20 +343,16 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
     }
     v.tot[0][r] = 0;
     v.grp[0][r] = 0;
-  }
+  });
   if (p.panels == 1) {
     issue_a(sm, o, a0);
     if (tr.count > 0) issue_panel(sm, o, a0, tr.at(0) * BN, 0, false);
   }
-  int in_group = 0;
-  bool first_flush = true;
+  GradGroup group;
   for (int64_t it = 0; it < tr.count; ++it) {
     const int64_t b0 = tr.at(it) * BN;
     tile_s(sm, o, a0, b0, panel);
-    for (int c = threadIdx.x; c < BN; c += kThreads) {
-      const int64_t ib = b0 + c;
-      const bool ok = ib < p.nb;
-      v.rb[c] = ok ? gload(&p.rb[ib]) : Acc(0);
+    load_vectors<In, false>(v, b0, p.nb, p.rb, [&](int c, int64_t ib, bool ok) {
       if constexpr (TRANSPOSED) {
         v.kb[c] = ok ? gload(&p.row_key[ib]) : 0;
         v.vb[0][c] = ok ? gload(&p.lse[ib]) : Acc(0);
@@ -376,7 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
         v.vb[0][c] = HAS_COL && ok ? gload(&p.clse[ib]) : Acc(0);
         v.vb[1][c] = HAS_COL && ok ? gload(&p.g_clse[ib]) : Acc(0);
       }
-    }
+    });
     __syncthreads();
     // dS, one warp per owned row; the same S rounding as the forward.
     const Acc scale = v.scalar[0];
@@ -413,37 +400,12 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
       if (lane == 0) v.grp[0][r] += part;
     }
     __syncthreads();
-    // dA (owned, on chip) += dS · (r_b·B). Half inputs: dS is the MMA operand, scaled by a
-    // power of two (stage_ds) so that entries of order g/N² do not flush to zero.
-    Acc inv_sigma = 1;
-    if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, false>(sm, v.rb);
-    da_product(sm, inv_sigma, in_group == 0);
-    __syncthreads();  // the b panel and the dS operand are read
-    if (p.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, a0, tr.at(it + 1) * BN, 0, false);
-    if constexpr (ATOMIC_B) {
-      // dB += dSᵀ · (r_a·A), one atomic add per element (overlaps the next panel's loads).
-      if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, true>(sm, v.ra);
-      db_product(sm, inv_sigma, p.db, b0, p.nb, p.d, c0);
-    }
-    if (++in_group == kGroup || it + 1 == tr.count) {
-      __syncthreads();  // the group's dA is complete
-      flush_ga(sm, da, a0, p.na, p.d, c0, p.flush, first_flush);
-      for (int r = threadIdx.x; r < BM; r += kThreads) {
-        v.tot[0][r] += v.grp[0][r];
-        v.grp[0][r] = 0;
-      }
-      first_flush = false;
-      in_group = 0;
-    }
-    __syncthreads();  // sm.S, sm.ds and sm.ga are rewritten by the next tile
+    // dA (owned, on chip) += dS · (r_b·B); ATOMIC_B: dB += dSᵀ · (r_a·A) by atomics; the
+    // group flush and the dscale sums' fold (slot 0).
+    tile_grad_step<In, ATOMIC_B, 1>(sm, o, tr, it, a0, b0, c0, da, p.db, p.flush, group);
   }
-  if (tr.count == 0 && p.flush == Flush::kOwn) {
-    // No column at all (M = 0): the owned gradient rows are zero.
-    for (int e = threadIdx.x; e < BM * p.panel; e += kThreads) {
-      const int64_t row = a0 + e / p.panel, col = c0 + e % p.panel;
-      if (row < p.na && col < p.d) gstore(&da[row * p.d + col], Acc(0));
-    }
-  }
+  // No column at all (M = 0): the owned gradient rows are zero.
+  if (tr.count == 0 && p.flush == Flush::kOwn) zero_rows<In>(da, a0, p.na, p.d, c0, p.panel);
   if (p.dscale != nullptr && lead) {
     for (int r = threadIdx.x; r < BM; r += kThreads)
       if (a0 + r < p.na) gstore(&p.dscale[split * p.na + a0 + r], v.tot[0][r]);

@@ -217,6 +217,24 @@ struct Smem {
   __device__ Acc& S(int r, int c) const { return s[r * LDS + c]; }
 };
 
+// The per-row operands of a tile, one thread a row: the block's owned rows (OWNED: r < BM,
+// global row r0 + r, inverse norm into v.ra) or a column tile's (r < BN, into v.rb), zero at
+// or past n; then fill(r, row, row < n) loads the kernel's own slots of r (keys, saved
+// statistics) and resets its sums. The caller synchronizes before they are read.
+template <typename In, bool OWNED, typename Fill>
+__device__ __forceinline__ void load_vectors(Vectors<In>& v, int64_t r0, int64_t n,
+                                             const acc_t<In>* inv_norm, Fill&& fill) {
+  using Acc = acc_t<In>;
+  constexpr int R = OWNED ? TileShape<In>::BM : TileShape<In>::BN;
+  Acc* dst = OWNED ? v.ra : v.rb;
+  for (int r = threadIdx.x; r < R; r += kThreads) {
+    const int64_t i = r0 + r;
+    const bool ok = i < n;
+    dst[r] = ok ? gload(&inv_norm[i]) : Acc(0);
+    fill(r, i, ok);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Operand loads
 // ---------------------------------------------------------------------------------------
@@ -436,13 +454,39 @@ __device__ __forceinline__ float stage_ds(const Smem<In>& sm, const float* f) {
   return ldexpf(1.0f, -e);
 }
 
-// The owned gradient rows: ga (+)= (dS ∘ f_col) · B_panel over the tile (first: overwrite).
-// MMA: warp w owns rows 16w.. in 32-column blocks; SIMT: thread (ty, tx) rows ty·TM..,
-// columns tx + 16q of each 32-column block, dS from sm.S and f applied per column.
-template <typename In>
-__device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sigma, bool first) {
+// The left operand of the gradient products, dS (MMA: the staged half tile sm.ds; SIMT: the
+// accumulation-dtype tile in sm.S), read by its rows (ga = dS·B, the owned rows) or, COLS, by
+// its columns (dSᵀ·A, the other side's rows). Product row r, reduction index k.
+template <typename In, bool COLS>
+struct DsOperand {
+  const Smem<In>& sm;
+  // MMA: the m16×k16 A fragment of product rows [r0, r0 + 16), k in [k, k + 16).
+  __device__ __forceinline__ void frag(unsigned (&fa)[4], int r0, int k, int lane) const {
+    if constexpr (COLS) {
+      ldsm_x4_trans(fa, sm.ds + (k + lane % 8 + (lane / 16) * 8) * Smem<In>::LDD + r0 +
+                            ((lane / 8) % 2) * 8);
+    } else {
+      ldsm_x4(fa, sm.ds + (r0 + lane % 16) * Smem<In>::LDD + k + (lane / 16) * 8);
+    }
+  }
+  // SIMT: element (r, k).
+  __device__ __forceinline__ acc_t<In> at(int r, int k) const {
+    return COLS ? sm.S(k, r) : sm.S(r, k);
+  }
+};
+
+// The fragment loop both gradient products share: the R product rows of L · (f ∘ X) over the
+// reduction k < K, one 32-column block of the panel at a time, with L the dS operand `left`
+// (DsOperand), X a panel in shared memory (row k at X + k·ldi) and f its per-row factor (SIMT;
+// MMA has it staged into dS). Each element of the result is handed once to epi(r, c, v):
+// product row r, panel column c, v the sum (MMA: unscaled by inv_sigma).
+// MMA: warp w owns product rows 16w.. as 4 m16n8 fragments per 32-column block; SIMT: thread
+// (ty, tx) rows ty·TM.., columns tx + 16q of each block.
+template <typename In, int R, int K, typename Left, typename Epi>
+__device__ __forceinline__ void grad_product(const Smem<In>& sm, const In* X,
+                                             const acc_t<In>* f, acc_t<In> inv_sigma,
+                                             const Left& left, Epi&& epi) {
   using Acc = acc_t<In>;
-  constexpr int BN = TileShape<In>::BN;
   const int ld = sm.ldi;
   if constexpr (kTensorCores<In>) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -450,12 +494,12 @@ __device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sig
     for (int d0 = 0; d0 < sm.P; d0 += 32) {
       float acc[4][4] = {};
 #pragma unroll
-      for (int k = 0; k < BN; k += 16) {
+      for (int k = 0; k < K; k += 16) {
         unsigned fa[4], fb[2][4];
-        ldsm_x4(fa, sm.ds + (r0 + lane % 16) * Smem<In>::LDD + k + (lane / 16) * 8);
+        left.frag(fa, r0, k, lane);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          ldsm_x4_trans(fb[h], sm.b + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
+          ldsm_x4_trans(fb[h], X + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
 #pragma unroll
         for (int y = 0; y < 4; ++y)
           mma16816<In>(acc[y], fa, fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
@@ -463,101 +507,58 @@ __device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sig
 #pragma unroll
       for (int y = 0; y < 4; ++y)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          Acc& dst = sm.ga[(r0 + g + 8 * (i / 2)) * sm.ldg + d0 + 8 * y + 2 * t + i % 2];
-          dst = (first ? Acc(0) : dst) + acc[y][i] * inv_sigma;
-        }
+        for (int i = 0; i < 4; ++i)
+          epi(r0 + g + 8 * (i / 2), d0 + 8 * y + 2 * t + i % 2, acc[y][i] * inv_sigma);
     }
   } else {
-    constexpr int TM = TileShape<In>::BM / 8;
+    constexpr int TM = R / 8;
     const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-    const Acc* f = sm.v->rb;
     for (int d0 = 0; d0 < sm.P; d0 += 32) {
       Acc acc[TM][2] = {};
-      for (int k = 0; k < BN; ++k) {
+      for (int k = 0; k < K; ++k) {
         const Acc fk = f[k];
-        const Acc y0 = load_acc<Acc>(&sm.b[k * ld + d0 + tx]) * fk;
-        const Acc y1 = load_acc<Acc>(&sm.b[k * ld + d0 + tx + 16]) * fk;
+        const Acc y0 = load_acc<Acc>(&X[k * ld + d0 + tx]) * fk;
+        const Acc y1 = load_acc<Acc>(&X[k * ld + d0 + tx + 16]) * fk;
 #pragma unroll
         for (int p = 0; p < TM; ++p) {
-          const Acc x = sm.S(ty * TM + p, k);
+          const Acc x = left.at(ty * TM + p, k);
           acc[p][0] = fma(x, y0, acc[p][0]);
           acc[p][1] = fma(x, y1, acc[p][1]);
         }
       }
-      count_flops(2ull * TM * 2 * BN);
+      count_flops(2ull * TM * 2 * K);
 #pragma unroll
       for (int p = 0; p < TM; ++p)
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          Acc& dst = sm.ga[(ty * TM + p) * sm.ldg + d0 + tx + 16 * q];
-          dst = (first ? Acc(0) : dst) + acc[p][q];
-        }
+        for (int q = 0; q < 2; ++q) epi(ty * TM + p, d0 + tx + 16 * q, acc[p][q]);
     }
   }
 }
 
+// The owned gradient rows: ga (+)= (dS ∘ f_col) · B_panel over the tile (first: overwrite),
+// f_col = the columns' inverse norms (applied in stage_ds for MMA, per k here for SIMT).
+template <typename In>
+__device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sigma, bool first) {
+  using Acc = acc_t<In>;
+  grad_product<In, TileShape<In>::BM, TileShape<In>::BN>(
+      sm, sm.b, sm.v->rb, inv_sigma, DsOperand<In, false>{sm}, [&](int r, int c, Acc v) {
+        Acc& dst = sm.ga[r * sm.ldg + c];
+        dst = (first ? Acc(0) : dst) + v;
+      });
+}
+
 // The other side's gradient rows of the tile: out[b0 + n, c0 + d] += ((dS ∘ f_row)ᵀ · A_panel)
 // by one atomic add per element (f_row: the owned rows' factor, applied in stage_ds for MMA,
-// per row here for SIMT).
+// per k here for SIMT).
 template <typename In>
 __device__ __forceinline__ void db_product(const Smem<In>& sm, acc_t<In> inv_sigma, acc_t<In>* out,
                                            int64_t b0, int64_t nb, int64_t D, int64_t c0) {
   using Acc = acc_t<In>;
-  constexpr int BM = TileShape<In>::BM;
-  const int ld = sm.ldi;
-  if constexpr (kTensorCores<In>) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int n0 = warp * 16;
-    for (int d0 = 0; d0 < sm.P; d0 += 32) {
-      float acc[4][4] = {};
-#pragma unroll
-      for (int k = 0; k < BM; k += 16) {
-        unsigned fa[4], fb[2][4];
-        ldsm_x4_trans(fa, sm.ds + (k + lane % 8 + (lane / 16) * 8) * Smem<In>::LDD + n0 +
-                              ((lane / 8) % 2) * 8);
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          ldsm_x4_trans(fb[h], sm.a + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
-#pragma unroll
-        for (int y = 0; y < 4; ++y)
-          mma16816<In>(acc[y], fa, fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
-      }
-#pragma unroll
-      for (int y = 0; y < 4; ++y)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int64_t row = b0 + n0 + g + 8 * (i / 2), col = c0 + d0 + 8 * y + 2 * t + i % 2;
-          if (row < nb && col < D) gatomic_add(&out[row * D + col], acc[y][i] * inv_sigma);
-        }
-    }
-  } else {
-    constexpr int TM = TileShape<In>::BN / 8;
-    const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-    const Acc* f = sm.v->ra;
-    for (int d0 = 0; d0 < sm.P; d0 += 32) {
-      Acc acc[TM][2] = {};
-      for (int k = 0; k < BM; ++k) {
-        const Acc fk = f[k];
-        const Acc y0 = load_acc<Acc>(&sm.a[k * ld + d0 + tx]) * fk;
-        const Acc y1 = load_acc<Acc>(&sm.a[k * ld + d0 + tx + 16]) * fk;
-#pragma unroll
-        for (int p = 0; p < TM; ++p) {
-          const Acc x = sm.S(k, ty * TM + p);
-          acc[p][0] = fma(x, y0, acc[p][0]);
-          acc[p][1] = fma(x, y1, acc[p][1]);
-        }
-      }
-      count_flops(2ull * TM * 2 * BM);
-#pragma unroll
-      for (int p = 0; p < TM; ++p)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int64_t row = b0 + ty * TM + p, col = c0 + d0 + tx + 16 * q;
-          if (row < nb && col < D) gatomic_add(&out[row * D + col], acc[p][q]);
-        }
-    }
-  }
+  grad_product<In, TileShape<In>::BN, TileShape<In>::BM>(
+      sm, sm.a, sm.v->ra, inv_sigma, DsOperand<In, true>{sm}, [&](int r, int c, Acc v) {
+        const int64_t row = b0 + r, col = c0 + c;
+        if (row < nb && col < D) gatomic_add(&out[row * D + col], v);
+      });
 }
 
 // How a block's gradient rows reach global memory.
@@ -597,6 +598,75 @@ __device__ __forceinline__ TileRange tile_range(int64_t tiles, int64_t per_split
   const int64_t lo = static_cast<int64_t>(blockIdx.y) * per_split;
   const int64_t count = lo < tiles ? min(per_split, tiles - lo) : 0;
   return {lo, count, count > 0 ? row_block % count : 0};
+}
+
+// Blocked sums: fold the open group's first kSums sums into the totals (thread r owns row r;
+// the caller has synchronized after the group's last writes).
+template <typename In, int kSums>
+__device__ __forceinline__ void fold_group(const Smem<In>& sm) {
+  constexpr int BM = TileShape<In>::BM;
+  for (int r = threadIdx.x; r < BM; r += kThreads)
+    for (int s = 0; s < kSums; ++s) {
+      sm.v->tot[s][r] += sm.v->grp[s][r];
+      sm.v->grp[s][r] = 0;
+    }
+}
+
+// The open group of a backward block's on-chip gradient rows.
+struct GradGroup {
+  int tiles = 0;      // tiles accumulated since the last flush
+  bool first = true;  // nothing flushed yet (Flush::kOwn stores instead of adding)
+};
+
+// The gradient step of a backward tile, tile `it` of the block's range (at column row b0), once
+// dS is in sm.S and the tile's per-row partials in the open group's sums grp[0, kSums):
+//   dA (owned, on chip) += dS · (r_b ∘ B);
+//   the next tile's b panel issued as soon as this one is read (one panel: prefetch);
+//   ATOMIC_B: dB[b0.., c0..] += dSᵀ · (r_a ∘ A), one atomic add per element (overlapping
+//   those loads);
+//   every kGroup tiles and at the end of the range: the group's dA flushed to da (flush_ga)
+//   and its sums folded into the totals.
+// Half inputs: dS is the MMA operand, staged in the input type times a power of two
+// (stage_ds) so that entries of order g/N² do not flush to zero; the products unscale it
+// exactly in fp32. All threads; ends synchronized.
+template <typename In, bool ATOMIC_B, int kSums>
+__device__ __forceinline__ void tile_grad_step(const Smem<In>& sm, const Operands<In>& o,
+                                               const TileRange& tr, int64_t it, int64_t a0,
+                                               int64_t b0, int64_t c0, acc_t<In>* da,
+                                               acc_t<In>* db, Flush flush, GradGroup& group) {
+  using Acc = acc_t<In>;
+  constexpr int BN = TileShape<In>::BN;
+  Acc inv_sigma = 1;
+  if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, false>(sm, sm.v->rb);
+  da_product(sm, inv_sigma, group.tiles == 0);
+  __syncthreads();  // the b panel and the dS operand are read
+  if (o.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, a0, tr.at(it + 1) * BN, 0, false);
+  if constexpr (ATOMIC_B) {
+    if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, true>(sm, sm.v->ra);
+    db_product(sm, inv_sigma, db, b0, o.nb, o.d, c0);
+  }
+  if (++group.tiles == kGroup || it + 1 == tr.count) {
+    __syncthreads();  // the group's dA is complete
+    flush_ga(sm, da, a0, o.na, o.d, c0, flush, group.first);
+    fold_group<In, kSums>(sm);
+    group.first = false;
+    group.tiles = 0;
+  }
+  __syncthreads();  // sm.S, sm.ds and sm.ga are rewritten by the next tile
+}
+
+// The gradient rows of a block whose split has no column tile (M = 0), when it owns their
+// range: out[row0 + r, c0 + c] = 0 for the block's rows and its panel's P columns inside
+// (nrows, D).
+template <typename In>
+__device__ __forceinline__ void zero_rows(acc_t<In>* out, int64_t row0, int64_t nrows, int64_t D,
+                                          int64_t c0, int P) {
+  using Acc = acc_t<In>;
+  constexpr int BM = TileShape<In>::BM;
+  for (int e = threadIdx.x; e < BM * P; e += kThreads) {
+    const int64_t row = row0 + e / P, col = c0 + e % P;
+    if (row < nrows && col < D) gstore(&out[row * D + col], Acc(0));
+  }
 }
 
 // ---------------------------------------------------------------------------------------
