@@ -31,7 +31,7 @@ def report() -> str:
         f"- {len(found)} kernels ({len(found) // 2} per arch); "
         f"{sum(1 for k in found if k.stack or k.local or k.local_insts)} use local memory.",
         f"- {len(half)} half-precision tile kernels, "
-        f"{sum(1 for k in half if 'HMMA' in k.mma_kinds)} with HMMA (wmma m16n16k16).",
+        f"{sum(1 for k in half if 'HMMA' in k.mma_kinds)} with HMMA (mma.sync m16n8k16 fed by ldmatrix, csrc/cuda/mma.cuh).",
         f"- problems: {'none' if not bad else '; '.join(bad)}",
         "",
         "| kernel | arch | regs | shared B | stack B | STL/LDL | MMA instrs |",

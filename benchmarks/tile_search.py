@@ -13,7 +13,8 @@ reload less per FLOP; no timing is involved (that needs a GPU).
                                                           # some classes, given tiles only
     python benchmarks/tile_search.py --check _pair_kernel bf16 90 128x64x256w8 64x16x256w8s1
         # any kernel: every recorded flag set with the launcher's divisibility hints,
-        # retiled to each candidate (owned rows on chip: BLOCK_K = D), one line per binary
+        # retiled to each candidate (owned rows on chip: BLOCK_K = D; "32x32x32cw4": D
+        # streamed in chunks), one line per binary; --unaligned-too adds unhinted launches
 
 The --check mode is how the aligned (on-chip) classes of both engines' tables were chosen:
 the search above only retiles binaries that already exist at a class, while a new
@@ -75,26 +76,31 @@ def _specs():
 
 
 def _parse_tile(text: str) -> TileConfig:
-    """'64x16x256w8s1' -> TileConfig(64, 16, 256, one chunk, 8 warps, 1 stage)."""
+    """'64x16x256w8s1' -> TileConfig(64, 16, 256, one chunk, 8 warps, 1 stage);
+    '32x32x32cw4' -> D streamed in 32-wide chunks."""
     tiles, _, rest = text.partition("w")
     warps, _, stages = rest.partition("s")
-    bm, bn, bk = map(int, tiles.split("x"))
-    return TileConfig(bm, bn, bk, True, int(warps), int(stages or NUM_STAGES))
+    streamed = tiles.endswith("c")
+    bm, bn, bk = map(int, tiles.removesuffix("c").split("x"))
+    return TileConfig(bm, bn, bk, not streamed, int(warps), int(stages or NUM_STAGES))
 
 
-def check(kernel: str, dtype: str, arch: int, tiles: list[str]) -> bool:
+def check(kernel: str, dtype: str, arch: int, tiles: list[str],
+          aligned_only: bool = True) -> bool:
     """Compile every flag set of ``kernel`` recorded with divisibility hints on D (the
-    aligned launches), retiled to each candidate; print registers and spills per binary.
-    True when no binary spills."""
+    aligned launches; with aligned_only False also the unhinted ones), retiled to each
+    candidate; print registers and spills per binary. True when no binary spills."""
     ptr = "*" + dtype
     flag_sets = {}
     for spec in aot.engine_variants(arches=(arch,)):
         ce = spec.named_constexprs
+        hinted = "D" in spec.divisible_by_16
         if spec.name != kernel or ptr not in spec.signature.values() or "D" in ce or \
-                "D" not in spec.divisible_by_16:
+                (aligned_only and not hinted):
             continue
         key = tuple(sorted((k, str(v)) for k, v in ce.items()
-                           if not k.startswith("BLOCK_") and k != "ONE_CHUNK"))
+                           if not k.startswith("BLOCK_") and k != "ONE_CHUNK")) + \
+            (("16|D", str(hinted)),)
         flag_sets.setdefault(key, spec)
     clean = True
     for text in tiles:
@@ -111,8 +117,10 @@ def check(kernel: str, dtype: str, arch: int, tiles: list[str]) -> bool:
 
 def main():
     if sys.argv[1:2] == ["--check"]:
-        kernel, dtype, arch, *tiles = sys.argv[2:]
-        sys.exit(0 if check(kernel, dtype, int(arch), tiles) else 1)
+        rest = [a for a in sys.argv[2:] if a != "--unaligned-too"]
+        kernel, dtype, arch, *tiles = rest
+        sys.exit(0 if check(kernel, dtype, int(arch), tiles,
+                            aligned_only="--unaligned-too" not in sys.argv) else 1)
     parser = argparse.ArgumentParser()
     parser.add_argument("classes", nargs="*", help="dtype:maxD, e.g. fp32:64 or fp64:None")
     parser.add_argument("--pairs", nargs="*", help="BLOCK_MxBLOCK_N tiles to try, in order")

@@ -46,9 +46,9 @@ import triton.language as tl
 
 from .launch import capped_splits, launch_as, split_grid, target_arch
 from .norms import finish_grad
-from .tiles import (NUM_STAGES, TileConfig, dot_tile, dtype_class, interpret_tiles,
-                    interpreting, load_rows, out_buffer, pow2_scale, precision, row_block,
-                    rows_aligned, split_range, tl_acc, upcast)
+from .tiles import (NUM_STAGES, dot_tile, dtype_class, interpret_tiles, interpreting,
+                    launch_options, load_rows, out_buffer, pow2_scale, precision, row_block,
+                    rows_aligned, split_range, TileConfig, tl_acc, upcast)
 
 SIGLIP = 0
 HADSELL = 1
@@ -526,19 +526,6 @@ def _sq_norms(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# ptxas's default register heuristic leaves some of these kernels at ~96-128 registers
-# and spills one long-lived value across the tile loop (8 B of local memory); an explicit
-# cap at the architectural maximum lets it keep everything in registers.
-MAXNREG = 255
-
-
-def _launch_options(cfg) -> dict:
-    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not interpreting():
-        opts["maxnreg"] = MAXNREG
-    return opts
-
-
 # Tiles per dtype class as rows of (max D rounded up to a power of two, or None for the
 # rest; forward tiles; backward tiles); a tile is (BLOCK_A, BLOCK_B, BLOCK_K or None for
 # the owned rows on chip, warps). The pair epilogue (softplus, sigmoid and a division, or
@@ -663,7 +650,7 @@ def _pair_pass(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, *
         TILE_SCALE=grad and tile_scale(kind, a.dtype),
         BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
         ONE_CHUNK=cfg.one_chunk, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
-        PREC=precision(a.dtype), **_launch_options(cfg))
+        PREC=precision(a.dtype), **launch_options(cfg, cap_registers=True))
     return out
 
 
@@ -773,6 +760,6 @@ def hardest_pairs(x, rx, key):
         x, rx, sq, key, pos, neg, n, d, x.stride(0), BLOCK_A=cfg.block_m,
         BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ONE_CHUNK=cfg.one_chunk,
         ACC=tl_acc(x.dtype), UPCAST=upcast(x.dtype), PREC=precision(x.dtype),
-        **_launch_options(cfg))
+        **launch_options(cfg, cap_registers=True))
     return pos, neg
 

@@ -21,10 +21,9 @@ import triton.language as tl
 
 from .launch import capped_splits, launch_as, split_grid, target_arch, target_programs
 from .norms import finish_grad
-from .tiles import (NUM_STAGES, TileConfig, acc_dtype, dot_tile, dtype_class,
-                    interpret_tiles, interpreting, load_rows, nan_max, nan_max_reduce,
-                    out_buffer, pow2_scale, precision, rows_aligned, split_range, tl_acc,
-                    upcast)
+from .tiles import (NUM_STAGES, acc_dtype, dot_tile, dtype_class, interpret_tiles, interpreting,
+                    launch_options, load_rows, nan_max, nan_max_reduce, out_buffer, pow2_scale,
+                    precision, rows_aligned, split_range, TileConfig, tl_acc, upcast)
 
 
 # --------------------------------------------------------------------------------------
@@ -444,8 +443,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
             n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, ACC=acc_tl,
-            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
+            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(cfg))
     lse, pos = _merge(part_m, part_l, part_pos, extra, n, acc_tl)
     if not need_col:
         return lse, pos, lse.new_empty(0)
@@ -499,7 +497,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
-            PREC=precision(a.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            PREC=precision(a.dtype), **launch_options(cfg))
     return da, dscale
 
 

@@ -81,6 +81,24 @@ class TileConfig:
 
 
 NUM_STAGES = 2
+# ptxas's default register heuristic leaves some pairwise and mining kernels at 96-128
+# registers and spills a long-lived value across the tile loop (8-16 B of local memory);
+# an explicit cap at the architectural maximum lets it keep everything in registers (36
+# spilling run-time binaries down to 0). The softmax kernels go the other way under the
+# cap (6 more fp32 backward binaries and sm_80's 128×64 forward at D = 256 spill), so they
+# keep the default. The option is passed on every launch, the interpreter's too, so that
+# the launches the AOT proof records (proof/catalogue.py) carry what a GPU launch has.
+MAXNREG = 255
+
+
+def launch_options(cfg: "TileConfig", cap_registers: bool = False) -> dict:
+    """The launch options of a tile kernel: warps, stages and (cap_registers) MAXNREG."""
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cap_registers:
+        opts["maxnreg"] = MAXNREG
+    return opts
+
+
 _INTERPRET_BLOCK = 32  # small tiles so that CPU tests cross several tile boundaries
 _INTERPRET_CHUNK_K = 16
 
