@@ -48,7 +48,8 @@ from .launch import capped_splits, launch_as, split_grid, target_arch
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, dot_tile, dtype_class, interpret_tiles, interpreting,
                     launch_options, load_rows, out_buffer, pow2_scale, precision, row_block,
-                    rows_aligned, split_range, TileConfig, tl_acc, upcast)
+                    rows_aligned, split_range, streamed_grad_products, TileConfig,
+                    tl_acc, upcast, write_owned_rows)
 
 SIGLIP = 0
 HADSELL = 1
@@ -279,45 +280,6 @@ def _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv, DB, offs_b,
     return da_acc
 
 
-@triton.jit
-def _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b, inv, D,
-                            stride_a, stride_b, stride_da, stride_db, da_atomic,
-                            NEED_DA: tl.constexpr, ATOMIC_B: tl.constexpr,
-                            TILE_SCALE: tl.constexpr, BLOCK_K: tl.constexpr,
-                            ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """D streamed in chunks: the owned rows' gradient goes to DA per tile, read-modify-
-    written in this split's own slice (deterministic) or added by atomics (da_atomic:
-    the columns are split across programs); dB += dSᵀ·A by atomics."""
-    for d0 in range(0, D, BLOCK_K):
-        offs_d = d0 + tl.arange(0, BLOCK_K)
-        d_ok = offs_d[None, :] < D
-        if NEED_DA:
-            b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
-                          mask=b_ok[:, None] & d_ok, other=0.0)
-            if UPCAST:
-                b_c = b_c.to(ACC)
-            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC, out_dtype=ACC)
-            if TILE_SCALE:
-                da_c = da_c * inv
-            if da_atomic != 0:
-                tl.atomic_add(da_ptr, da_c, mask=a_ok[:, None] & d_ok, sem="relaxed")
-            else:
-                da_c += tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
-        if ATOMIC_B:
-            a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
-                          mask=a_ok[:, None] & d_ok, other=0.0)
-            if UPCAST:
-                a_c = a_c.to(ACC)
-            db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c,
-                             input_precision=PREC, out_dtype=ACC)
-            if TILE_SCALE:
-                db_part = db_part * inv
-            tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :],
-                          db_part, mask=b_ok[:, None] & d_ok, sem="relaxed")
-
-
 @triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
                              "want_rows", "da_atomic"])
 def _pair_kernel(
@@ -418,21 +380,15 @@ def _pair_kernel(
                                                  DB, offs_b, b_ok, D, stride_db, NEED_DA,
                                                  ATOMIC_B, TILE_SCALE, BLOCK_K, ACC, PREC)
             else:
-                _streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a,
-                                        ds_b, inv, D, stride_a, stride_b, stride_da,
-                                        stride_db, da_atomic, NEED_DA, ATOMIC_B,
-                                        TILE_SCALE, BLOCK_K, ACC, UPCAST, PREC)
+                streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a,
+                                       ds_b, inv, D, stride_a, stride_b, stride_da,
+                                       stride_db, da_atomic, NEED_DA, ATOMIC_B,
+                                       TILE_SCALE, BLOCK_K, ACC, UPCAST, PREC)
     if want_rows != 0:
         tl.store(ROWS + vec + offs_a, rows_acc, mask=a_ok)
     if GRAD:
         if ONE_CHUNK and NEED_DA:
-            offs_d = tl.arange(0, BLOCK_K)
-            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-            da_mask = a_ok[:, None] & (offs_d[None, :] < D)
-            if da_atomic != 0:
-                tl.atomic_add(da_ptr, da_acc, mask=da_mask, sem="relaxed")
-            else:
-                tl.store(da_ptr, da_acc, mask=da_mask)
+            write_owned_rows(DA, da_acc, offs_a, a_ok, D, stride_da, da_atomic, BLOCK_K)
         if KIND == 1:
             tl.store(SUM_A + vec + offs_a, own_sum, mask=a_ok)
         if not TRANSPOSED:

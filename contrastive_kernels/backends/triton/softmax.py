@@ -23,7 +23,8 @@ from .launch import capped_splits, launch_as, split_grid, target_arch, target_pr
 from .norms import finish_grad
 from .tiles import (NUM_STAGES, acc_dtype, dot_tile, dtype_class, interpret_tiles, interpreting,
                     launch_options, load_rows, nan_max, nan_max_reduce, out_buffer, pow2_scale,
-                    precision, rows_aligned, split_range, TileConfig, tl_acc, upcast)
+                    precision, rows_aligned, split_range, streamed_grad_products, TileConfig,
+                    tl_acc, upcast, write_owned_rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -145,41 +146,6 @@ def _merge_kernel(PART_M, PART_L, PART_SUM, EXTRA, LSE, SUM, P, n, parts_stride,
         tl.store(SUM + offs, total_sum, mask=ok)
 
 
-@triton.jit
-def _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D,
-                         stride_a, stride_b, stride_da, stride_db, da_atomic,
-                         BLOCK_K: tl.constexpr, NEED_DA: tl.constexpr,
-                         NEED_DB: tl.constexpr,
-                         ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """The gradient products of one tile when D is streamed in BLOCK_K chunks (too wide
-    for on-chip rows): DA[a] += ds_b·B (this split's own rows, or atomics) and, with
-    NEED_DB, DB[b] += ds_aᵀ·A by atomics."""
-    for d0 in range(0, D, BLOCK_K):
-        offs_d = d0 + tl.arange(0, BLOCK_K)
-        d_ok = offs_d[None, :] < D
-        if NEED_DA:
-            b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
-                          mask=b_ok[:, None] & d_ok, other=0.0)
-            if UPCAST:
-                b_c = b_c.to(ACC)
-            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC, out_dtype=ACC)
-            if da_atomic != 0:
-                tl.atomic_add(da_ptr, da_c, mask=a_ok[:, None] & d_ok, sem="relaxed")
-            else:
-                da_c += tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
-                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
-        if NEED_DB:
-            a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
-                          mask=a_ok[:, None] & d_ok, other=0.0)
-            if UPCAST:
-                a_c = a_c.to(ACC)
-            db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c, input_precision=PREC,
-                             out_dtype=ACC)
-            tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
-                          mask=b_ok[:, None] & d_ok, sem="relaxed")
-
-
 @triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
                              "da_atomic"])
 def _softmax_bwd_kernel(
@@ -280,17 +246,12 @@ def _softmax_bwd_kernel(
                 tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
                               mask=b_ok[:, None] & (offs_d[None, :] < D), sem="relaxed")
         else:
-            _accumulate_streamed(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_b, ds_a, D,
-                                 stride_a, stride_b, stride_da, stride_db, da_atomic,
-                                 BLOCK_K, NEED_DA, NEED_DB, ACC, UPCAST, PREC)
+            streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b,
+                                   1.0, D, stride_a, stride_b, stride_da, stride_db,
+                                   da_atomic, NEED_DA, NEED_DB, False, BLOCK_K, ACC, UPCAST,
+                                   PREC)
     if ONE_CHUNK and NEED_DA:
-        offs_d = tl.arange(0, BLOCK_K)
-        da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
-        da_mask = a_ok[:, None] & (offs_d[None, :] < D)
-        if da_atomic != 0:
-            tl.atomic_add(da_ptr, da_acc, mask=da_mask, sem="relaxed")
-        else:
-            tl.store(da_ptr, da_acc, mask=da_mask)
+        write_owned_rows(DA, da_acc, offs_a, a_ok, D, stride_da, da_atomic, BLOCK_K)
     tl.store(DSCALE + split.to(tl.int64) * NA + offs_a, dscale, mask=a_ok)
 
 

@@ -57,6 +57,63 @@ def dot_tile(A, B, offs_a, offs_b, NA, NB, D, stride_a, stride_b,
 
 
 @triton.jit
+def streamed_grad_products(A, B, DA, DB, offs_a, offs_b, a_ok, b_ok, ds_a, ds_b, inv, D,
+                           stride_a, stride_b, stride_da, stride_db, da_atomic,
+                           NEED_DA: tl.constexpr, NEED_DB: tl.constexpr,
+                           SCALED: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
+                           UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """The two gradient products of one tile when D is streamed in BLOCK_K chunks (too
+    wide for on-chip rows), shared by both engines' backward kernels:
+      DA[a] += ds_b·B   (NEED_DA: read-modify-written in this program's own slice, or
+                         added by atomics with da_atomic: the columns are split)
+      DB[b] += ds_aᵀ·A  (NEED_DB: atomics)
+    With SCALED the dS operands carry the tile's power of two and each product is
+    multiplied back by ``inv``."""
+    for d0 in range(0, D, BLOCK_K):
+        offs_d = d0 + tl.arange(0, BLOCK_K)
+        d_ok = offs_d[None, :] < D
+        if NEED_DA:
+            b_c = tl.load(B + offs_b[:, None] * stride_b + offs_d[None, :],
+                          mask=b_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                b_c = b_c.to(ACC)
+            da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+            da_c = tl.dot(ds_b.to(b_c.dtype), b_c, input_precision=PREC, out_dtype=ACC)
+            if SCALED:
+                da_c = da_c * inv
+            if da_atomic != 0:
+                tl.atomic_add(da_ptr, da_c, mask=a_ok[:, None] & d_ok, sem="relaxed")
+            else:
+                da_c += tl.load(da_ptr, mask=a_ok[:, None] & d_ok, other=0.0)
+                tl.store(da_ptr, da_c, mask=a_ok[:, None] & d_ok)
+        if NEED_DB:
+            a_c = tl.load(A + offs_a[:, None] * stride_a + offs_d[None, :],
+                          mask=a_ok[:, None] & d_ok, other=0.0)
+            if UPCAST:
+                a_c = a_c.to(ACC)
+            db_part = tl.dot(tl.trans(ds_a.to(a_c.dtype)), a_c, input_precision=PREC,
+                             out_dtype=ACC)
+            if SCALED:
+                db_part = db_part * inv
+            tl.atomic_add(DB + offs_b[:, None] * stride_db + offs_d[None, :], db_part,
+                          mask=b_ok[:, None] & d_ok, sem="relaxed")
+
+
+@triton.jit
+def write_owned_rows(DA, da_acc, offs_a, a_ok, D, stride_da, da_atomic,
+                     BLOCK_K: tl.constexpr):
+    """The owned gradient rows, accumulated on chip, written once: a plain store, or one
+    atomic add per element when other programs (splits of the columns) add to them too."""
+    offs_d = tl.arange(0, BLOCK_K)
+    da_ptr = DA + offs_a[:, None] * stride_da + offs_d[None, :]
+    da_mask = a_ok[:, None] & (offs_d[None, :] < D)
+    if da_atomic != 0:
+        tl.atomic_add(da_ptr, da_acc, mask=da_mask, sem="relaxed")
+    else:
+        tl.store(da_ptr, da_acc, mask=da_mask)
+
+
+@triton.jit
 def load_rows(X, offs, n, D, stride,
                BLOCK_K: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
     """The whole (padded) rows X[offs, :D] as one BLOCK×BLOCK_K tile (D ≤ BLOCK_K)."""
