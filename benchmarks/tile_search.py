@@ -95,7 +95,10 @@ def check(kernel: str, dtype: str, arch: int, tiles: list[str],
     for spec in aot.engine_variants(arches=(arch,)):
         ce = spec.named_constexprs
         hinted = "D" in spec.divisible_by_16
-        if spec.name != kernel or ptr not in spec.signature.values() or "D" in ce or \
+        # The input operand is every tile kernel's first parameter; other pointers do not
+        # say the dtype (half kernels keep fp32 gradients and statistics).
+        operand = next(iter(spec.signature.values()))
+        if spec.name != kernel or operand != ptr or "D" in ce or \
                 (aligned_only and not hinted):
             continue
         key = tuple(sorted((k, str(v)) for k, v in ce.items()

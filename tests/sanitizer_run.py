@@ -1,6 +1,6 @@
 """Running a sanitizer-instrumented test program: shared by the emulator's self-test
 (test_cuda_emu_runtime.py) and the emulated engine's sanitizer builds
-(test_cuda_emu_sanitizers.py). Each returns (exit code, stdout + stderr)."""
+(engine_sanitizers.py). Each returns (exit code, stdout + stderr)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
-"""The benchmark tooling: pytest-benchmark JSON -> plots and table (benchmarks/plot.py)."""
+"""The benchmark tooling: pytest-benchmark JSON -> plots and table (benchmarks/plot.py), and
+the dtype filter of benchmarks/tile_search.py --check."""
 import json
 import os
 import sys
@@ -48,3 +49,30 @@ def test_table_reports_a_provider_that_ran_out_of_memory(tmp_path):
     text = plot.table({}, rows)
     assert "| 1.0 ms · 1 MiB (1.00x) | out of memory (asked for 64 GiB) |" in text
     assert [p.name for p in plot.plot(rows, tmp_path)] == ["nt_xent_loss_fwd.png"]
+
+
+def test_tile_search_check_compiles_only_the_dtype_asked_for(monkeypatch):
+    """--check fp32 must retile fp32-operand binaries only: half kernels also take fp32
+    pointers (gradients, statistics), and checking them instead (as it once did) reported
+    tensor-core tiles as clean for fp32 and hid its spills."""
+    import types
+    import tile_search
+    from contrastive_kernels.proof import aot
+
+    def spec(operand, prec):
+        return types.SimpleNamespace(
+            name="_softmax_bwd_kernel", divisible_by_16=("D",),
+            signature={"A": operand, "B": operand, "DA": "*fp32", "LSE": "*fp32"},
+            named_constexprs={"PREC": prec, "BLOCK_M": 16, "ONE_CHUNK": True})
+
+    specs = [spec("*fp16", "ieee"), spec("*fp32", "ieee"), spec("*fp32", "tf32"),
+             spec("*bf16", "tf32")]
+    compiled = []
+    monkeypatch.setattr(aot, "engine_variants", lambda arches: specs)
+    monkeypatch.setattr(aot, "retile", lambda s, cfg: s)
+    monkeypatch.setattr(aot, "compile_variant", lambda s: compiled.append(s) or
+                        types.SimpleNamespace(registers=64, spill_bytes=0, local_insts=0,
+                                              mma_kinds="-"))
+    assert tile_search.check("_softmax_bwd_kernel", "fp32", 90, ["64x64x16w8"])
+    assert [s.signature["A"] for s in compiled] == ["*fp32", "*fp32"]
+    assert sorted(s.named_constexprs["PREC"] for s in compiled) == ["ieee", "tf32"]

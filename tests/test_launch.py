@@ -150,6 +150,21 @@ print(launch.sm_count(q.device), fwd == te._fit(te.tile_config(256, torch.bfloat
 """
 
 
+
+@pytest.mark.parametrize("arch, programs", [(None, 3), ("sm_90", 264), ("sm_80", 216)])
+def test_emulated_cuda_clip_forward_gets_the_gpu_persistent_programs(arch, programs,
+                                                                      monkeypatch):
+    """Off the GPU the CUDA C++ engine's CLIP forward gets a few persistent programs (so
+    tests cross program boundaries), or with LAUNCH_AS the GPU's two per SM, so that the
+    traffic counter measures the launch an H100 / A100 would get."""
+    cuda_backend = pytest.importorskip("contrastive_kernels.backends.cuda",
+                                       exc_type=ImportError)
+    if arch is None:
+        monkeypatch.delenv(launch.LAUNCH_AS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(launch.LAUNCH_AS_ENV, arch)
+    assert cuda_backend.column_programs(torch.device("cpu")) == programs
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="an interpreter switch")
 @pytest.mark.parametrize("arch, sms", [(90, 132), (80, 108)])
 def test_launch_as_gives_the_interpreter_the_gpu_launch(arch, sms):

@@ -40,9 +40,14 @@ def _sm_count(index: int) -> int:
 
 def column_programs(device: torch.device) -> int:
     """Persistent programs of a CLIP forward: two per SM fill the GPU; more would only
-    grow the [programs, M] column partials."""
+    grow the [programs, M] column partials. Under the emulator: a few, or with
+    CONTRASTIVE_KERNELS_LAUNCH_AS those of the GPU it names (the emulated kernels then
+    size every other part of the launch for that GPU too), so that counting measures the
+    launch a GPU would get."""
     if device.type != "cuda":
-        return _EMULATED_PROGRAMS
+        from .triton.launch import SM_COUNT, launch_as  # the one parser of LAUNCH_AS
+        arch = launch_as()
+        return 2 * SM_COUNT[arch] if arch else _EMULATED_PROGRAMS
     index = device.index if device.index is not None else torch.cuda.current_device()
     return 2 * _sm_count(index)
 

@@ -1,8 +1,8 @@
 // Driver of the emulated CUDA engine (the real kernels of csrc/cuda, compiled as host C++
 // against csrc/emu): calls the host entry points of engine_cuda.h on small CPU tensors and
 // checks every result against a float64 ATen reference (autograd for the gradients).
-// Built and run by tests/test_cuda_emu_sanitizers.py plainly, under ThreadSanitizer and
-// under AddressSanitizer+UBSan, and with planted bugs the sanitizers must catch:
+// Built by tests/engine_sanitizers.py and run under ThreadSanitizer (test_cuda_emu_tsan.py)
+// and AddressSanitizer+UBSan (test_cuda_emu_asan.py), also with planted bugs they must catch:
 //   g++ -std=c++20 -O1 -pthread -I csrc -I <torch>/include engine_driver.cpp
 //       softmax_engine_emu.o pairwise_engine_emu.o -L<torch>/lib -ltorch -ltorch_cpu -lc10
 // (the two engine objects built with -DCK_CUDA_EMULATE -include csrc/emu/cuda_emu.h).
