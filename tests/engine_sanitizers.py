@@ -10,9 +10,9 @@ bitwise — and dQ-only / dK-only backward, SigLIP and Hadsell pairwise forward/
 batch-hard mining) on ragged shapes, split column ranges, two feature panels (D = 300) and a
 35-tile range (two blocked-sum groups), in fp32 (SIMT), fp16 and bf16 (mma.sync from
 ldmatrix, cp.async operand loads) and fp64, and checks each result against a float64 ATen
-reference. It is linked with the
-two emulated engine translation units (csrc/emu/softmax_engine_emu.cpp,
-pairwise_engine_emu.cpp) in two flavours, each run must also pass every check:
+reference. It is linked with the two emulated engine translation units
+(csrc/emu/softmax_engine_emu.cpp, pairwise_engine_emu.cpp) in two flavours, and each run
+must also pass every check:
 
 - ThreadSanitizer: no report on the real kernels;
 - AddressSanitizer + UBSan: no report on the real kernels.
@@ -195,6 +195,8 @@ def objects(flavour):
     for stale in CACHE.glob(f"{flavour}-*"):  # older builds of this flavour
         if stale != out_dir and stale.name[len(flavour) + 1:].isalnum():
             shutil.rmtree(stale, ignore_errors=True)
+    for retired in CACHE.glob("plain-*"):  # the flavour this file no longer builds
+        shutil.rmtree(retired, ignore_errors=True)
     return out_dir
 
 

@@ -150,6 +150,15 @@ print(launch.sm_count(q.device), fwd == te._fit(te.tile_config(256, torch.bfloat
 """
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="an interpreter switch")
+@pytest.mark.parametrize("arch, sms", [(90, 132), (80, 108)])
+def test_launch_as_gives_the_interpreter_the_gpu_launch(arch, sms):
+    env = dict(os.environ, TRITON_INTERPRET="1", CONTRASTIVE_KERNELS_LAUNCH_AS=f"sm_{arch}")
+    out = subprocess.run([sys.executable, "-c", _LAUNCH_AS_PROBE.format(arch=arch)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[:3] == [str(sms), "True", "True"]
+    assert int(out[3]) > 32  # not the interpreter's test tile
+
 
 @pytest.mark.parametrize("arch, programs", [(None, 3), ("sm_90", 264), ("sm_80", 216)])
 def test_emulated_cuda_clip_forward_gets_the_gpu_persistent_programs(arch, programs,
@@ -164,15 +173,6 @@ def test_emulated_cuda_clip_forward_gets_the_gpu_persistent_programs(arch, progr
     else:
         monkeypatch.setenv(launch.LAUNCH_AS_ENV, arch)
     assert cuda_backend.column_programs(torch.device("cpu")) == programs
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="an interpreter switch")
-@pytest.mark.parametrize("arch, sms", [(90, 132), (80, 108)])
-def test_launch_as_gives_the_interpreter_the_gpu_launch(arch, sms):
-    env = dict(os.environ, TRITON_INTERPRET="1", CONTRASTIVE_KERNELS_LAUNCH_AS=f"sm_{arch}")
-    out = subprocess.run([sys.executable, "-c", _LAUNCH_AS_PROBE.format(arch=arch)],
-                         env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert out[:3] == [str(sms), "True", "True"]
-    assert int(out[3]) > 32  # not the interpreter's test tile
 
 
 def test_deterministic_partials_are_capped(monkeypatch):
