@@ -1,14 +1,15 @@
 """The CPU emulation of the CUDA execution model (csrc/emu/cuda_emu.h): its standalone
 self-test (csrc/emu/tests/emu_selftest.cpp: barriers, warp collectives, atomics, wmma, the
 PTX-level cp.async / ldmatrix / mma.sync m16n8k16 against the PTX ISA's fragment layouts,
-the traffic counters) built with g++ and run plainly, under
-ThreadSanitizer and under AddressSanitizer+UBSan — clean — and in the planted-bug variants
+the traffic counters) built with g++ and run in both execution models (fibers, the default;
+one OS thread per CUDA thread with -DCK_EMU_OS_THREADS), under ThreadSanitizer (OS threads)
+and under AddressSanitizer+UBSan (fibers, annotated) — clean — and in the planted-bug variants
 the sanitizers must catch (a removed __syncthreads(), reads past a __shared__ array and past
 a global buffer).
 
 Binaries are cached in build/emu_selftest/<variant>-<hash>/, the hash covering the emulation
 headers, the self-test source, the flags and the compiler, so only a change rebuilds. Cold
-(five builds, ASan+UBSan the slowest) about a minute on two busy cores; cached, the runs
+(six builds, ASan+UBSan the slowest) about a minute on two busy cores; cached, the runs
 alone (the ThreadSanitizer one dominates) take well under half a minute."""
 import functools
 import hashlib
@@ -47,6 +48,7 @@ TSAN = ["-fsanitize=thread", "-g", "-O1"]
 ASAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
 VARIANTS = {
     "plain": ["-O1", "-Wall", "-Wextra"],
+    "threads": ["-O1", "-Wall", "-Wextra", "-DCK_EMU_OS_THREADS"],
     "tsan": TSAN,
     "tsan-race": TSAN + ["-DPLANT_RACE"],
     "asan": ASAN,
@@ -100,19 +102,18 @@ _run_asan = functools.partial(sanitizer_run.run_asan, timeout=RUN_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
-def plain():
-    return _build("plain")
-
-
-@pytest.fixture(scope="module")
 def asan_oob():
     return _build("asan-oob")
 
 
-def test_selftest_passes(plain):
-    rc, out = _run(plain)
+@pytest.mark.parametrize("variant,model", [("plain", "fibers"), ("threads", "os-threads")])
+def test_selftest_passes(variant, model):
+    """Both execution models (fibers by default, one OS thread per CUDA thread under
+    ThreadSanitizer or -DCK_EMU_OS_THREADS) pass every check, deadlocks and divergence
+    included."""
+    rc, out = _run(_build(variant))
     assert rc == 0, out
-    assert "emu_selftest: all checks passed" in out, out
+    assert f"emu_selftest: all checks passed ({model})" in out, out
     for name in ("indices", "barriers", "sync_count", "syncwarp", "shuffles", "atomics", "wmma",
                  "ptx", "traffic", "misc", "errors"):
         assert any(line.split()[:2] == [name, "ok"] for line in out.splitlines()), (name, out)
@@ -122,7 +123,7 @@ def test_selftest_is_race_free_under_tsan():
     rc, out = _run_tsan(_build("tsan"))
     assert "ThreadSanitizer" not in out, out[-8000:]
     assert rc == 0, out[-8000:]
-    assert "emu_selftest: all checks passed" in out, out[-8000:]
+    assert "emu_selftest: all checks passed (os-threads)" in out, out[-8000:]
 
 
 def test_tsan_catches_the_planted_race():
@@ -136,7 +137,7 @@ def test_selftest_is_clean_under_asan_ubsan():
     rc, out = _run_asan(_build("asan"))
     assert "AddressSanitizer" not in out and "runtime error" not in out, out[-8000:]
     assert rc == 0, out[-8000:]
-    assert "emu_selftest: all checks passed" in out, out[-8000:]
+    assert "emu_selftest: all checks passed (fibers)" in out, out[-8000:]
 
 
 @pytest.mark.parametrize("where,kind", [("shared", "global-buffer-overflow"),

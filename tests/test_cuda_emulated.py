@@ -1,6 +1,6 @@
 """The CUDA C++ engine's kernels, executed: every per-loss harness test on backend="cuda"
 under CONTRASTIVE_KERNELS_CUDA_EMULATE=1 (the same kernel sources compiled against the CPU
-emulation of the CUDA execution model in csrc/emu: one OS thread per CUDA thread, real
+emulation of the CUDA execution model in csrc/emu: one fiber per CUDA thread, real
 barriers, wmma as warp collectives).
 
 The variable must be set before contrastive_kernels is imported (it decides which extension

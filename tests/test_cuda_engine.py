@@ -34,7 +34,8 @@ def test_half_gradients_survive_a_large_batch_mean(dtype, backend):
     if backend == "triton" and EMULATED:
         pytest.skip("the Triton interpreter upcasts half tile products: compiled Triton only")
     # 1/N² is below fp16's smallest normal (6e-5) from N ≈ 130 on; the emulator takes a
-    # smaller batch than a GPU (its threads are OS threads), which still makes the point.
+    # smaller batch than a GPU (it runs every CUDA thread on the CPU), which still makes the
+    # point.
     x, y = _pair(512 if EMULATED else 4096, 64, dtype, 0)
     grads = []
     for backend, t in ((backend, dtype), ("torch", torch.float64)):

@@ -31,9 +31,10 @@ launches of their own block. The grids are planned for the GPU the emulator stan
 H100: 132 SMs, 227 KB of shared memory per block; ``CONTRASTIVE_KERNELS_LAUNCH_AS=sm_80``: an
 A100, 108 SMs, 163 KB), with the same occupancy model as on a device.
 
-Cost: emulated launches run one OS thread per CUDA thread. Measured on two shared cores,
-forward + backward, bf16: CLIP N = M = 2048, D = 256 about 6–10 minutes (the forward alone
-3), SigLIP the same shape about 6, a MoCo queue (64 × 4096, D = 128) about 20 seconds. At a
+Cost: emulated launches run one fiber per CUDA thread, switched at barriers (until
+2026-12-03 one OS thread per CUDA thread, when CLIP N = M = 2048, D = 256 bf16 forward +
+backward took 6–10 minutes on two shared cores; fibers made the emulated test harness ten
+times faster). At a
 reduced size the tile kernels' operand bytes and FLOPs scale with the tiles visited
 (N/64 · M/64 · D) and the per-row terms with N·D, but the column split — and with it the
 grid, the split partials and the atomics of the owned gradient rows — is planned for the

@@ -18,7 +18,8 @@
 //     garbage; kernels must not rely on either); `extern __shared__ T a[];` cannot be written
 //     — use ck_emu::dynamic_shared<T>() for the launch's dynamic shared memory.
 //   * threadIdx, blockIdx, blockDim, gridDim (thread_local, uint3/dim3), warpSize.
-//   * one OS thread per CUDA thread of a block; __syncthreads(_count/_and/_or) as a real
+//   * one fiber (ThreadSanitizer builds: one OS thread) per CUDA thread of a block;
+//     __syncthreads(_count/_and/_or) as a real
 //     block barrier, __syncwarp() as a warp barrier; barrier divergence and deadlocks are
 //     detected and reported by ck_emu::launch.
 //   * full-mask warp collectives: __shfl_sync, __shfl_up_sync, __shfl_down_sync,

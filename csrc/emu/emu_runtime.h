@@ -6,10 +6,14 @@
 //   * A launch runs its blocks one after another, in linear order (x fastest). Launches are
 //     serialized by one process-wide mutex, so the static storage behind __shared__ holds the
 //     shared memory of exactly one running block.
-//   * Every CUDA thread of a block is an OS thread (std::thread). The launch starts
-//     blockDim.x·y·z threads once; each executes the kernel body for block 0, 1, 2, ... and
-//     the threads meet at an internal end-of-block rendezvous between two blocks (so the next
-//     block never sees a thread of the previous one still running).
+//   * Every CUDA thread of a block is a fiber of the launching thread (CK_EMU_FIBERS, below:
+//     the default) or an OS thread (ThreadSanitizer builds, -DCK_EMU_OS_THREADS). Fibers:
+//     each block's fibers start at the kernel body, run one at a time, each until it parks
+//     at a barrier or leaves the kernel; a completed phase makes its fibers runnable again.
+//     OS threads: the launch starts blockDim.x·y·z std::threads once; each executes the
+//     kernel body for block 0, 1, 2, ... and the threads meet at an internal end-of-block
+//     rendezvous between two blocks (so the next block never sees a thread of the previous
+//     one still running). Everything below holds in both models.
 //   * __syncthreads() is a real barrier of the block's threads, __syncwarp() and every warp
 //     collective (shuffles, votes, wmma) one of the warp's lanes. Each barrier is a mutex +
 //     condition variable of its own (not std::barrier), so that (1) a thread that returns
@@ -59,6 +63,28 @@
 #include <utility>
 #include <vector>
 
+// Execution of a block's threads. ThreadSanitizer builds (and -DCK_EMU_OS_THREADS) run every
+// CUDA thread as an OS thread: ThreadSanitizer must see real threads. Every other Linux build
+// (AddressSanitizer's too, told of each stack switch) runs them as fibers (ucontext) on the
+// launching thread,
+// switched only where a CUDA thread waits at a barrier: the same barriers, the same
+// interleavings a GPU allows, the same deadlock and divergence detection, without the
+// futex sleep and wake-up of one OS thread per lane at every warp collective (measured: a
+// 70 x 70 CLIP step made ~365,000 futex calls as OS threads, nearly all of its run time).
+#if !defined(CK_EMU_OS_THREADS) && defined(__linux__) && !defined(__SANITIZE_THREAD__)
+#define CK_EMU_FIBERS 1
+#include <sys/mman.h>
+#include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define CK_EMU_ASAN_FIBERS 1
+#else
+#define CK_EMU_ASAN_FIBERS 0
+#endif
+#else
+#define CK_EMU_FIBERS 0
+#endif
+
 namespace ck_emu {
 
 // A launch failed (bad configuration, deadlock, divergence). Exceptions thrown by kernel
@@ -105,6 +131,7 @@ struct Barrier {
   unsigned long long gen = 0;
   long long acc = 0;                   // Σ predicate of the current phase
   long long result = 0, result_n = 0;  // Σ predicate / participants of the last phase
+  std::vector<unsigned> parked;        // fibers waiting for this phase (fiber mode)
 };
 
 struct Warp {
@@ -172,6 +199,22 @@ struct Launch {
   std::string divergence;
   unsigned long long diverged_blocks = 0;
 
+#if CK_EMU_FIBERS
+  // Fiber mode: the block's threads as contexts of the launching thread. A fiber runs until
+  // it parks at a barrier or leaves the kernel; release() marks a phase's fibers runnable.
+  ucontext_t scheduler{};
+  std::vector<ucontext_t> fiber;
+  std::vector<unsigned char> runnable;
+  std::vector<unsigned char> finished_fiber;
+
+  void unpark(Barrier& b) {
+    for (unsigned t : b.parked) runnable[t] = 1;
+    b.parked.clear();
+  }
+  // Back to the scheduler until a release (or the deadlock unwinding) makes tid runnable.
+  void park(unsigned tid);
+#endif
+
   static dim3 unflatten(unsigned long long i, const dim3& d) {
     return dim3(static_cast<unsigned>(i % d.x), static_cast<unsigned>((i / d.x) % d.y),
                 static_cast<unsigned>(i / (static_cast<unsigned long long>(d.x) * d.y)));
@@ -209,7 +252,11 @@ struct Launch {
     b.acc = 0;
     b.arrived = 0;
     ++b.gen;
+#if CK_EMU_FIBERS
+    unpark(b);
+#else
     b.cv.notify_all();
+#endif
   }
 
   // Every running thread is blocked at a barrier whose phase needs an arrival from a thread
@@ -236,9 +283,13 @@ struct Launch {
     }
     msg << "); " << (nthreads - running_of(s)) << " threads had returned";
     deadlock = msg.str();
-    auto wake = [](Barrier& b) {
+    auto wake = [this](Barrier& b) {
+#if CK_EMU_FIBERS
+      unpark(b);
+#else
       { std::lock_guard<std::mutex> g(b.m); }
       b.cv.notify_all();
+#endif
     };
     wake(bar);
     for (unsigned w2 = 0; w2 < nwarps; ++w2) wake(warps[w2].bar);
@@ -260,7 +311,16 @@ struct Launch {
         declare_deadlock(s);
         lk.lock();
       }
+#if CK_EMU_FIBERS
+      if (b.gen == g && !aborted.load(std::memory_order_relaxed)) {
+        b.parked.push_back(tid);
+        lk.unlock();  // no fiber may find it held: they all run on this OS thread
+        park(tid);
+        lk.lock();
+      }
+#else
       b.cv.wait(lk, [&] { return b.gen != g || aborted.load(std::memory_order_relaxed); });
+#endif
       where[tid].store(nullptr, std::memory_order_relaxed);
       if (b.gen == g) throw block_abort{};
     }
@@ -396,6 +456,9 @@ inline void set_last_error(std::string msg) {
 
 }  // namespace detail
 
+// How this build runs a block's threads: "fibers" or "os-threads" (see CK_EMU_FIBERS).
+inline constexpr const char* kExecutionModel = CK_EMU_FIBERS ? "fibers" : "os-threads";
+
 // Message of the most recent launch's failure; empty when it succeeded.
 inline std::string last_error() {
   std::lock_guard<std::mutex> g(detail::error_state().m);
@@ -471,6 +534,152 @@ inline void thread_main(Launch* L, unsigned tid) {
   std::lock_guard<std::mutex> g(L->traffic_m);
   L->traffic += c.traffic;
 }
+
+#if CK_EMU_FIBERS
+// Fiber mode. Launches are serialized (launch_mutex), so one launch's fibers are the only
+// ones: the entry function finds them here (makecontext passes only ints).
+struct FiberLaunch {
+  Launch* L = nullptr;
+  std::vector<ThreadCtx> ctx;
+};
+inline FiberLaunch& fiber_launch() {
+  static FiberLaunch f;
+  return f;
+}
+
+// AddressSanitizer keeps per-stack state: it is told before every switch which stack comes
+// next and, after it, that the switch happened (no-ops in other builds).
+struct StackSpan {
+  const void* bottom = nullptr;
+  std::size_t size = 0;
+};
+inline StackSpan& scheduler_stack() {
+  static StackSpan s;
+  return s;
+}
+inline void before_switch([[maybe_unused]] void** fake_stack, [[maybe_unused]] const void* bottom,
+                          [[maybe_unused]] std::size_t size) {
+#if CK_EMU_ASAN_FIBERS
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#endif
+}
+inline void after_switch([[maybe_unused]] void* fake_stack, [[maybe_unused]] StackSpan* from) {
+#if CK_EMU_ASAN_FIBERS
+  __sanitizer_finish_switch_fiber(fake_stack, from != nullptr ? &from->bottom : nullptr,
+                                  from != nullptr ? &from->size : nullptr);
+#endif
+}
+
+inline void Launch::park(unsigned tid) {
+  runnable[tid] = 0;
+  void* fake = nullptr;
+  before_switch(&fake, scheduler_stack().bottom, scheduler_stack().size);
+  swapcontext(&fiber[tid], &scheduler);
+  after_switch(fake, nullptr);
+}
+
+// One CUDA thread's part of the current block; returning resumes the scheduler (uc_link).
+inline void fiber_main(int tid_int) {
+  after_switch(nullptr, &scheduler_stack());  // entered from the scheduler's stack
+  const unsigned tid = static_cast<unsigned>(tid_int);
+  Launch* L = fiber_launch().L;
+  ThreadCtx& c = fiber_launch().ctx[tid];
+  std::exception_ptr err;
+  try {
+    (*L->body)();
+  } catch (const block_abort&) {
+  } catch (...) {
+    err = std::current_exception();
+  }
+  complete_copies(c, -1);  // copies the thread never waited for still land (as on a GPU)
+  L->drop(tid);
+  if (err && !L->error) L->error = err;
+  ++L->finished;
+  L->finished_fiber[tid] = 1;
+  before_switch(nullptr, scheduler_stack().bottom, scheduler_stack().size);  // this stack ends
+}
+
+// Stacks of the block's fibers: mapped once per launch (reserved, touched lazily), with a
+// guard page below each so that an overflow faults instead of corrupting its neighbour.
+class FiberStacks {
+ public:
+  static constexpr std::size_t kBytes = 256 * 1024, kGuard = 4096;
+  explicit FiberStacks(unsigned n) : n_(n) {
+    base_ = static_cast<char*>(mmap(nullptr, n * kBytes, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    if (base_ == MAP_FAILED) throw launch_error("could not map the fiber stacks");
+    for (unsigned t = 0; t < n; ++t) mprotect(base_ + t * kBytes, kGuard, PROT_NONE);
+  }
+  ~FiberStacks() { munmap(base_, n_ * kBytes); }
+  FiberStacks(const FiberStacks&) = delete;
+  FiberStacks& operator=(const FiberStacks&) = delete;
+  void* stack(unsigned t) const { return base_ + t * kBytes + kGuard; }
+  static constexpr std::size_t size() { return kBytes - kGuard; }
+
+ private:
+  unsigned n_;
+  char* base_;
+};
+
+// Runs the launch's blocks in order; within a block, round-robin over the runnable fibers,
+// each until it parks at a barrier or leaves the kernel. A release makes the phase's fibers
+// runnable; when every running fiber waits, arrive_and_wait/drop declare the deadlock
+// (exactly as with OS threads) and unpark them to unwind.
+inline void run_fibers(Launch* L) {
+  FiberLaunch& fl = fiber_launch();
+  fl.L = L;
+  fl.ctx.assign(L->nthreads, ThreadCtx{});
+  FiberStacks stacks(L->nthreads);
+  L->fiber.assign(L->nthreads, ucontext_t{});
+  L->runnable.assign(L->nthreads, 0);
+  L->finished_fiber.assign(L->nthreads, 0);
+  for (unsigned t = 0; t < L->nthreads; ++t) fl.ctx[t] = ThreadCtx{L, t, t % kWarpSize, t / kWarpSize, 0, {}, {}, {}};
+  blockDim = L->block;
+  gridDim = L->grid;
+  for (unsigned long long b = 0; b < L->nblocks; ++b) {
+    const dim3 bi = Launch::unflatten(b, L->grid);
+    for (unsigned t = 0; t < L->nthreads; ++t) {
+      ucontext_t& uc = L->fiber[t];
+      getcontext(&uc);
+      uc.uc_stack.ss_sp = stacks.stack(t);
+      uc.uc_stack.ss_size = FiberStacks::size();
+      uc.uc_link = &L->scheduler;
+      makecontext(&uc, reinterpret_cast<void (*)()>(&fiber_main), 1, static_cast<int>(t));
+      fl.ctx[t].xphase = 0;
+      L->runnable[t] = 1;
+      L->finished_fiber[t] = 0;
+    }
+    for (unsigned live = L->nthreads; live > 0;) {
+      bool ran = false;
+      for (unsigned t = 0; t < L->nthreads; ++t) {
+        if (!L->runnable[t] || L->finished_fiber[t]) continue;
+        ran = true;
+        tls = &fl.ctx[t];
+        threadIdx = uint3{t % L->block.x, (t / L->block.x) % L->block.y, t / (L->block.x * L->block.y)};
+        blockIdx = uint3{bi.x, bi.y, bi.z};
+        void* fake = nullptr;
+        before_switch(&fake, stacks.stack(t), FiberStacks::size());
+        swapcontext(&L->scheduler, &L->fiber[t]);
+        after_switch(fake, nullptr);
+        tls = nullptr;
+        live -= L->finished_fiber[t];
+        if (L->finished_fiber[t]) L->runnable[t] = 0;
+      }
+      if (!ran && live > 0)  // cannot happen: the last fiber to park declares the deadlock
+        throw launch_error("ck_emu internal error: every fiber parked with no deadlock declared");
+    }
+    L->end_block();
+    if (L->stop) break;
+  }
+  threadIdx = uint3{0, 0, 0};
+  blockIdx = uint3{0, 0, 0};
+  blockDim = dim3(1, 1, 1);
+  gridDim = dim3(1, 1, 1);
+  for (const ThreadCtx& c : fl.ctx) L->traffic += c.traffic;
+  fl.ctx.clear();
+  fl.L = nullptr;
+}
+#endif
 
 inline std::string describe(std::exception_ptr e) {
   try {
@@ -558,6 +767,9 @@ inline void run(const dim3& grid, const dim3& block, std::size_t shared_bytes,
   L->where.reset(new std::atomic<const char*>[L->nthreads]);
   L->reset_block();
 
+#if CK_EMU_FIBERS
+  run_fibers(L.get());
+#else
   std::vector<std::thread> threads;
   threads.reserve(L->nthreads);
   try {
@@ -580,6 +792,7 @@ inline void run(const dim3& grid, const dim3& block, std::size_t shared_bytes,
   }
   L->gate_cv.notify_all();
   for (auto& t : threads) t.join();
+#endif
   record_launch(name, *L);
 
   if (L->error) {

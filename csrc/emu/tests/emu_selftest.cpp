@@ -948,7 +948,7 @@ int main(int argc, char** argv) {
     std::printf("emu_selftest: %d failure(s)\n", total);
     return 1;
   }
-  std::printf("emu_selftest: all checks passed\n");
+  std::printf("emu_selftest: all checks passed (%s)\n", ck_emu::kExecutionModel);
   return 0;
 #endif
 }
