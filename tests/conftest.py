@@ -9,3 +9,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Kernel outputs start as NaN, so an element a kernel never writes fails the comparison.
 os.environ["CONTRASTIVE_KERNELS_POISON"] = "1"
+
+# The files with the longest serial chains (a sanitizer build and run, the emulated harness in
+# a child pytest, AOT compiles) go first, so that pytest-xdist (--dist loadfile hands out
+# files in collection order) starts them at once and the short files fill the other worker
+# around them; collected alphabetically they started last and ran alone at the end.
+_LONG_FIRST = ("test_cuda_emu_tsan.py", "test_cuda_emu_asan.py", "test_cuda_emulated.py",
+               "test_aot.py", "test_cuda_build.py", "test_cuda_emu_runtime.py",
+               "test_cuda_traffic.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept

@@ -74,33 +74,40 @@ def local_slices(tensors, counts, rank):
     return out
 
 
-def run(rank, world, init_file, out_dir, loss, counts, d, mode, backend, reduction):
+def run(rank, world, init_file, out_dir, losses, counts, d, mode, backend, reduction):
+    """Each loss of `losses` (one name or several, in one process group: starting the
+    processes is most of a test's time) on this rank's slice; writes rank{rank}-{loss}.pt."""
     os.environ.setdefault("CONTRASTIVE_KERNELS_POISON", "1")
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=60))
         import contrastive_kernels as ck
         torch.set_num_threads(1)
-        tensors = local_slices(problem(loss, counts, d, 0), counts, rank)
-        leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v)
-                  for k, v in tensors.items()}
-        scalars = [torch.tensor(s, dtype=torch.float64, requires_grad=True)
-                   for s in SCALARS[loss]]
-        out = call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD,
-                   dist_mode=mode, reduction=reduction) if reduction != "mean" else \
-            call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD, dist_mode=mode)
-        result = {"loss": out.detach()}
-        if reduction != "none":
-            out.backward()
-            result["grads"] = {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
-            result["scalar_grads"] = [s.grad for s in scalars]
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        for loss in ([losses] if isinstance(losses, str) else losses):
+            _run_one(ck, rank, out_dir, loss, counts, d, mode, backend, reduction)
         dist.barrier()
         dist.destroy_process_group()
     except Exception:  # the parent reports it
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
         sys.exit(1)
+
+
+def _run_one(ck, rank, out_dir, loss, counts, d, mode, backend, reduction):
+    tensors = local_slices(problem(loss, counts, d, 0), counts, rank)
+    leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v)
+              for k, v in tensors.items()}
+    scalars = [torch.tensor(s, dtype=torch.float64, requires_grad=True)
+               for s in SCALARS[loss]]
+    out = call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD,
+               dist_mode=mode, reduction=reduction) if reduction != "mean" else \
+        call(ck, loss, leaves, scalars, backend, group=dist.group.WORLD, dist_mode=mode)
+    result = {"loss": out.detach()}
+    if reduction != "none":
+        out.backward()
+        result["grads"] = {k: v.grad for k, v in leaves.items() if v.is_floating_point()}
+        result["scalar_grads"] = [s.grad for s in scalars]
+    torch.save(result, os.path.join(out_dir, f"rank{rank}-{loss}.pt"))
 
 
 def run_absent_peer(rank, world, init_file, out_dir):
