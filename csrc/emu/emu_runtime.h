@@ -495,6 +495,27 @@ inline constexpr int warpSize = 32;
 namespace ck_emu {
 namespace detail {
 
+// Thread tid's coordinates in the block (x fastest).
+inline uint3 thread_index(unsigned tid, const dim3& block) {
+  return uint3{tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
+}
+
+// One CUDA thread's run of the kernel body for the current block, in either execution model:
+// the body, its pending copies landed, the thread dropped from its barriers. Returns what the
+// body threw (nothing for the deadlock unwinding), for the caller to record.
+inline std::exception_ptr run_body(Launch* L, ThreadCtx& c, unsigned tid) {
+  std::exception_ptr err;
+  try {
+    (*L->body)();
+  } catch (const block_abort&) {
+  } catch (...) {
+    err = std::current_exception();
+  }
+  complete_copies(c, -1);  // copies the thread never waited for still land (as on a GPU)
+  L->drop(tid);
+  return err;
+}
+
 inline void thread_main(Launch* L, unsigned tid) {
   ThreadCtx c{L, tid, tid % kWarpSize, tid / kWarpSize, 0, {}, {}, {}};
   {
@@ -503,23 +524,14 @@ inline void thread_main(Launch* L, unsigned tid) {
     if (L->cancel) return;
   }
   tls = &c;
-  threadIdx = uint3{tid % L->block.x, (tid / L->block.x) % L->block.y,
-                    tid / (L->block.x * L->block.y)};
+  threadIdx = thread_index(tid, L->block);
   blockDim = L->block;
   gridDim = L->grid;
   for (unsigned long long b = 0; b < L->nblocks; ++b) {
     const dim3 bi = Launch::unflatten(b, L->grid);
     blockIdx = uint3{bi.x, bi.y, bi.z};
     c.xphase = 0;
-    std::exception_ptr err;
-    try {
-      (*L->body)();
-    } catch (const block_abort&) {
-    } catch (...) {
-      err = std::current_exception();
-    }
-    complete_copies(c, -1);  // copies the thread never waited for still land (as on a GPU)
-    L->drop(tid);
+    const std::exception_ptr err = run_body(L, c, tid);
     std::unique_lock<std::mutex> lk(L->block_m);
     if (err && !L->error) L->error = err;
     if (++L->finished == L->nthreads) {
@@ -583,18 +595,8 @@ inline void fiber_main(int tid_int) {
   after_switch(nullptr, &scheduler_stack());  // entered from the scheduler's stack
   const unsigned tid = static_cast<unsigned>(tid_int);
   Launch* L = fiber_launch().L;
-  ThreadCtx& c = fiber_launch().ctx[tid];
-  std::exception_ptr err;
-  try {
-    (*L->body)();
-  } catch (const block_abort&) {
-  } catch (...) {
-    err = std::current_exception();
-  }
-  complete_copies(c, -1);  // copies the thread never waited for still land (as on a GPU)
-  L->drop(tid);
+  const std::exception_ptr err = run_body(L, fiber_launch().ctx[tid], tid);
   if (err && !L->error) L->error = err;
-  ++L->finished;
   L->finished_fiber[tid] = 1;
   before_switch(nullptr, scheduler_stack().bottom, scheduler_stack().size);  // this stack ends
 }
@@ -655,7 +657,7 @@ inline void run_fibers(Launch* L) {
         if (!L->runnable[t] || L->finished_fiber[t]) continue;
         ran = true;
         tls = &fl.ctx[t];
-        threadIdx = uint3{t % L->block.x, (t / L->block.x) % L->block.y, t / (L->block.x * L->block.y)};
+        threadIdx = thread_index(t, L->block);
         blockIdx = uint3{bi.x, bi.y, bi.z};
         void* fake = nullptr;
         before_switch(&fake, stacks.stack(t), FiberStacks::size());
@@ -663,7 +665,6 @@ inline void run_fibers(Launch* L) {
         after_switch(fake, nullptr);
         tls = nullptr;
         live -= L->finished_fiber[t];
-        if (L->finished_fiber[t]) L->runnable[t] = 0;
       }
       if (!ran && live > 0)  // cannot happen: the last fiber to park declares the deadlock
         throw launch_error("ck_emu internal error: every fiber parked with no deadlock declared");
