@@ -27,6 +27,7 @@ from results_md import write_block  # noqa: E402
 # on-chip rows, warps, stages). The first is the table's current sm_90 aligned choice.
 CANDIDATES = {
     256: (("table", None, None),
+          ("128x64/64x16 s1", (128, 64, None, 8, 2), (64, 16, None, 8, 1)),
           ("128x64/128x32 s3", (128, 64, None, 8, 3), (128, 32, None, 8, 2)),
           ("128x128/64x64", (128, 128, None, 8, 2), (64, 64, None, 8, 2)),
           ("64x64/64x32", (64, 64, None, 4, 2), (64, 32, None, 8, 2)),
@@ -41,13 +42,17 @@ PROBLEMS = (("clip", 16384, 16384, 256), ("clip", 65536, 65536, 256),
 
 @contextlib.contextmanager
 def tiles(d: int, fwd, bwd):
-    """The softmax engine's aligned bf16/fp16 tile class of width d replaced by (fwd,
-    bwd) for the duration (the table itself when both are None)."""
+    """The softmax engine's aligned bf16/fp16 tile class of width d (both the "half" and
+    the bf16-only rows) replaced by (fwd, bwd) for the duration (the table itself when
+    both are None)."""
     from contrastive_kernels.backends.triton import softmax as te
     saved = te._ALIGNED_TILES
     if fwd is not None:
-        rows = tuple(r for r in saved[90].get("half", ()) if r[0] != d)
-        te._ALIGNED_TILES = {**saved, 90: {**saved[90], "half": ((d, fwd, bwd),) + rows}}
+        sm90 = dict(saved[90])
+        for key, rows in saved[90].items():
+            kept = [r for r in rows if r[0] != d] + [(d, fwd, bwd)]
+            sm90[key] = tuple(sorted(kept, key=lambda r: r[0]))
+        te._ALIGNED_TILES = {**saved, 90: sm90}
     try:
         yield
     finally:

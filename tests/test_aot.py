@@ -5,6 +5,7 @@ ahead of time for sm_80 and sm_90; none may spill, the half-precision tile produ
 run on tensor cores (HMMA on sm_80; HMMA or HGMMA on sm_90), and the committed resource
 table (benchmarks/aot_resources.json, RESULTS.md) must describe exactly these binaries."""
 import dataclasses
+import itertools
 import json
 import pathlib
 
@@ -97,11 +98,14 @@ def test_every_width_maps_to_a_catalogued_pairwise_tile(arch, variants):
              for v in variants if v.name == "_pair_kernel" and v.target.arch == arch}
     for dtype in aot.DTYPES:
         for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
-            for aligned in {False, d % 16 == 0}:
-                cfgs = tp.tile_config(d, dtype, interpret=False, arch=arch, aligned=aligned)
+            for aligned, kind in itertools.product({False, d % 16 == 0},
+                                                   (tp.SIGLIP, tp.HADSELL)):
+                cfgs = tp.tile_config(d, dtype, interpret=False, arch=arch, aligned=aligned,
+                                      kind=kind)
                 for grad, cfg in zip((False, True), cfgs):
                     assert (aot.POINTER_TYPE[dtype], grad, cfg.block_m, cfg.block_n,
-                            cfg.block_k, cfg.num_warps) in tiles, (dtype, d, aligned, grad)
+                            cfg.block_k, cfg.num_warps) in tiles, (dtype, d, aligned, kind,
+                                                                   grad)
 
 
 def test_running_maxima_propagate_nan_in_the_compiled_code(reports, table):

@@ -1,5 +1,6 @@
 """The benchmark tooling: pytest-benchmark JSON -> plots and table (benchmarks/plot.py), and
-the dtype filter of benchmarks/tile_search.py --check."""
+the dtype filter of benchmarks/tile_search.py --check, the tile swap of
+benchmarks/tile_sweep.py."""
 import json
 import os
 import sys
@@ -76,3 +77,21 @@ def test_tile_search_check_compiles_only_the_dtype_asked_for(monkeypatch):
     assert tile_search.check("_softmax_bwd_kernel", "fp32", 90, ["64x64x16w8"])
     assert [s.signature["A"] for s in compiled] == ["*fp32", "*fp32"]
     assert sorted(s.named_constexprs["PREC"] for s in compiled) == ["ieee", "tf32"]
+
+
+def test_the_tile_sweep_swaps_the_class_for_both_half_types_and_restores_it():
+    """bf16 has its own sm_90 aligned rows: a sweep candidate must replace those too (it
+    times bf16), only at its width, and the table must come back afterwards."""
+    import torch
+    import tile_sweep
+    from contrastive_kernels.backends.triton import softmax as te
+    before = {(dt, d): te.tile_config(d, dt, arch=90, aligned=True)
+              for dt in (torch.bfloat16, torch.float16) for d in (64, 256)}
+    fwd, bwd = (64, 64, None, 4, 2), (32, 16, None, 4, 1)
+    with tile_sweep.tiles(256, fwd, bwd):
+        for dt in (torch.bfloat16, torch.float16):
+            f, b = te.tile_config(256, dt, arch=90, aligned=True)
+            assert (f.block_m, f.block_n, f.num_warps) == (64, 64, 4), dt
+            assert (b.block_m, b.block_n, b.num_stages) == (32, 16, 1), dt
+            assert te.tile_config(64, dt, arch=90, aligned=True) == before[(dt, 64)]
+    assert {k: te.tile_config(k[1], k[0], arch=90, aligned=True) for k in before} == before

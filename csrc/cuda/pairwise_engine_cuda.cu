@@ -1,10 +1,11 @@
 // The pairwise (non-softmax) engine in CUDA C++: the contract of engines/pairwise.py.
 //
-// Same tiles and block structure as the softmax engine (tile_products.cuh: 64×64 pair
-// tiles, 128 threads, 32×32 for fp64; the owned feature panel resident in shared memory, the
-// other side's panels streamed once with cp.async; mma.sync m16n8k16 from ldmatrix for half
-// inputs, SIMT FMA for fp32/fp64; the column range split across blocks when the row blocks
-// cannot fill the GPU): a block owns BM rows (or, TRANSPOSED, BM columns), recomputes each
+// Same tiles and block structure as the softmax engine (tile_products.cuh: 128×64 pair
+// tiles and 8 warps for the half types, 64×64 and 4 warps for fp32, 32×32 for fp64; the
+// owned feature panel resident in shared memory (the half types' owned gradient rows in
+// registers), the other side's panels streamed once with cp.async; mma.sync m16n8k16 from
+// ldmatrix for half inputs, SIMT FMA for fp32/fp64; the column range split across blocks
+// when the row blocks cannot fill the GPU): a block owns BM rows (or, TRANSPOSED, BM columns), recomputes each
 // dot tile, forms dS in shared memory with one warp per owned row, and accumulates dA on chip
 // (the owned side, blocked by kGroup tiles, written once per group: a plain store, or one
 // atomic per element when the range is split) and dB (ATOMIC_B: one atomic per element and
@@ -121,7 +122,7 @@ __device__ __forceinline__ void pair_epilogue(const Smem<In>& sm, const PairPara
                                               int64_t a0, int64_t b0, bool want_rows) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
-  constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
+  constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   const Vectors<In>& v = *sm.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const Acc scale = v.scalar[0], bias = v.scalar[1], margin = v.scalar[2];
@@ -214,7 +215,7 @@ __device__ __forceinline__ void pair_vectors_b(const Smem<In>& sm, const PairPar
 }
 
 template <typename In, int KIND>
-__global__ void __launch_bounds__(kThreads, 2) pair_fwd_kernel(const PairParams<In> p) {
+__global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) pair_fwd_kernel(const PairParams<In> p) {
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   CK_DYNAMIC_SMEM(smem);
   const Smem<In> sm(smem, Layout<In>{p.panel, false});
@@ -240,13 +241,13 @@ __global__ void __launch_bounds__(kThreads, 2) pair_fwd_kernel(const PairParams<
       in_group = 0;
     }
   }
-  for (int r = threadIdx.x; r < BM; r += kThreads)
+  for (int r = threadIdx.x; r < BM; r += kTileThreads<In>)
     if (a0 + r < p.na) gstore(&p.rows[blockIdx.y * p.na + a0 + r], sm.v->tot[0][r]);
   cp_async_wait<0>();
 }
 
 template <typename In, int KIND, bool TRANSPOSED, bool ATOMIC_B>
-__global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<In> p) {
+__global__ void __launch_bounds__(kTileThreads<In>, 1) pair_bwd_kernel(const PairParams<In> p) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   static_assert(!(TRANSPOSED && ATOMIC_B), "the column pass owns its side");
@@ -266,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<
     issue_a(sm, o, a0);
     if (tr.count > 0) issue_panel(sm, o, a0, tr.at(0) * BN, 0, false);
   }
-  GradGroup group;
+  GradGroup<In> group;
   for (int64_t it = 0; it < tr.count; ++it) {
     const int64_t b0 = tr.at(it) * BN;
     tile_s(sm, o, a0, b0, panel);
@@ -277,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<
     if constexpr (ATOMIC_B && KIND == kHadsell) {
       // Σ_a dS of the tile's columns (the diagonal term of dB̂), one thread per column.
       if (lead) {
-        for (int c = threadIdx.x; c < BN; c += kThreads) {
+        for (int c = threadIdx.x; c < BN; c += kTileThreads<In>) {
           if (b0 + c >= p.nb) continue;
           Acc s = 0;
           for (int r = 0; r < BM; ++r) s += sm.S(r, c);
@@ -291,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1) pair_bwd_kernel(const PairParams<
   }
   if (tr.count == 0 && p.flush == Flush::kOwn) zero_rows<In>(da, a0, p.na, p.d, c0, p.panel);
   if (lead) {
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
+    for (int r = threadIdx.x; r < BM; r += kTileThreads<In>) {
       const int64_t ia = a0 + r;
       if (ia >= p.na) continue;
       const int64_t at = split * p.na + ia;
@@ -355,10 +356,10 @@ struct HardParams {
 };
 
 template <typename In>
-__global__ void __launch_bounds__(kThreads, 2) hardest_kernel(const HardParams<In> p) {
+__global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) hardest_kernel(const HardParams<In> p) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
-  constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
+  constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   CK_DYNAMIC_SMEM(smem);
   const Smem<In> sm(smem, Layout<In>{p.panel, false});
   Vectors<In>& v = *sm.v;  // tot[0] / tot[1]: best positive / negative distance
@@ -428,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 2) hardest_kernel(const HardParams<I
     }
     __syncthreads();
   }
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
+  for (int r = threadIdx.x; r < BM; r += kTileThreads<In>) {
     if (i0 + r < p.n) {
       gstore(&p.pos[i0 + r], best[0][r]);
       gstore(&p.neg[i0 + r], best[1][r]);
@@ -555,7 +556,7 @@ PairPass run_pair_bwd(PairParams<In> p, bool deterministic, bool want_rows, bool
   p.rows = partial(want_rows, out.rows);
   p.part0 = partial(want0, out.part0);
   p.part1 = partial(want1, out.part1);
-  if (p.na > 0) launch<kernel>(pl.grid(), kThreads, pl.smem, stream, p);
+  if (p.na > 0) launch<kernel>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
   return out;
 }
 
@@ -582,7 +583,7 @@ at::Tensor pair_forward_cuda(int64_t kind, const at::Tensor& q, const at::Tensor
       apply_plan(p, pl);
       part = pl.splits > 1 ? at::empty({pl.splits, n}, rq.options()) : output({1, n}, rq.options());
       p.rows = mut_ptr<acc_t<In>>(part);
-      launch<kernel>(pl.grid(), kThreads, pl.smem, stream, p);
+      launch<kernel>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
     });
   });
   return sum_splits(part, stream).contiguous();
@@ -697,7 +698,7 @@ std::vector<at::Tensor> hardest_pairs_cuda(const at::Tensor& x, const at::Tensor
     HardParams<In> p{ptr<In>(x), ptr<Acc>(rx), ptr<Acc>(nsq), key.data_ptr<int64_t>(),
                      pos.data_ptr<int64_t>(), neg.data_ptr<int64_t>(), n, d, pl.tiles,
                      pl.panel, pl.panels, pl.vec};
-    launch<kernel>(pl.grid(), kThreads, pl.smem, stream, p);
+    launch<kernel>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
   });
   return {pos, neg};
 }

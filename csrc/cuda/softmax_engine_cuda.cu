@@ -1,26 +1,33 @@
 // The softmax-family engine in CUDA C++: the same contract as engines/softmax.py.
 //
 // Tiles (compile-time, per input type; see TileShape and Layout in tile_products.cuh):
-//   half/bf16/fp32: 64×64 logit tiles, 128 threads (4 warps); fp64: 32×32.
+//   half/bf16: 128×64 logit tiles, 256 threads (8 warps); fp32: 64×64, 128 threads
+//   (4 warps); fp64: 32×32.
 //   A block owns a row block (or, TRANSPOSED, a column block) whose feature panel stays in
 //   shared memory (D ≤ 256; larger D in equal panels, the logits recomputed per panel block),
 //   streams the other side's panels once (cp.async, prefetched one tile ahead), and, in the
-//   backward, accumulates its own gradient rows on chip (blocked: kGroup tiles per group),
-//   writing them once per group: a plain store, or one atomic add per element when the
-//   column range is split across blocks.
+//   backward, accumulates its own gradient rows on chip (blocked: kGroup tiles per group):
+//   half types in the registers of the warp that owns them (16 rows × 256 in 128 fp32
+//   registers a thread), fp32/fp64 in shared memory; written once per group: a plain store,
+//   or one atomic add per element when the column range is split across blocks. 128 owned
+//   rows halve the streamed side's reads and gradient atomics per FLOP against 64 (a
+//   backward's FLOP per byte is below its owned rows, see README "Limitations").
 //   Half inputs: mma.sync m16n8k16 (HMMA) from ldmatrix fragments, fp32 accumulation;
 //   fp32/fp64: SIMT FMA from conflict-free padded tiles.
-// Occupancy (128 threads per block; registers from ptxas / cuobjdump, sm_80 and sm_90, no
-// spills: forward 110–113 for half inputs, 128 for fp32; backward 122–128, fp64 up to 146 —
-// registers alone would allow 3–4 blocks per SM): dynamic shared memory decides. bf16/fp16,
-// D = 256 / 128 / 64: forward 88 / 56 / 41 KB → 2 / 4 / 4 blocks per H100 SM (228 KB),
-// 1 / 2 / 3 per A100 SM (164 KB); backward 163 / 99 / 68 KB → 1 / 2 / 3 (H100), 1 / 1 / 2
-// (A100), i.e. 4–16 warps per SM: the cp.async prefetch of the next tile, not occupancy,
-// hides the load latency. fp32 keeps D ≤ 256 on chip on an H100 (214 KB backward), D ≤ 128
-// on an A100 (D = 256: two panels, the logits recomputed per panel block). The split of the
-// column range (tile_products.cuh: make_plan) sizes the grid from the SM count and this
-// occupancy (cudaOccupancyMaxActiveBlocksPerMultiprocessor), so a skinny problem (64
-// queries × a 4096-key queue) still fills the GPU. Measured table: benchmarks/cuda_report.py.
+// Occupancy (registers from ptxas / cuobjdump, sm_80 and sm_90, no spills; the table is
+// benchmarks/cuda_report.py's):
+//   half, 256 threads: forward 104–107 registers (two blocks per SM by registers), backward
+//   233–254 (one block, 8 warps, per SM). Dynamic shared memory at D = 256 / 128 / 64:
+//   forward 141 / 93 / 69 KB → 1 / 2 / 2 blocks per H100 SM (228 KB), 1 / 1 / 2 per A100 SM
+//   (164 KB); backward 159 / 111 / 87 KB (no gradient group: it is in registers) → 1 block
+//   on both. The cp.async prefetch of the next tile, not occupancy, hides the load latency.
+//   fp32, 128 threads: forward 128 registers, backward 126–128 (fp64 up to 150); fp32 keeps
+//   D ≤ 256 on chip on an H100 (214 KB backward), D ≤ 128 on an A100 (D = 256: two panels,
+//   the logits recomputed per panel block).
+// The split of the column range (tile_products.cuh: make_plan) sizes the grid from the SM
+// count and this occupancy (cudaOccupancyMaxActiveBlocksPerMultiprocessor), so a skinny
+// problem (64 queries × a 4096-key queue) still fills the GPU; a block skips the tile
+// products of its warps' rows past the last valid one (64 queries in a 128-row block).
 //
 // Kernels:
 //   inv_norm_kernel         r_i = 1/max(||x_i||, eps)
@@ -130,10 +137,10 @@ struct FwdParams {
 };
 
 template <typename In>
-__global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p) {
+__global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_kernel(const FwdParams<In> p) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
-  constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
+  constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   CK_DYNAMIC_SMEM(smem);
   const Smem<In> sm(smem, Layout<In>{p.panel, false});
   Vectors<In>& v = *sm.v;
@@ -214,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
       __syncthreads();
       if (p.need_col) {
         // Column pass over the masked logits: one thread per column.
-        for (int c = threadIdx.x; c < BN; c += kThreads) {
+        for (int c = threadIdx.x; c < BN; c += kTileThreads<In>) {
           const int64_t j = j0 + c;
           if (j >= p.m) continue;
           const Acc m_old = gload(&p.col_m[col_base + j]);
@@ -230,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
       // Blocked sums: fold the group into the row totals every kGroup tiles (thread r owns
       // row r here; the row pass's writes are behind the barrier above).
       if (++in_group == kGroup || it + 1 == tr.count) {
-        for (int r = threadIdx.x; r < BM; r += kThreads) {
+        for (int r = threadIdx.x; r < BM; r += kTileThreads<In>) {
           ck::merge_lse(v.tot[0][r], v.tot[1][r], v.grp[0][r], v.grp[1][r]);
           v.tot[2][r] += v.grp[2][r];
           v.grp[0][r] = ck::neg_inf<Acc>();
@@ -241,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const FwdParams<In> p)
       }
       // (The next tile's S store comes after tile_s's barriers: sm.S is free by then.)
     }
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
+    for (int r = threadIdx.x; r < BM; r += kTileThreads<In>) {
       const int64_t i = i0 + r;
       if (i >= p.n) continue;
       if (p.splits == 1) {
@@ -312,10 +319,10 @@ struct BwdParams {
 };
 
 template <typename In, bool TRANSPOSED, bool ATOMIC_B, bool HAS_COL>
-__global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p) {
+__global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParams<In> p) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
-  constexpr int kRowsPerWarp = BM / kWarps, kColsPerLane = BN / 32;
+  constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   CK_DYNAMIC_SMEM(smem);
   const Smem<In> sm(smem, Layout<In>{p.panel, true});
   Vectors<In>& v = *sm.v;
@@ -348,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
     issue_a(sm, o, a0);
     if (tr.count > 0) issue_panel(sm, o, a0, tr.at(0) * BN, 0, false);
   }
-  GradGroup group;
+  GradGroup<In> group;
   for (int64_t it = 0; it < tr.count; ++it) {
     const int64_t b0 = tr.at(it) * BN;
     tile_s(sm, o, a0, b0, panel);
@@ -407,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_kernel(const BwdParams<In> p)
   // No column at all (M = 0): the owned gradient rows are zero.
   if (tr.count == 0 && p.flush == Flush::kOwn) zero_rows<In>(da, a0, p.na, p.d, c0, p.panel);
   if (p.dscale != nullptr && lead) {
-    for (int r = threadIdx.x; r < BM; r += kThreads)
+    for (int r = threadIdx.x; r < BM; r += kTileThreads<In>)
       if (a0 + r < p.na) gstore(&p.dscale[split * p.na + a0 + r], v.tot[0][r]);
   }
   cp_async_wait<0>();
@@ -481,7 +488,7 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                     need_col ? mut_ptr<Acc>(col_m) : nullptr,
                     need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, pl.tiles, pl.per_split,
                     pl.panel, pl.panels, pl.vec, pl.splits, mask_diag, need_col};
-    launch<fwd_kernel<In>>(pl.grid(), kThreads, pl.smem, stream, p);
+    launch<fwd_kernel<In>>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
     if (pl.splits > 1)
       launch<merge_rows_kernel<Acc>>(static_cast<unsigned>((n + 255) / 256), 256, 0, stream,
                                      ptr<Acc>(part), mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
@@ -527,7 +534,7 @@ std::pair<at::Tensor, at::Tensor> run_bwd(BwdParams<In> p, bool deterministic, b
   p.splits = pl.splits;
   p.flush = split && !deterministic ? Flush::kAtomic : Flush::kOwn;
   p.partials = split && deterministic;
-  if (p.na > 0) launch<kernel>(pl.grid(), kThreads, pl.smem, stream, p);
+  if (p.na > 0) launch<kernel>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
   return {da, dscale};
 }
 

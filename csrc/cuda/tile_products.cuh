@@ -1,9 +1,10 @@
 // Tile machinery shared by the CUDA engines (softmax_engine_cuda.cu, pairwise_engine_cuda.cu).
 //
 // A block owns BM rows of one side ("a": the rows of S, or its columns in a transposed pass)
-// and visits column tiles of BN rows of the other side ("b"). Its operands live in shared
-// memory as panels of P ≤ 256 feature columns (P = D rounded up to 32 when that fits, else D
-// is split into equal panels):
+// and visits column tiles of BN rows of the other side ("b"): 128 × 64 with 8 warps for the
+// half types, 64 × 64 with 4 warps for fp32, 32 × 32 for fp64 (TileShape). Its operands live
+// in shared memory as panels of P ≤ 256 feature columns (P = D rounded up to 32 when that
+// fits, else D is split into equal panels):
 //   a panel  [BM][P + pad]   loaded once per block (when D fits one panel), stays on chip;
 //   b panel  [BN][P + pad]   one per column tile, streamed once: issued with cp.async in
 //                            32-column chunks (one commit group each) so the logit product
@@ -11,7 +12,8 @@
 //                            panel is issued as soon as this one is dead (prefetch);
 //   S        [BM][BN + pad]  the logit tile (accumulation dtype), then dS;
 //   dS       [BM][BN + 8]    half precision, the MMA operand of the gradient products;
-//   dA group [BM][P + pad]   (backward) the owned gradient rows, accumulated on chip;
+//   dA group [BM][P + pad]   (backward, SIMT) the owned gradient rows, accumulated on chip;
+//                            the half types keep them in registers instead (GradGroup);
 //   vectors                  per-row / per-column operands of the tile (inverse norms, keys,
 //                            saved statistics), loaded once per block / per tile.
 // Half inputs use mma.sync m16n8k16 fed by ldmatrix (mma.cuh); fp32/fp64 use SIMT FMA with
@@ -61,15 +63,29 @@
 
 namespace ck_cuda {
 namespace {
-constexpr int kThreads = 128;
+constexpr int kThreads = 128;  // the row-wise kernels' blocks
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 32;      // feature columns per cp.async group and per gradient block
 constexpr int kMaxPanel = 256;  // feature columns a panel holds at most
 constexpr int kGroup = 32;      // two-level sums: tiles per on-chip group
+constexpr int kMaxTileWarps = 8;
 
 template <typename In>
+constexpr bool kTensorCores = std::is_same_v<In, __half> || std::is_same_v<In, __nv_bfloat16>;
+
+// Tile kernels' blocks: 8 warps for the tensor-core path (each warp owns 16 of 128 rows and
+// keeps their gradient panel in registers, see GradGroup), 4 for SIMT.
+template <typename In>
+constexpr int kTileThreads = kTensorCores<In> ? 256 : 128;
+template <typename In>
+constexpr int kTileWarps = kTileThreads<In> / 32;
+
+// Owned rows (BM) against streamed rows (BN) per tile. A program owning R rows against C
+// streamed ones moves about 6·D·(R + C) bytes for 6·R·C·D FLOPs in the backward, so R bounds
+// its FLOP per byte: 128 rows for the half types.
+template <typename In>
 struct TileShape {
-  static constexpr int BM = 64, BN = 64;
+  static constexpr int BM = kTensorCores<In> ? 128 : 64, BN = 64;
 };
 template <>
 struct TileShape<double> {
@@ -78,9 +94,6 @@ struct TileShape<double> {
 
 template <typename In>
 using acc_t = std::conditional_t<std::is_same_v<In, double>, double, float>;
-
-template <typename In>
-constexpr bool kTensorCores = std::is_same_v<In, __half> || std::is_same_v<In, __nv_bfloat16>;
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v) {
@@ -155,7 +168,7 @@ struct Vectors {
   Acc tot[3][BM];          // blocked sums, level 2
   Acc grp[3][BM];          // blocked sums, the open group
   Acc scalar[4];           // scale (and friends), read once per block
-  float red[kWarps];       // block reductions
+  float red[kMaxTileWarps];  // block reductions
 };
 
 __host__ __device__ constexpr size_t align128(size_t b) { return (b + 127) / 128 * 128; }
@@ -172,7 +185,8 @@ struct Layout {
   static constexpr int LDS = kMma ? BN + 4 : BN + 1;  // logit tile
   static constexpr int LDD = BN + 8;                  // half dS tile (ldmatrix rows)
   int panel;  // P, a multiple of kChunk
-  bool grad;  // backward: dS tile and dA group accumulator
+  bool grad;  // backward: dS tile and (SIMT) the dA group accumulator; MMA keeps it in
+              // registers (GradGroup)
 
   __host__ __device__ int ldi() const { return panel + kPadIn; }
   // dA group: fp32 fragments stored as float2 at stride ≡ 8 mod 32 words (conflict-free).
@@ -186,7 +200,7 @@ struct Layout {
     return off_ds() + (grad && kMma ? align128(size_t(BM) * LDD * sizeof(In)) : 0);
   }
   __host__ __device__ size_t off_v() const {
-    return off_g() + (grad ? align128(size_t(BM) * ldg() * sizeof(Acc)) : 0);
+    return off_g() + (grad && !kMma ? align128(size_t(BM) * ldg() * sizeof(Acc)) : 0);
   }
   __host__ __device__ size_t bytes() const { return off_v() + align128(sizeof(Vectors<In>)); }
 };
@@ -227,7 +241,7 @@ __device__ __forceinline__ void load_vectors(Vectors<In>& v, int64_t r0, int64_t
   using Acc = acc_t<In>;
   constexpr int R = OWNED ? TileShape<In>::BM : TileShape<In>::BN;
   Acc* dst = OWNED ? v.ra : v.rb;
-  for (int r = threadIdx.x; r < R; r += kThreads) {
+  for (int r = threadIdx.x; r < R; r += kTileThreads<In>) {
     const int64_t i = r0 + r;
     const bool ok = i < n;
     dst[r] = ok ? gload(&inv_norm[i]) : Acc(0);
@@ -245,7 +259,7 @@ template <typename In, int ROWS>
 __device__ __forceinline__ void load_chunk(In* dst, int ld, const In* X, int64_t r0, int64_t n,
                                            int64_t D, int64_t c0, int vec) {
   const int groups = kChunk / vec;
-  for (int e = threadIdx.x; e < ROWS * groups; e += kThreads) {
+  for (int e = threadIdx.x; e < ROWS * groups; e += kTileThreads<In>) {
     const int r = e / groups, c = (e % groups) * vec;
     const int64_t row = r0 + r, col = c0 + c;
     const bool valid = row < n && col < D;
@@ -263,12 +277,15 @@ __device__ __forceinline__ void load_chunk(In* dst, int ld, const In* X, int64_t
 // ---------------------------------------------------------------------------------------
 // The logit tile S = A·Bᵀ over one panel (raw dots; accumulated across panels in registers)
 // ---------------------------------------------------------------------------------------
-// Accumulators of one thread: MMA — warp w owns the 32×32 quadrant (w/2, w%2) as 2×4
-// m16n8 fragments; SIMT — thread (ty, tx) owns rows ty·TM.., columns tx + 16q.
+// Accumulators of one thread: MMA — warp w owns the 32×32 block (w/2, w%2) of the
+// 128×64 tile as 2×4 m16n8 fragments; SIMT — thread (ty, tx) owns rows ty·TM.., columns
+// tx + 16q.
 template <typename In, bool MMA = kTensorCores<In>>
 struct SAcc;
 template <typename In>
 struct SAcc<In, true> {
+  static_assert(TileShape<In>::BM == 16 * kTileWarps<In> && TileShape<In>::BN == 64,
+                "warp w owns the 32×32 block (w/2, w%2)");
   float c[2][4][4];
 };
 template <typename In>
@@ -294,9 +311,12 @@ __device__ __forceinline__ void zero(SAcc<In>& acc) {
   }
 }
 
-// acc += A[:, k0:k0+kChunk] · B[:, k0:k0+kChunk]ᵀ from the panels in shared memory.
+// acc += A[:, k0:k0+kChunk] · B[:, k0:k0+kChunk]ᵀ from the panels in shared memory. MMA: a
+// warp skips its 16-row fragments at or past a_rows (the block's valid owned rows; their
+// panel rows are zero, so is their S), which a ragged or short last block (64 queries in a
+// 128-row block) would otherwise multiply.
 template <typename In>
-__device__ __forceinline__ void s_chunk(const Smem<In>& sm, int k0, SAcc<In>& acc) {
+__device__ __forceinline__ void s_chunk(const Smem<In>& sm, int k0, SAcc<In>& acc, int a_rows) {
   using Acc = acc_t<In>;
   const int ld = sm.ldi;
   if constexpr (kTensorCores<In>) {
@@ -305,6 +325,7 @@ __device__ __forceinline__ void s_chunk(const Smem<In>& sm, int k0, SAcc<In>& ac
 #pragma unroll
     for (int kk = 0; kk < kChunk; kk += 16) {
       const int k = k0 + kk;
+      if (wr >= a_rows) break;  // warp-uniform
       unsigned fa[2][4], fb[2][4];
 #pragma unroll
       for (int x = 0; x < 2; ++x)
@@ -315,9 +336,12 @@ __device__ __forceinline__ void s_chunk(const Smem<In>& sm, int k0, SAcc<In>& ac
                            ((lane / 8) % 2) * 8);
 #pragma unroll
       for (int x = 0; x < 2; ++x)
+        if (wr + 16 * x < a_rows) {
 #pragma unroll
-        for (int y = 0; y < 4; ++y)
-          mma16816<In>(acc.c[x][y], fa[x], fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
+          for (int y = 0; y < 4; ++y)
+            mma16816<In>(acc.c[x][y], fa[x], fb[y / 2][(y % 2) * 2],
+                         fb[y / 2][(y % 2) * 2 + 1]);
+        }
     }
   } else {
     constexpr int TM = SAcc<In>::TM, TN = SAcc<In>::TN;
@@ -405,6 +429,7 @@ __device__ __forceinline__ void tile_s(const Smem<In>& sm, const Operands<In>& o
   SAcc<In> acc;
   zero(acc);
   const int chunks = sm.P / kChunk;
+  const int a_rows = static_cast<int>(std::min<int64_t>(TileShape<In>::BM, o.na - a0));
   for (int i = 0; i < o.panels; ++i) {
     if (o.panels > 1) {
       const int pp = i == o.panels - 1 ? own : (i < own ? i : i + 1);
@@ -414,7 +439,7 @@ __device__ __forceinline__ void tile_s(const Smem<In>& sm, const Operands<In>& o
     for (int c = 0; c < chunks; ++c) {
       cp_async_wait_dyn(chunks - 1 - c);  // chunk c (and the resident a panel) landed
       __syncthreads();
-      s_chunk(sm, c * kChunk, acc);
+      s_chunk(sm, c * kChunk, acc, a_rows);
     }
   }
   store_s(sm, acc);
@@ -432,8 +457,9 @@ template <typename In, bool BY_ROW>
 __device__ __forceinline__ float stage_ds(const Smem<In>& sm, const float* f) {
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int kT = kTileThreads<In>;
   float mx = 0;
-  for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
+  for (int e = threadIdx.x; e < BM * BN; e += kT) {
     const int r = e / BN, c = e % BN;
     mx = fmaxf(mx, fabsf(sm.S(r, c) * f[BY_ROW ? r : c]));
   }
@@ -442,11 +468,11 @@ __device__ __forceinline__ float stage_ds(const Smem<In>& sm, const float* f) {
   __syncthreads();
   mx = 0;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm.v->red[w]);
+  for (int w = 0; w < kTileWarps<In>; ++w) mx = fmaxf(mx, sm.v->red[w]);
   int e = 0;
   if (mx > 0.0f && mx < INFINITY) e = min(120, static_cast<int>(floorf(log2f(16384.0f / mx))));
   const float sigma = ldexpf(1.0f, e);
-  for (int i = threadIdx.x; i < BM * BN; i += kThreads) {
+  for (int i = threadIdx.x; i < BM * BN; i += kT) {
     const int r = i / BN, c = i % BN;
     sm.ds[r * Smem<In>::LDD + c] = from_acc<In, float>(sm.S(r, c) * f[BY_ROW ? r : c] * sigma);
   }
@@ -475,26 +501,31 @@ struct DsOperand {
   }
 };
 
-// The fragment loop both gradient products share: the R product rows of L · (f ∘ X) over the
+// The fragment loop of the gradient products that leave the block as they are computed (the
+// other side's rows, and SIMT's owned rows): the R product rows of L · (f ∘ X) over the
 // reduction k < K, one 32-column block of the panel at a time, with L the dS operand `left`
 // (DsOperand), X a panel in shared memory (row k at X + k·ldi) and f its per-row factor (SIMT;
 // MMA has it staged into dS). Each element of the result is handed once to epi(r, c, v):
 // product row r, panel column c, v the sum (MMA: unscaled by inv_sigma).
-// MMA: warp w owns product rows 16w.. as 4 m16n8 fragments per 32-column block; SIMT: thread
+// MMA: the R/16 row groups of 16 product rows are spread over the warps, the warps sharing a
+// row group taking alternate 32-column blocks, each as 4 m16n8 fragments; SIMT: thread
 // (ty, tx) rows ty·TM.., columns tx + 16q of each block.
 template <typename In, int R, int K, typename Left, typename Epi>
 __device__ __forceinline__ void grad_product(const Smem<In>& sm, const In* X,
                                              const acc_t<In>* f, acc_t<In> inv_sigma,
-                                             const Left& left, Epi&& epi) {
+                                             const Left& left, int k_valid, Epi&& epi) {
   using Acc = acc_t<In>;
   const int ld = sm.ldi;
   if constexpr (kTensorCores<In>) {
+    constexpr int kRowGroups = R / 16, kPhases = kTileWarps<In> / kRowGroups;
+    static_assert(kPhases >= 1 && kTileWarps<In> % kRowGroups == 0, "warps per row group");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int r0 = warp * 16;
-    for (int d0 = 0; d0 < sm.P; d0 += 32) {
+    const int r0 = (warp % kRowGroups) * 16;
+    for (int d0 = (warp / kRowGroups) * 32; d0 < sm.P; d0 += 32 * kPhases) {
       float acc[4][4] = {};
 #pragma unroll
       for (int k = 0; k < K; k += 16) {
+        if (k >= k_valid) break;  // zero dS rows: the block's rows past its valid ones
         unsigned fa[4], fb[2][4];
         left.frag(fa, r0, k, lane);
 #pragma unroll
@@ -535,13 +566,70 @@ __device__ __forceinline__ void grad_product(const Smem<In>& sm, const In* X,
   }
 }
 
-// The owned gradient rows: ga (+)= (dS ∘ f_col) · B_panel over the tile (first: overwrite),
-// f_col = the columns' inverse norms (applied in stage_ds for MMA, per k here for SIMT).
+// The open group of a backward block's owned gradient rows: how many tiles it holds, whether
+// anything was flushed yet (Flush::kOwn stores instead of adding), and for the tensor-core
+// path the rows themselves, in registers: warp w holds rows [16w, 16w + 16) × the panel's
+// P ≤ 256 columns as 8 × 4 m16n8 fp32 fragments (128 registers a thread). 128 rows × 256 of
+// fp32 do not fit in shared memory beside a 128-row operand panel; SIMT blocks (64 rows) keep
+// them there (sm.ga).
+template <typename In, bool MMA = kTensorCores<In>>
+struct GradGroup {
+  int tiles = 0;
+  bool first = true;
+};
+template <typename In>
+struct GradGroup<In, true> {
+  int tiles = 0;
+  bool first = true;
+  float ga[kMaxPanel / 32][4][4];
+};
+
+// MMA: the owned gradient rows ga (+)= dS_staged · B_panel · inv_sigma over the tile (the
+// group's first tile overwrites), warp w's 16 rows into its own registers. The dS fragments
+// of the warp's rows are loaded once and reused for every 32-column block.
+template <typename In>
+__device__ __forceinline__ void da_product_regs(const Smem<In>& sm, float inv_sigma,
+                                                GradGroup<In>& group, int a_rows) {
+  constexpr int BN = TileShape<In>::BN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16, ld = sm.ldi;
+  if (r0 >= a_rows) return;  // warp-uniform; flush_ga never reads these rows
+  const bool first = group.tiles == 0;
+  const DsOperand<In, false> left{sm};
+  unsigned fa[BN / 16][4];
+#pragma unroll
+  for (int k = 0; k < BN; k += 16) left.frag(fa[k / 16], r0, k, lane);
+#pragma unroll
+  for (int blk = 0; blk < kMaxPanel / 32; ++blk) {
+    const int d0 = blk * 32;
+    if (d0 < sm.P) {
+      float acc[4][4] = {};
+#pragma unroll
+      for (int k = 0; k < BN; k += 16) {
+        unsigned fb[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          ldsm_x4_trans(fb[h], sm.b + (k + lane % 16) * ld + d0 + 16 * h + (lane / 16) * 8);
+#pragma unroll
+        for (int y = 0; y < 4; ++y)
+          mma16816<In>(acc[y], fa[k / 16], fb[y / 2][(y % 2) * 2], fb[y / 2][(y % 2) * 2 + 1]);
+      }
+#pragma unroll
+      for (int y = 0; y < 4; ++y)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          group.ga[blk][y][i] = (first ? 0.0f : group.ga[blk][y][i]) + acc[y][i] * inv_sigma;
+    }
+  }
+}
+
+// SIMT: the owned gradient rows ga (+)= (dS ∘ f_col) · B_panel over the tile (first:
+// overwrite), f_col = the columns' inverse norms, in shared memory.
 template <typename In>
 __device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sigma, bool first) {
   using Acc = acc_t<In>;
   grad_product<In, TileShape<In>::BM, TileShape<In>::BN>(
-      sm, sm.b, sm.v->rb, inv_sigma, DsOperand<In, false>{sm}, [&](int r, int c, Acc v) {
+      sm, sm.b, sm.v->rb, inv_sigma, DsOperand<In, false>{sm}, TileShape<In>::BN,
+      [&](int r, int c, Acc v) {
         Acc& dst = sm.ga[r * sm.ldg + c];
         dst = (first ? Acc(0) : dst) + v;
       });
@@ -549,13 +637,16 @@ __device__ __forceinline__ void da_product(const Smem<In>& sm, acc_t<In> inv_sig
 
 // The other side's gradient rows of the tile: out[b0 + n, c0 + d] += ((dS ∘ f_row)ᵀ · A_panel)
 // by one atomic add per element (f_row: the owned rows' factor, applied in stage_ds for MMA,
-// per k here for SIMT).
+// per k here for SIMT), reducing over the block's a_rows valid owned rows (MMA; SIMT runs
+// all BM).
 template <typename In>
 __device__ __forceinline__ void db_product(const Smem<In>& sm, acc_t<In> inv_sigma, acc_t<In>* out,
-                                           int64_t b0, int64_t nb, int64_t D, int64_t c0) {
+                                           int64_t b0, int64_t nb, int64_t D, int64_t c0,
+                                           int a_rows) {
   using Acc = acc_t<In>;
   grad_product<In, TileShape<In>::BN, TileShape<In>::BM>(
-      sm, sm.a, sm.v->ra, inv_sigma, DsOperand<In, true>{sm}, [&](int r, int c, Acc v) {
+      sm, sm.a, sm.v->ra, inv_sigma, DsOperand<In, true>{sm}, a_rows,
+      [&](int r, int c, Acc v) {
         const int64_t row = b0 + r, col = c0 + c;
         if (row < nb && col < D) gatomic_add(&out[row * D + col], v);
       });
@@ -567,24 +658,46 @@ enum class Flush : int {
   kAtomic = 1,  // column range split: one atomic add per element and flush
 };
 
-// out[row0 + r, c0 + c] ← ga[r][c] for the block's rows and panel columns inside (nrows, D).
-// All threads; the caller synchronizes before (ga complete) and after (ga reused).
+// One element of a flushed gradient row: an atomic add, or (the block owns the rows' range)
+// a store on the first flush and a read-modify-write afterwards.
+template <typename Acc>
+__device__ __forceinline__ void flush_element(Acc* dst, Acc v, Flush mode, bool first) {
+  if (mode == Flush::kAtomic) {
+    gatomic_add(dst, v);
+  } else {
+    gstore(dst, first ? v : gload(dst) + v);
+  }
+}
+
+// out[row0 + r, c0 + c] ← the group's ga[r][c] for the block's rows and panel columns inside
+// (nrows, D): MMA from each warp's registers, SIMT from shared memory. All threads; the
+// caller synchronizes before (ga complete) and, SIMT, after (ga reused).
 template <typename In>
-__device__ __forceinline__ void flush_ga(const Smem<In>& sm, acc_t<In>* out, int64_t row0,
-                                         int64_t nrows, int64_t D, int64_t c0, Flush mode,
-                                         bool first) {
-  using Acc = acc_t<In>;
-  constexpr int BM = TileShape<In>::BM;
-  for (int e = threadIdx.x; e < BM * sm.P; e += kThreads) {
-    const int r = e / sm.P, c = e % sm.P;
-    const int64_t row = row0 + r, col = c0 + c;
-    if (row >= nrows || col >= D) continue;
-    const Acc v = sm.ga[r * sm.ldg + c];
-    Acc* dst = &out[row * D + col];
-    if (mode == Flush::kAtomic) {
-      gatomic_add(dst, v);
-    } else {
-      gstore(dst, first ? v : gload(dst) + v);
+__device__ __forceinline__ void flush_ga(const Smem<In>& sm, const GradGroup<In>& group,
+                                         acc_t<In>* out, int64_t row0, int64_t nrows, int64_t D,
+                                         int64_t c0, Flush mode) {
+  if constexpr (kTensorCores<In>) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int blk = 0; blk < kMaxPanel / 32; ++blk) {
+      if (blk * 32 >= sm.P) continue;
+#pragma unroll
+      for (int y = 0; y < 4; ++y)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t row = row0 + warp * 16 + g + 8 * (i / 2);
+          const int64_t col = c0 + blk * 32 + 8 * y + 2 * t + i % 2;
+          if (row < nrows && col < D)
+            flush_element(&out[row * D + col], group.ga[blk][y][i], mode, group.first);
+        }
+    }
+  } else {
+    constexpr int BM = TileShape<In>::BM;
+    for (int e = threadIdx.x; e < BM * sm.P; e += kTileThreads<In>) {
+      const int r = e / sm.P, c = e % sm.P;
+      const int64_t row = row0 + r, col = c0 + c;
+      if (row < nrows && col < D)
+        flush_element(&out[row * D + col], sm.ga[r * sm.ldg + c], mode, group.first);
     }
   }
 }
@@ -605,18 +718,12 @@ __device__ __forceinline__ TileRange tile_range(int64_t tiles, int64_t per_split
 template <typename In, int kSums>
 __device__ __forceinline__ void fold_group(const Smem<In>& sm) {
   constexpr int BM = TileShape<In>::BM;
-  for (int r = threadIdx.x; r < BM; r += kThreads)
+  for (int r = threadIdx.x; r < BM; r += kTileThreads<In>)
     for (int s = 0; s < kSums; ++s) {
       sm.v->tot[s][r] += sm.v->grp[s][r];
       sm.v->grp[s][r] = 0;
     }
 }
-
-// The open group of a backward block's on-chip gradient rows.
-struct GradGroup {
-  int tiles = 0;      // tiles accumulated since the last flush
-  bool first = true;  // nothing flushed yet (Flush::kOwn stores instead of adding)
-};
 
 // The gradient step of a backward tile, tile `it` of the block's range (at column row b0), once
 // dS is in sm.S and the tile's per-row partials in the open group's sums grp[0, kSums):
@@ -633,21 +740,27 @@ template <typename In, bool ATOMIC_B, int kSums>
 __device__ __forceinline__ void tile_grad_step(const Smem<In>& sm, const Operands<In>& o,
                                                const TileRange& tr, int64_t it, int64_t a0,
                                                int64_t b0, int64_t c0, acc_t<In>* da,
-                                               acc_t<In>* db, Flush flush, GradGroup& group) {
+                                               acc_t<In>* db, Flush flush,
+                                               GradGroup<In>& group) {
   using Acc = acc_t<In>;
   constexpr int BN = TileShape<In>::BN;
+  const int a_rows = static_cast<int>(std::min<int64_t>(TileShape<In>::BM, o.na - a0));
   Acc inv_sigma = 1;
-  if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, false>(sm, sm.v->rb);
-  da_product(sm, inv_sigma, group.tiles == 0);
+  if constexpr (kTensorCores<In>) {
+    inv_sigma = stage_ds<In, false>(sm, sm.v->rb);
+    da_product_regs(sm, inv_sigma, group, a_rows);
+  } else {
+    da_product(sm, inv_sigma, group.tiles == 0);
+  }
   __syncthreads();  // the b panel and the dS operand are read
   if (o.panels == 1 && it + 1 < tr.count) issue_panel(sm, o, a0, tr.at(it + 1) * BN, 0, false);
   if constexpr (ATOMIC_B) {
     if constexpr (kTensorCores<In>) inv_sigma = stage_ds<In, true>(sm, sm.v->ra);
-    db_product(sm, inv_sigma, db, b0, o.nb, o.d, c0);
+    db_product(sm, inv_sigma, db, b0, o.nb, o.d, c0, a_rows);
   }
   if (++group.tiles == kGroup || it + 1 == tr.count) {
     __syncthreads();  // the group's dA is complete
-    flush_ga(sm, da, a0, o.na, o.d, c0, flush, group.first);
+    flush_ga(sm, group, da, a0, o.na, o.d, c0, flush);
     fold_group<In, kSums>(sm);
     group.first = false;
     group.tiles = 0;
@@ -663,7 +776,7 @@ __device__ __forceinline__ void zero_rows(acc_t<In>* out, int64_t row0, int64_t 
                                           int64_t c0, int P) {
   using Acc = acc_t<In>;
   constexpr int BM = TileShape<In>::BM;
-  for (int e = threadIdx.x; e < BM * P; e += kThreads) {
+  for (int e = threadIdx.x; e < BM * P; e += kTileThreads<In>) {
     const int64_t row = row0 + e / P, col = c0 + e % P;
     if (row < nrows && col < D) gstore(&out[row * D + col], Acc(0));
   }
@@ -703,20 +816,21 @@ DeviceInfo device_info() {
 }
 #endif
 
-// Blocks of `Kernel` one SM holds at `smem` bytes of dynamic shared memory.
+// Blocks of `Kernel` (`threads` a block) one SM holds at `smem` bytes of dynamic shared memory.
 template <auto Kernel>
-int blocks_per_sm(const DeviceInfo& dev, size_t smem) {
+int blocks_per_sm(const DeviceInfo& dev, size_t smem, int threads) {
 #if defined(CK_CUDA_EMULATE)
-  // The stand-in SM's shared memory (1 KB reserved per block), at most 4 blocks (the
-  // register budget of 128-thread blocks at ~128 registers).
-  return std::max<int>(1, std::min<int>(4, static_cast<int>(dev.sm_smem / (smem + 1024))));
+  // The stand-in SM's shared memory (1 KB reserved per block), at most 512 threads (the
+  // register budget: 64K registers at ~128 a thread).
+  const int by_regs = std::max(1, 512 / threads);
+  return std::max<int>(1, std::min<int>(by_regs, static_cast<int>(dev.sm_smem / (smem + 1024))));
 #else
   (void)dev;
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, kThreads, smem));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, threads, smem));
   return std::max(1, blocks);
 #endif
 }
@@ -801,7 +915,8 @@ Plan make_plan(int64_t na, int64_t nb, int64_t d, bool grad, const void* a, cons
   p.per_split = std::max<int64_t>(1, p.tiles);
   p.per_panel = grad;
   const int64_t base = static_cast<int64_t>(p.grid_x) * (grad ? p.panels : 1);
-  const int64_t target = static_cast<int64_t>(dev.sms) * blocks_per_sm<Kernel>(dev, p.smem);
+  const int64_t target =
+      static_cast<int64_t>(dev.sms) * blocks_per_sm<Kernel>(dev, p.smem, kTileThreads<In>);
   if (split && p.tiles > 1 && base > 0 && base < target) {
     const int64_t most = std::max<int64_t>(1, p.tiles / min_split_tiles());
     const int64_t want = std::min((target + base - 1) / base, most);

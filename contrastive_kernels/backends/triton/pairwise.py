@@ -280,12 +280,12 @@ def _resident_grad_products(a_tile, b_tile, da_acc, ds_a, ds_b, inv, DB, offs_b,
     return da_acc
 
 
-@triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
-                             "want_rows", "da_atomic"])
+@triton.jit(do_not_specialize=["NA", "NB", "split_rows_da", "split_stride_da",
+                             "tiles_per_split", "mask_diag", "want_rows", "da_atomic"])
 def _pair_kernel(
         A, B, RA, RB, SQA, SQB, PARAMS, ROW_KEY, COL_KEY, G,
         ROWS, DA, DB, SUM_A, SUM_B, PART,
-        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_rows_da, split_stride_da,
         tiles_per_split, mask_diag, want_rows, da_atomic,
         KIND: tl.constexpr, GRAD: tl.constexpr,
         TRANSPOSED: tl.constexpr, NEED_DA: tl.constexpr, ATOMIC_B: tl.constexpr,
@@ -326,7 +326,15 @@ def _pair_kernel(
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < NA
     vec = split.to(tl.int64) * NA  # this split's slice of the O(NA) outputs
-    DA = DA + split.to(tl.int64) * split_stride_da
+    # This split's slice of DA, given twice (split_rows_da rows = split_stride_da
+    # elements). Half inputs with the owned rows on chip take rows × the divisibility-
+    # hinted row stride, which keeps DA's 16-byte alignment known to the compiler: from the
+    # unhinted element count the 128-row backward's one gradient write spilled 680 B. The
+    # rest take the unhinted count: hinted, 9 fp32 variants spilled 8 B.
+    if ONE_CHUNK and A.dtype.element_ty != tl.float32 and A.dtype.element_ty != tl.float64:
+        DA = DA + split.to(tl.int64) * split_rows_da * stride_da
+    else:
+        DA = DA + split.to(tl.int64) * split_stride_da
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
     sqa = ra  # read by Hadsell only
     if KIND == 1:
@@ -499,28 +507,39 @@ _PAIR_TILES = {
 # the owned tile from shared memory); the backward's owned fp32 gradient rows fit 64 rows
 # with 32-wide streamed tiles up to D = 128 and 16-wide ones at D = 256 (wider or taller
 # tiles spill), so it reads each streamed tile once per 64 rows instead of re-reading
-# both operands per D chunk. Not for fp16 Hadsell, whose per-tile scaling keeps more
-# values live (16 bytes spill at D = 256), nor on sm_80, where mma.sync holds both
-# operands in registers and most backward variants spill.
+# both operands per D chunk. At D = 256 SigLIP's backward holds 128 rows against 16-wide
+# tiles with one pipeline stage (232-248 registers, both half types), halving the
+# streamed reads and atomics per FLOP; Hadsell's keeps 64 rows (128 spill 16 bytes in its
+# two-sided variant). A backward entry is one tile, or a {kind: tile} mapping. Not for
+# fp16 Hadsell, whose per-tile scaling keeps more values live (16 bytes spill at D = 256),
+# nor on sm_80, where mma.sync holds both operands in registers and most backward
+# variants spill.
 _PAIR_ALIGNED = {
     90: {"half": ((128, (128, 64, None, 8), (64, 32, None, 8)),
-                  (256, (128, 64, None, 8), (64, 16, None, 8)))},
+                  (256, (128, 64, None, 8), {SIGLIP: (128, 16, None, 8, 1),
+                                             HADSELL: (64, 16, None, 8)}))},
     80: {},
 }
 # Batch-hard mining keeps the general tiles (its running arg-max/arg-min is row-only).
 _MINING_TILES = {cls: rows[-1][1] for cls, rows in _PAIR_TILES.items()}
 
 
-def _config(tile, d_pow2: int) -> TileConfig:
-    block_a, block_b, block_k, warps = tile
+def _config(tile, d_pow2: int, kind: int = SIGLIP) -> TileConfig:
+    """The TileConfig of a table entry (block_a, block_b, block_k, warps[, stages]), or of
+    the kind's entry where the table maps kinds to tiles."""
+    if isinstance(tile, dict):
+        tile = tile[kind]
+    block_a, block_b, block_k, warps, *stages = tile
     return TileConfig(block_a, block_b, block_k or d_pow2, block_k is None, warps,
-                      NUM_STAGES)
+                      stages[0] if stages else NUM_STAGES)
 
 
 def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None,
-                arch: int = 90, aligned: bool = False) -> tuple[TileConfig, TileConfig]:
+                arch: int = 90, aligned: bool = False, kind: int = SIGLIP
+                ) -> tuple[TileConfig, TileConfig]:
     """(forward, backward) TileConfigs of the pairwise kernels for width D on sm_<arch>
-    (``aligned``: every row 16-byte aligned, which allows that arch's aligned rows)."""
+    (``aligned``: every row 16-byte aligned, which allows that arch's aligned rows) and
+    loss ``kind`` (SIGLIP or HADSELL)."""
     interpret = interpreting() if interpret is None else interpret
     if interpret and launch_as() is None:
         cfg = interpret_tiles(D)
@@ -530,7 +549,7 @@ def tile_config(D: int, dtype: torch.dtype, interpret: bool | None = None,
     rows = (_PAIR_ALIGNED[arch].get(cls, ()) if aligned else ()) + _PAIR_TILES[cls]
     for max_d, fwd, bwd in rows:
         if max_d is None or d_pow2 <= max_d:
-            return _config(fwd, d_pow2), _config(bwd, d_pow2)
+            return _config(fwd, d_pow2, kind), _config(bwd, d_pow2, kind)
     raise AssertionError("the pairwise tile table ends with a catch-all class")
 
 
@@ -546,7 +565,7 @@ def _tiles_for(kind: int, a: torch.Tensor, b: torch.Tensor
     """The (forward, backward) tiles of a launch owning a (NA, D) against b (NB, D)."""
     aligned = rows_aligned(a, b) and not tile_scale(kind, a.dtype)
     return tile_config(a.shape[1], a.dtype, arch=target_arch(a.device) or 90,
-                       aligned=aligned)
+                       aligned=aligned, kind=kind)
 
 
 def tile_scale(kind: int, dtype: torch.dtype) -> bool:
@@ -600,7 +619,7 @@ def _pair_pass(cfg, kind, a, b, ra, rb, sqa, sqb, params, row_key, col_key, g, *
         _or(out.rows, dummy), _or(out.da, dummy), _or(db, dummy), _or(out.sum_a, dummy),
         _or(sum_b, dummy), _or(out.part, dummy),
         na, nb, d, a.stride(0), b.stride(0), d, d,
-        na * d if (need_da and out.da.shape[0] > 1) else 0, per_split, int(mask_diag),
+        *((na, na * d) if (need_da and out.da.shape[0] > 1) else (0, 0)), per_split, int(mask_diag),
         int(want_rows), int(da_atomic),
         KIND=kind, GRAD=grad, TRANSPOSED=transposed, NEED_DA=need_da, ATOMIC_B=atomic_b,
         TILE_SCALE=grad and tile_scale(kind, a.dtype),

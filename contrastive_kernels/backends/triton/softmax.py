@@ -146,13 +146,13 @@ def _merge_kernel(PART_M, PART_L, PART_SUM, EXTRA, LSE, SUM, P, n, parts_stride,
         tl.store(SUM + offs, total_sum, mask=ok)
 
 
-@triton.jit(do_not_specialize=["NA", "NB", "split_stride_da", "tiles_per_split", "mask_diag",
-                             "da_atomic"])
+@triton.jit(do_not_specialize=["NA", "NB", "split_rows_da", "split_stride_da",
+                             "tiles_per_split", "mask_diag", "da_atomic"])
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
         LSE, G_LSE, G_POS, CLSE, G_CLSE,
         DA, DB, DSCALE,
-        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_stride_da,
+        NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_rows_da, split_stride_da,
         tiles_per_split, mask_diag, da_atomic,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_COL: tl.constexpr,
@@ -180,7 +180,15 @@ def _softmax_bwd_kernel(
     offs_a = pid.to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
     a_ok = offs_a < NA
     ra = tl.load(RA + offs_a, mask=a_ok, other=0.0).to(ACC)
-    DA = DA + split.to(tl.int64) * split_stride_da
+    # This split's slice of DA, given twice (split_rows_da rows = split_stride_da
+    # elements). Half inputs with the owned rows on chip take rows × the divisibility-
+    # hinted row stride, which keeps DA's 16-byte alignment known to the compiler: from the
+    # unhinted element count the 128-row backward's one gradient write spilled 680 B. The
+    # rest take the unhinted count: hinted, 9 fp32 variants spilled 8 B.
+    if ONE_CHUNK and A.dtype.element_ty != tl.float32 and A.dtype.element_ty != tl.float64:
+        DA = DA + split.to(tl.int64) * split_rows_da * stride_da
+    else:
+        DA = DA + split.to(tl.int64) * split_stride_da
     dscale = tl.zeros([BLOCK_A], ACC)
     if ONE_CHUNK:
         a_tile = load_rows(A, offs_a, NA, D, stride_a, BLOCK_K, ACC, UPCAST)
@@ -289,15 +297,20 @@ _TILE_TABLE_SM90 = {
 # to D = 256 for half inputs: the forward reads each streamed tile once per 128 owned rows
 # (on sm_90 wgmma reads the owned tile from shared memory). The backward's owned fp32
 # gradient rows are the limit. With the hints (which vectorize loads and cost registers)
-# on sm_90: 128 rows × 256 spill in every variant at 8 and at 16 warps; 64 × 256 fit
-# against 16-wide streamed tiles with one pipeline stage (two stages spill 8 bytes in 4 of
-# 10 variants); 64 × 128 fit against 32-wide tiles (128 × 128 spill). On sm_80 mma.sync
+# on sm_90: 128 rows × 256 fit against 16-wide streamed tiles with one pipeline stage
+# for bf16 (241-255 registers; 32-wide tiles spill 8-40 bytes in 5 of 10 variants), which
+# halves the streamed side's reads and gradient atomics per FLOP against 64 rows; fp16's
+# two-sided backward spills 8 bytes there, so fp16 keeps 64 × 16 (bf16 looks up its own
+# aligned rows instead of the "half" ones); 64 × 128 fit against 32-wide tiles (128 × 128
+# spill). On sm_80 mma.sync
 # holds both operands in registers: the 128×64 forward fits at D = 256, no on-chip
 # backward does (64×16: 4 of 10 variants spill), so its backward streams D.
+_ALIGNED_HALF_SM90 = ((64, (128, 64, None, 8), (64, 32, None, 8)),
+                      (128, (128, 64, None, 8), (64, 32, None, 8)),
+                      (256, (128, 64, None, 8), (64, 16, None, 8, 1)))
 _ALIGNED_TILES = {
-    90: {"half": ((64, (128, 64, None, 8), (64, 32, None, 8)),
-                  (128, (128, 64, None, 8), (64, 32, None, 8)),
-                  (256, (128, 64, None, 8), (64, 16, None, 8, 1)))},
+    90: {"half": _ALIGNED_HALF_SM90,
+         "bf16": _ALIGNED_HALF_SM90[:-1] + ((256, (128, 64, None, 8), (128, 16, None, 8, 1)),)},
     80: {"half": _TILE_TABLE_SM90["half"][:-1] +
          ((256, (128, 64, None, 8), _TILE_TABLE_SM90["half"][-1][2]),)},
 }
@@ -309,7 +322,11 @@ def _table_tiles(table, D: int, dtype: torch.dtype, aligned_table=None
     """(forward, backward) tiles for width D and dtype: the first class of the aligned
     table (when given) or else of the general table that holds next_pow2(D)."""
     d_pow2 = max(16, triton.next_power_of_2(D))
-    rows = (aligned_table or {}).get(dtype_class(dtype), ()) + table[dtype_class(dtype)]
+    aligned_table = aligned_table or {}
+    aligned_rows = aligned_table.get(dtype_class(dtype), ())
+    if dtype == torch.bfloat16:
+        aligned_rows = aligned_table.get("bf16", aligned_rows)
+    rows = aligned_rows + table[dtype_class(dtype)]
     for max_d, *tiles_ in rows:
         if max_d is None or d_pow2 <= max_d:
             return tuple(TileConfig(t[0], t[1], t[2] or d_pow2, t[2] is None, t[3],
@@ -454,7 +471,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
             a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
             da_arg, db if db is not None else dscale, dscale,
             na, nb, d, a.stride(0), b.stride(0), d, d,
-            na * d if parts > 1 else 0, per_split, int(mask_diag), int(da_atomic),
+            *((na, na * d) if parts > 1 else (0, 0)), per_split, int(mask_diag), int(da_atomic),
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
