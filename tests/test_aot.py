@@ -100,6 +100,8 @@ def test_every_width_maps_to_a_catalogued_pairwise_tile(arch, variants):
         for d in list(range(1, 300)) + [511, 1024, 4096, 65536]:
             for aligned, kind in itertools.product({False, d % 16 == 0},
                                                    (tp.SIGLIP, tp.HADSELL)):
+                # As the launcher (tp._tiles_for): fp16 Hadsell never takes aligned tiles.
+                aligned = aligned and not tp.tile_scale(kind, dtype)
                 cfgs = tp.tile_config(d, dtype, interpret=False, arch=arch, aligned=aligned,
                                       kind=kind)
                 for grad, cfg in zip((False, True), cfgs):
