@@ -84,3 +84,26 @@ def scalar(value, name: str, device, *, positive: bool = False,
 def reduction(value) -> None:
     if value not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+
+
+def mnrl_options(directions, partition_mode, hardness_mode) -> None:
+    """The candidate-set options of multiple_negatives_ranking_loss."""
+    from .losses.multiple_negatives_ranking import (DIRECTIONS, HARDNESS_MODES,
+                                                    PARTITION_MODES)
+    if isinstance(directions, str) or not directions:
+        raise ValueError(f"directions must be a non-empty tuple of {DIRECTIONS}, got "
+                         f"{directions!r}")
+    unknown = set(directions) - set(DIRECTIONS)
+    if unknown:
+        raise ValueError(f"directions: unknown {sorted(unknown)}; valid: {DIRECTIONS}")
+    if "query_to_doc" not in directions:
+        raise ValueError("directions must include 'query_to_doc' (it holds the positive)")
+    if partition_mode not in PARTITION_MODES:
+        raise ValueError(f"partition_mode must be one of {PARTITION_MODES}, got "
+                         f"{partition_mode!r}")
+    if partition_mode == "per_direction" and {"query_to_query", "doc_to_doc"} & set(directions):
+        raise ValueError("partition_mode='per_direction' needs every direction to contain "
+                         "the positive; 'query_to_query' and 'doc_to_doc' do not")
+    if hardness_mode not in HARDNESS_MODES:
+        raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got "
+                         f"{hardness_mode!r}")

@@ -23,7 +23,8 @@ ENV_VAR = "CONTRASTIVE_KERNELS_BACKEND"
 # "auto" and an error from an explicit kernel backend.
 ENGINE_LOSSES = frozenset({"info_nce", "nt_xent_loss", "clip_loss", "simcse_unsup_loss",
                            "simcse_sup_loss", "supcon_loss", "n_pair_loss", "siglip_loss",
-                           "triplet_margin_loss", "contrastive_loss"})
+                           "triplet_margin_loss", "contrastive_loss",
+                           "multiple_negatives_ranking_loss"})
 
 
 # "auto" on CUDA tensors: the first of these that can run. Triton leads until a GPU

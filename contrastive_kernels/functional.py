@@ -22,6 +22,7 @@ from .losses import clip as clip_ops
 from .losses import contrastive as contrastive_ops
 from .distributed import losses as dist_losses
 from .losses import info_nce as info_nce_ops
+from .losses import multiple_negatives_ranking as mnrl_ops
 from .losses import n_pair as n_pair_ops
 from .losses import nt_xent as nt_xent_ops
 from .losses import simcse as simcse_ops
@@ -287,6 +288,53 @@ def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean", backend="
     if impl is None:
         return reference.contrastive_loss(embeddings, labels, margin, reduction)
     return contrastive_ops.contrastive_loss(embeddings, labels, margin, reduction, impl)
+
+
+@_outside_autocast
+def multiple_negatives_ranking_loss(queries, docs, *hard_negatives, scale=20.0,
+                                    normalize=True, directions=("query_to_doc",),
+                                    partition_mode="joint", hardness_mode=None,
+                                    hardness_strength=0.0, reduction="mean", backend="auto",
+                                    group=None, dist_mode="gather"):
+    """Multiple-negatives ranking loss (sentence-transformers' MNRL, also SimCSE's).
+
+    queries (N, D), docs (N, D) (row i is query i's positive), hard_negatives: any number
+    of (N, D) columns (row i of each is a hard negative of query i; every column is a
+    candidate of every query). Logits are scale·cos (scale·dot when not normalize).
+    directions ⊆ {"query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"} (must
+    hold "query_to_doc") pick the candidate sets; partition_mode "joint" is one softmax
+    over their union, "per_direction" averages the sets' log-partition functions
+    (query_to_doc and doc_to_query only). hardness_mode ("in_batch_negatives",
+    "hard_negatives", "all_negatives" or None) adds hardness_strength·stop_grad(cos) to
+    those negatives' query_to_doc logits. Returns a scalar, or (N,) for reduction="none".
+    With ``group`` each rank passes its rows and gets its queries' loss against every
+    rank's candidates (SPEC §3; dist_mode "gather" only).
+    """
+    check.features(queries, "queries")
+    for name, x in (("docs", docs), *((f"hard_negatives[{i}]", h)
+                                       for i, h in enumerate(hard_negatives))):
+        check.features(x, name)
+        check.same_kind(queries, "queries", x, name)
+        check.same_rows(queries, "queries", x, name)
+    check.scalar(scale, "scale", queries.device, positive=True)
+    check.scalar(hardness_strength, "hardness_strength", queries.device, non_negative=True)
+    check.mnrl_options(directions, partition_mode, hardness_mode)
+    check.reduction(reduction)
+    impl = dispatch.select(backend, queries.device, "multiple_negatives_ranking_loss")
+    all_docs = [docs, *hard_negatives]
+    options = dict(scale=scale, directions=tuple(directions), partition_mode=partition_mode,
+                   hardness_mode=hardness_mode, hardness_strength=hardness_strength,
+                   reduction=reduction, normalize=normalize)
+    if group is not None:
+        _distributed_ready(impl, group, dist_mode)
+        if dist_mode != "gather":
+            raise ValueError("multiple_negatives_ranking_loss: dist_mode must be 'gather' "
+                             f"(its candidate sets are gathered), got {dist_mode!r}")
+        return dist_losses.multiple_negatives_ranking_loss(queries, all_docs, impl=impl,
+                                                           group=group, **options)
+    if impl is None:
+        return reference.multiple_negatives_ranking_loss(queries, all_docs, **options)
+    return mnrl_ops.multiple_negatives_ranking_loss(queries, all_docs, impl=impl, **options)
 
 
 def _distributed_ready(impl, group, dist_mode) -> None:

@@ -169,3 +169,18 @@ class ContrastiveLoss(_LossModule):
 
     def forward(self, embeddings, labels):
         return F.contrastive_loss(embeddings, labels, **self.kwargs)
+
+
+class MultipleNegativesRankingLoss(_LossModule):
+    """forward(queries (N,D), docs (N,D), *hard_negatives (N,D) each)."""
+
+    def __init__(self, scale=20.0, normalize=True, directions=("query_to_doc",),
+                 partition_mode="joint", hardness_mode=None, hardness_strength=0.0,
+                 reduction="mean", backend="auto", group=None):
+        super().__init__(scale=scale, normalize=normalize, directions=directions,
+                         partition_mode=partition_mode, hardness_mode=hardness_mode,
+                         hardness_strength=hardness_strength, reduction=reduction,
+                         backend=backend, group=group)
+
+    def forward(self, queries, docs, *hard_negatives):
+        return F.multiple_negatives_ranking_loss(queries, docs, *hard_negatives, **self.kwargs)

@@ -10,7 +10,8 @@ from . import functional as F
 
 ENGINE_LOSSES = ("info_nce", "info_nce_bank", "nt_xent_loss", "clip_loss",
                  "simcse_unsup_loss", "simcse_sup_loss", "supcon_loss", "n_pair_loss",
-                 "siglip_loss", "triplet_margin_loss", "contrastive_loss")
+                 "siglip_loss", "triplet_margin_loss", "contrastive_loss",
+                 "multiple_negatives_ranking_loss")
 
 
 # The loss parameters of every problem, read by the benchmarks' peer adapters so that a
@@ -21,7 +22,9 @@ PARAMS = {"info_nce": {"temperature": 0.1}, "info_nce_bank": {"temperature": 0.1
           "siglip_loss": {"logit_scale": 10.0, "logit_bias": -10.0},
           "simcse_unsup_loss": {"lamda": 0.05}, "simcse_sup_loss": {"lamda": 0.05},
           "supcon_loss": {"temperature": 0.1, "base_temperature": 0.07},
-          "triplet_margin_loss": {"margin": 0.2}, "contrastive_loss": {"margin": 1.5}}
+          "triplet_margin_loss": {"margin": 0.2}, "contrastive_loss": {"margin": 1.5},
+          "multiple_negatives_ranking_loss": {"scale": 20.0,
+                                              "directions": ("query_to_doc", "query_to_query")}}
 
 
 def problem_labels(loss: str, n: int, device, seed: int = 0) -> torch.Tensor:
@@ -73,6 +76,10 @@ def make_problem(loss: str, n: int, d: int, dtype: torch.dtype, device,
         "triplet_margin_loss": lambda: ([leaf(n, d ** -0.5)],
                                         lambda x, b: F.triplet_margin_loss(x, labels,
                                                                            backend=b, **p)),
+        # Queries, positives and one hard-negative column; two candidate sets merged.
+        "multiple_negatives_ranking_loss": lambda: (
+            [leaf(n), leaf(n), leaf(n)],
+            lambda q, d_, h, b: F.multiple_negatives_ranking_loss(q, d_, h, backend=b, **p)),
         "contrastive_loss": lambda: ([leaf(max(n, 2), d ** -0.5)],
                                      lambda x, b: F.contrastive_loss(
                                          x, labels, backend=b, **p)),

@@ -37,6 +37,7 @@ __all__ = [
     "n_pair_loss",
     "triplet_margin_loss",
     "contrastive_loss",
+    "multiple_negatives_ranking_loss",
     "REFERENCE_LOSSES",
 ]
 
@@ -355,6 +356,52 @@ def contrastive_loss(embeddings, labels, margin=1.0, reduction="mean"):
     return reduce_rows(vec, reduction)
 
 
+def multiple_negatives_ranking_loss(queries, docs, scale=20.0, directions=("query_to_doc",),
+                                    partition_mode="joint", hardness_mode=None,
+                                    hardness_strength=0.0, reduction="mean", normalize=True):
+    """Multiple-negatives ranking loss (sentence-transformers' MNRL), materialized.
+
+    Shapes: ``queries`` [N, D]; ``docs`` a list of [N, D]: positives, then hard-negative
+    columns. With C = cat(docs) ([(1+h)·N, D]) and cos the cosine (dot when not
+    ``normalize``), row i's candidate sets are
+    query_to_doc cos(q_i, C), query_to_query cos(q_i, Q) without i, doc_to_query
+    cos(d_i, Q), doc_to_doc cos(d_i, C) without every column of query i; each scaled by
+    ``scale``. A hardness mode adds ``hardness_strength · stop_grad(cos)`` (unscaled) to
+    the query_to_doc logits of: every column but query i's own ("in_batch_negatives"),
+    query i's own hard negatives ("hard_negatives"), every column but the positive
+    ("all_negatives"). log Z_i is one log-sum-exp over the union ("joint") or the mean of
+    the per-set ones ("per_direction"); the loss row is log Z_i − scale·cos(q_i, d_i).
+    """
+    q = _prep(queries, normalize)
+    d = [_prep(x, normalize) for x in docs]
+    n, blocks = q.shape[0], len(d)
+    c = torch.cat(d)
+    own = _eye(n, q.device).repeat(1, blocks)           # [N, (1+h)N]: query i's documents
+    first = torch.zeros_like(own)
+    first[:, :n] = True                                  # the positives' block
+    qd = q @ c.T
+    sims = {"query_to_doc": qd * scale}
+    if hardness_mode is not None and hardness_strength > 0:
+        boosted = {"in_batch_negatives": ~own, "hard_negatives": own & ~first,
+                   "all_negatives": ~(own & first)}[hardness_mode]
+        sims["query_to_doc"] = sims["query_to_doc"] + hardness_strength * torch.where(
+            boosted, qd.detach(), torch.zeros_like(qd))
+    if "query_to_query" in directions:
+        sims["query_to_query"] = (q @ q.T * scale).masked_fill(_eye(n, q.device), float("-inf"))
+    if "doc_to_query" in directions:
+        sims["doc_to_query"] = d[0] @ q.T * scale
+    if "doc_to_doc" in directions:
+        sims["doc_to_doc"] = (d[0] @ c.T * scale).masked_fill(own, float("-inf"))
+    sets = [sims[k] for k in ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+            if k in sims]
+    if partition_mode == "joint":
+        log_z = torch.logsumexp(torch.cat(sets, dim=1), dim=1)
+    else:
+        log_z = torch.stack([torch.logsumexp(x, dim=1) for x in sets]).mean(0)
+    positive = (q * d[0]).sum(-1) * scale
+    return reduce_rows(log_z - positive, reduction)
+
+
 REFERENCE_LOSSES = {
     "info_nce": info_nce,
     "nt_xent_loss": nt_xent_loss,
@@ -366,4 +413,5 @@ REFERENCE_LOSSES = {
     "n_pair_loss": n_pair_loss,
     "triplet_margin_loss": triplet_margin_loss,
     "contrastive_loss": contrastive_loss,
+    "multiple_negatives_ranking_loss": multiple_negatives_ranking_loss,
 }

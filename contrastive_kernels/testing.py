@@ -112,3 +112,40 @@ def _custom_op_body(func):
     from .engines import library
     op = getattr(library, func._opname, None)
     return getattr(op, "_init_fn", None)
+
+
+def tiny_sentence_transformer(path, hidden: int = 32, layers: int = 2, dropout: float = 0.1,
+                              vocab_words: int = 200, seed: int = 0, max_seq_length: int = 64):
+    """A randomly initialized BERT sentence-transformers model (mean pooling) built and
+    saved under ``path`` with no download: the vocabulary is ``w0 … w{vocab_words-1}``
+    plus BERT's special tokens. For tests, examples and benchmarks; needs
+    sentence-transformers and transformers."""
+    import os
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(path, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab_words)]
+    vocab = os.path.join(path, "vocab.txt")
+    with open(vocab, "w", encoding="utf-8") as f:
+        f.write("\n".join(words))
+    config = BertConfig(vocab_size=len(words), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden,
+                        max_position_embeddings=max_seq_length,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        BertModel(config).save_pretrained(path)
+    BertTokenizerFast(vocab).save_pretrained(path)
+    transformer = Transformer(path, max_seq_length=max_seq_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+    return SentenceTransformer(modules=[transformer, pooling], device="cpu")
+
+
+def random_sentences(count: int, gen: torch.Generator, vocab_words: int = 200,
+                     min_words: int = 3, max_words: int = 12) -> list[str]:
+    """``count`` sentences of random words of tiny_sentence_transformer's vocabulary."""
+    lengths = torch.randint(min_words, max_words + 1, (count,), generator=gen).tolist()
+    return [" ".join(f"w{int(w)}" for w in torch.randint(0, vocab_words, (n,), generator=gen))
+            for n in lengths]

@@ -21,6 +21,8 @@ def problem(loss: str, counts, d: int, seed: int):
                                                                 generator=gen)}
     if loss == "info_nce_bank":
         return {"query": r(n, d), "positive_key": r(n, d), "negative_keys": r(2 * n, d)}
+    if loss == "multiple_negatives_ranking_loss":
+        return {"a": r(n, d), "b": r(n, d), "c": r(n, d)}
     return {"a": r(n, d), "b": r(n, d)}
 
 
@@ -44,6 +46,10 @@ def call(ck, loss, tensors, scalars, backend, **dist_kw):
     if loss == "supcon_loss":
         return ck.supcon_loss(tensors["features"], tensors["labels"], temperature=scalars[0],
                               normalize=True, backend=backend, **dist_kw)
+    if loss == "multiple_negatives_ranking_loss":
+        return ck.multiple_negatives_ranking_loss(
+            tensors["a"], tensors["b"], tensors["c"], scale=scalars[0], directions=MNRL_ALL,
+            hardness_mode="all_negatives", hardness_strength=0.3, backend=backend, **dist_kw)
     if loss in ("clip_module", "siglip_module"):
         # open_clip's constructor arguments; one process gives the plain loss.
         world = dist.get_world_size() if dist_kw else 1
@@ -57,7 +63,8 @@ def call(ck, loss, tensors, scalars, backend, **dist_kw):
     raise KeyError(loss)
 
 
-SCALARS = {"clip_loss": (7.0,), "siglip_loss": (5.0, -3.0), "clip_module": (7.0,),
+MNRL_ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+SCALARS = {"multiple_negatives_ranking_loss": (6.0,), "clip_loss": (7.0,), "siglip_loss": (5.0, -3.0), "clip_module": (7.0,),
            "siglip_module": (5.0, -3.0), "info_nce": (0.3,),
            "info_nce_bank": (0.3,), "nt_xent_loss": (0.4,), "supcon_loss": (0.5,)}
 
@@ -131,3 +138,35 @@ def run_absent_peer(rank, world, init_file, out_dir):
     except Exception:
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
+
+
+def run_st_gather(rank, world, init_file, out_dir, backend):
+    """sentence-transformers' MultipleNegativesRankingLoss(gather_across_devices=True)
+    and ours on this rank's slice (equal slices, as sentence-transformers requires): the
+    per-rank loss and input gradients must agree; writes rank{rank}-st.pt."""
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=60))
+        torch.set_num_threads(1)
+        from sentence_transformers.sentence_transformer import losses as st
+        from contrastive_kernels.integrations import sentence_transformers as ours
+        counts = (4,) * world
+        tensors = local_slices(problem("multiple_negatives_ranking_loss", counts, 5, 1),
+                               counts, rank)
+        results = {}
+        for name, cls in (("st", st.MultipleNegativesRankingLoss),
+                          ("ours", ours.MultipleNegativesRankingLoss)):
+            leaves = [tensors[k].clone().requires_grad_() for k in ("a", "b", "c")]
+            kw = {"backend": backend} if name == "ours" else {}
+            loss = cls(None, scale=6.0, gather_across_devices=True, directions=MNRL_ALL,
+                       hardness_mode="in_batch_negatives", hardness_strength=0.3, **kw)
+            out = loss.compute_loss_from_embeddings(leaves, None)
+            out.backward()
+            results[name] = {"loss": out.detach(), "grads": [x.grad for x in leaves]}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}-st.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the parent reports it
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        sys.exit(1)

@@ -85,6 +85,26 @@ def test_matches_single_process(mode, backend, counts, tmp_path):
     _check(LOSSES, counts, 6, mode, backend, tmp_path)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multiple_negatives_ranking_gathered(backend, tmp_path):
+    """Every candidate set, a hard-negative column and a hardness offset, gathered over
+    uneven slices (the learnable scale's gradient too)."""
+    _check(["multiple_negatives_ranking_loss"], (5, 3), 6, "gather", backend, tmp_path)
+
+
+def test_sentence_transformers_gather_across_devices(tmp_path):
+    """Our sentence-transformers drop-in with gather_across_devices=True equals
+    sentence-transformers' own on each rank: loss and input gradients."""
+    pytest.importorskip("sentence_transformers")
+    _spawn(W.run_st_gather, 2, (BACKENDS[0],), tmp_path)
+    for r in range(2):
+        res = torch.load(tmp_path / f"rank{r}-st.pt")
+        torch.testing.assert_close(res["ours"]["loss"], res["st"]["loss"], rtol=1e-10,
+                                   atol=1e-12)
+        for a, b in zip(res["ours"]["grads"], res["st"]["grads"]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss", ["clip_module", "siglip_module"])
 def test_open_clip_constructor_arguments(loss, tmp_path):
     """ClipLoss(local_loss=True, gather_with_grad=True, rank, world_size) and

@@ -39,6 +39,11 @@ def _losses(gen, N):
         "contrastive_loss": lambda b: ck.contrastive_loss(x, labels, backend=b),
         "contrastive_loss_none": lambda b: ck.contrastive_loss(x, labels, reduction="none",
                                                                backend=b).sum(),
+        # Every candidate set, a hard-negative column and a hardness offset.
+        "multiple_negatives_ranking_loss": lambda b: ck.multiple_negatives_ranking_loss(
+            x, y, bank, directions=("query_to_doc", "query_to_query", "doc_to_query",
+                                    "doc_to_doc"), hardness_mode="all_negatives",
+            hardness_strength=0.2, backend=b),
     }
 
 

@@ -17,6 +17,7 @@ from ..losses._common import acc_dtype, as_tensor, inverse_temperature, row_dot
 from ..engines.pairwise import SIGLIP, pair_params, pairwise_engine
 from ..engines.softmax import EngineOptions, softmax_engine
 from ..losses.supcon import flatten_views
+from ..losses import multiple_negatives_ranking as mnrl
 
 
 class Context:
@@ -191,4 +192,23 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias, reductio
     rows = D.RingPairwise.apply(image_features.contiguous(), text_features.contiguous(),
                                 params, ids, ids, SIGLIP, False, normalize, impl, group,
                                 ctx.counts)
+    return ctx.finish(rows, reduction)
+
+
+def multiple_negatives_ranking_loss(queries, docs, *, scale, directions, partition_mode,
+                                    hardness_mode, hardness_strength, reduction, normalize,
+                                    impl, group):
+    """sentence-transformers' gather_across_devices: local queries (and their documents)
+    against every rank's queries and document columns, all gathered with their gradient;
+    each gathered block starts with this rank's rows so that the engine's own-column
+    exclusion finds them."""
+    ctx = Context(group, "gather", queries.shape[0], queries.device)
+
+    def gathered(x):
+        full, _ = D.all_gather_rows(x, group, ctx.counts)
+        return torch.cat([x, ctx.others(full)])
+
+    cands = mnrl.Candidates(gathered(queries), docs, [gathered(d) for d in docs])
+    rows = mnrl.loss_rows(queries, docs, cands, scale, directions, partition_mode,
+                          hardness_mode, hardness_strength, normalize, impl)
     return ctx.finish(rows, reduction)

@@ -51,3 +51,23 @@ def softmax_engine(q, k, scale, *, impl: ModuleType, row_key, col_key, extra=Non
                                            opts.need_col, opts.normalize, shared,
                                            deterministic, backend_name(impl))
     return lse, pos, clse
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by a constant."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def boost_features(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x (R, D) unchanged, its gradient scaled by ``factor``. An engine call at scale
+    ``s + α`` on boosted features (factor ``s / (s + α)``) differentiates as logits
+    ``s·cos + α·stop_grad(cos)``: a logit offset that carries no gradient."""
+    return _ScaleGrad.apply(x, factor)
