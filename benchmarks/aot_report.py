@@ -40,6 +40,7 @@ def _table(reports) -> str:
 def _summary(reports, seconds) -> str:
     n = len(reports)
     spills = sum(1 for r in reports if r.spill_bytes or r.local_insts)
+    hot = sum(1 for r in reports if r.loop_local_insts)
     half = [r for r in reports if r.is_mma and r.dtype in ("float16", "bfloat16")]
     no_tc = sum(1 for r in half if r.mma_count == 0)
     hgmma = sum(1 for r in half if r.arch == 90 and "HGMMA" in r.mma_kinds)
@@ -51,7 +52,9 @@ def _summary(reports, seconds) -> str:
             f"- {n} compiled binaries: every launch path of every engine recorded under "
             f"the interpreter with the GPU launch (`proof/catalogue.py`) and specialized by "
             f"Triton's own run-time rule (types, divisibility-16 hints, constant 1s; "
-            f"`proof/specialize.py`), for sm_80 and sm_90; {spills} spill to local memory.\n"
+            f"`proof/specialize.py`), for sm_80 and sm_90; {spills} spill to local memory, "
+            f"{hot} of them inside a loop (the others store before the loops and reload "
+            f"after them: `aot.loop_local_insts`).\n"
             f"- {len(half)} half-precision tile-product kernels, {no_tc} without tensor-core "
             f"instructions; on sm_90, {hgmma} of {half90} use HGMMA (wgmma), the rest HMMA "
             f"(mma.sync: Triton picks wgmma only for tiles it can give a 64-row warpgroup).\n")

@@ -107,3 +107,14 @@ def mnrl_options(directions, partition_mode, hardness_mode) -> None:
     if hardness_mode not in HARDNESS_MODES:
         raise ValueError(f"hardness_mode must be one of {HARDNESS_MODES}, got "
                          f"{hardness_mode!r}")
+
+
+def row_weights(w, name: str, n: int, device) -> None:
+    """A floating (n,) or (2n,) tensor of per-row weights on the features' device."""
+    if not isinstance(w, torch.Tensor) or not w.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.Tensor, got "
+                        f"{getattr(w, 'dtype', type(w).__name__)}")
+    if w.dim() != 1 or w.shape[0] not in (n, 2 * n):
+        raise ValueError(f"{name} must have shape ({n},) or ({2 * n},), got {tuple(w.shape)}")
+    if w.device != device:
+        raise ValueError(f"{name} is on {w.device} but the features are on {device}")

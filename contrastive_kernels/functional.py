@@ -97,11 +97,14 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
 
 @_outside_autocast
 def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto",
-                 group=None, dist_mode="gather"):
+                 group=None, dist_mode="gather", decoupled=False, positive_weight=None):
     """SimCLR NT-Xent. z1, z2 (N, D): two views, row i of z1 pairs with row i of z2.
 
     Over z = cat(z1, z2) (2N rows) with the own row excluded, target (i + N) mod 2N.
-    Returns a scalar (mean over 2N rows), or (2N,) for reduction="none".
+    ``decoupled=True`` (DCL, Yeh et al. 2022) also leaves the target out of the
+    denominator; ``positive_weight`` (N,) (both views' rows alike) or (2N,) multiplies the
+    target logit in the loss (DCLW's von Mises-Fisher weights). Returns a scalar (mean
+    over 2N rows), or (2N,) for reduction="none".
     """
     check.features(z1, "z1")
     check.features(z2, "z2")
@@ -109,13 +112,18 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, back
     check.same_rows(z1, "z1", z2, "z2")
     check.scalar(temperature, "temperature", z1.device, positive=True)
     check.reduction(reduction)
+    if positive_weight is not None:
+        check.row_weights(positive_weight, "positive_weight", z1.shape[0], z1.device)
     impl = dispatch.select(backend, z1.device, "nt_xent_loss")
     if group is not None:
         _distributed_ready(impl, group, dist_mode)
-        return dist_losses.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, group, dist_mode)
+        return dist_losses.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, group,
+                                        dist_mode, decoupled, positive_weight)
     if impl is None:
-        return reference.nt_xent_loss(z1, z2, temperature, reduction, normalize)
-    return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl)
+        return reference.nt_xent_loss(z1, z2, temperature, reduction, normalize, decoupled,
+                                      positive_weight)
+    return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl,
+                                    decoupled, positive_weight)
 
 
 @_outside_autocast

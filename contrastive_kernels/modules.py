@@ -30,15 +30,16 @@ class InfoNCELoss(_LossModule):
 
 
 class NTXentLoss(_LossModule):
-    """forward(z1 (N,D), z2 (N,D))."""
+    """forward(z1 (N,D), z2 (N,D), positive_weight=None ((N,) or (2N,)))."""
 
     def __init__(self, temperature=0.1, reduction="mean", normalize=True, backend="auto",
-                 group=None, dist_mode="gather"):
+                 group=None, dist_mode="gather", decoupled=False):
         super().__init__(temperature=temperature, reduction=reduction, normalize=normalize,
-                         backend=backend, group=group, dist_mode=dist_mode)
+                         backend=backend, group=group, dist_mode=dist_mode,
+                         decoupled=decoupled)
 
-    def forward(self, z1, z2):
-        return F.nt_xent_loss(z1, z2, **self.kwargs)
+    def forward(self, z1, z2, positive_weight=None):
+        return F.nt_xent_loss(z1, z2, positive_weight=positive_weight, **self.kwargs)
 
 
 def _world_group(world_size: int, rank: int, loss: str):

@@ -140,11 +140,15 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
     return reduce_rows(vec, reduction)
 
 
-def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True):
+def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, decoupled=False,
+                 positive_weight=None):
     """SimCLR NT-Xent.
 
     Shapes: ``z1``, ``z2`` [N, D]. z = cat(z1, z2) ([2N, D]); logits = ẑẑᵀ / τ
     ([2N, 2N]) with the diagonal excluded; target of row i is (i + N) mod 2N.
+    ``decoupled`` also excludes the target from the log-sum-exp (DCL);
+    ``positive_weight`` ([N] for both views alike, or [2N]) multiplies the target logit:
+    ℓ_i = LSE_i − w_i·s_{i,t(i)}.
 
     ``reduction="none"`` returns [2N] values (rows of z1 first, then z2);
     ``"mean"`` averages over all 2N rows.
@@ -153,7 +157,14 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True):
     two_n = z.shape[0]
     logits = (z @ z.T / temperature).masked_fill(_eye(two_n, z.device), float("-inf"))
     target = (torch.arange(two_n, device=z.device) + two_n // 2) % two_n
-    vec = F.cross_entropy(logits, target, reduction="none")
+    positive = logits[torch.arange(two_n, device=z.device), target]
+    if decoupled:
+        logits = logits.masked_fill(F.one_hot(target, two_n).bool(), float("-inf"))
+    weight = 1.0
+    if positive_weight is not None:
+        weight = positive_weight.to(positive.dtype)
+        weight = weight.repeat(2) if weight.shape[0] != two_n else weight
+    vec = torch.logsumexp(logits, dim=1) - weight * positive
     return reduce_rows(vec, reduction)
 
 

@@ -43,7 +43,10 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 
     nan_mismatch = torch.isnan(a) != torch.isnan(e)
     if nan_mismatch.any():
         return float("inf")
-    finite = ~torch.isnan(e)
+    infinite = torch.isinf(e)
+    if (a[infinite] != e[infinite]).any():
+        return float("inf")  # an infinity (an empty candidate set's -inf) must be matched
+    finite = ~torch.isnan(e) & ~infinite
     if not finite.any():
         return 0.0
     diff = (a[finite] - e[finite]).abs().max().item()

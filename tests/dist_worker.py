@@ -170,3 +170,32 @@ def run_st_gather(rank, world, init_file, out_dir, backend):
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
         sys.exit(1)
+
+
+def run_lightly_gather(rank, world, init_file, out_dir, backend):
+    """lightly's NTXentLoss and DCLWLoss with gather_distributed=True and ours on this
+    rank's slice: writes rank{rank}-lightly.pt with both losses and input gradients."""
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=60))
+        torch.set_num_threads(1)
+        from lightly import loss as theirs
+        from contrastive_kernels.integrations import lightly as ours
+        counts = (4,) * world
+        tensors = local_slices(problem("nt_xent_loss", counts, 5, 2), counts, rank)
+        results = {}
+        for name in ("NTXentLoss", "DCLWLoss"):
+            for side, module in (("theirs", theirs), ("ours", ours)):
+                leaves = [tensors[k].clone().requires_grad_() for k in ("a", "b")]
+                kw = {"backend": backend} if side == "ours" else {}
+                out = getattr(module, name)(temperature=0.3, gather_distributed=True,
+                                            **kw)(*leaves)
+                out.backward()
+                results[name, side] = {"loss": out.detach(), "grads": [x.grad for x in leaves]}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}-lightly.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the parent reports it
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        sys.exit(1)

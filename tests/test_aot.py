@@ -166,13 +166,42 @@ def test_the_committed_table_covers_every_binary_and_spills_only_where_known(var
     assert not known - found, f"no longer spilling, remove: {sorted(known - found)[:10]}"
 
 
+def test_the_listed_spills_are_cold(table):
+    """Every binary still listed in aot_known_spills.json keeps its local memory out of
+    the loops: a store before them and a load after, per thread, whatever the problem
+    size (the committed table's loop_local_insts, read from the SASS)."""
+    known = set(json.loads(KNOWN_SPILLS.read_text())["binaries"])
+    listed = [r for r in table.values() if f"{r['name']} sm_{r['arch']}" in known]
+    assert len(listed) == len(known)
+    for r in listed:
+        assert r["loop_local_insts"] == 0, f"{r['name']} sm_{r['arch']} spills in a loop"
+
+
+def test_the_loop_spill_check_can_fail():
+    """A load inside a loop (between a backward branch's target and the branch) counts; a
+    store before the loop and a load after it do not."""
+    sass = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   STL [R1], R8 ;
+        /*0020*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0030*/                   LDL R4, [R1] ;
+        /*0040*/              @!P0 BRA 0x20 ;
+        /*0050*/                   LDL.LU R5, [R1] ;
+        /*0060*/                   EXIT ;
+    """
+    assert aot.loop_local_insts(sass) == 1
+    assert aot.loop_local_insts(sass.replace("LDL R4", "MOV R4")) == 0
+
+
 def test_the_committed_table_is_what_the_compiler_says(reports, table):
     """The recompiled sample matches the committed table exactly (registers, shared
     memory, spills), so the table is a record of compiles, not a claim."""
     for r in reports:
         committed = table[(r.src_hash, r.arch)]
-        assert (committed["registers"], committed["shared_bytes"], committed["spill_bytes"]) \
-            == (r.registers, r.shared_bytes, r.spill_bytes), r.name
+        assert (committed["registers"], committed["shared_bytes"], committed["spill_bytes"],
+                committed["loop_local_insts"]) \
+            == (r.registers, r.shared_bytes, r.spill_bytes, r.loop_local_insts), r.name
 
 
 def test_a_hand_signature_that_diverges_from_the_launch_is_named(variants):

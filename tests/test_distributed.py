@@ -105,6 +105,20 @@ def test_sentence_transformers_gather_across_devices(tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_lightly_gather_distributed(tmp_path):
+    """Our lightly NTXentLoss and DCLWLoss with gather_distributed=True equal lightly's
+    on each rank: loss and input gradients."""
+    pytest.importorskip("lightly")
+    _spawn(W.run_lightly_gather, 2, (BACKENDS[0],), tmp_path)
+    for r in range(2):
+        res = torch.load(tmp_path / f"rank{r}-lightly.pt")
+        for name in ("NTXentLoss", "DCLWLoss"):
+            mine, theirs = res[name, "ours"], res[name, "theirs"]
+            torch.testing.assert_close(mine["loss"], theirs["loss"], rtol=1e-10, atol=1e-12)
+            for a, b in zip(mine["grads"], theirs["grads"]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss", ["clip_module", "siglip_module"])
 def test_open_clip_constructor_arguments(loss, tmp_path):
     """ClipLoss(local_loss=True, gather_with_grad=True, rank, world_size) and

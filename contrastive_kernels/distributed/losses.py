@@ -18,6 +18,7 @@ from ..engines.pairwise import SIGLIP, pair_params, pairwise_engine
 from ..engines.softmax import EngineOptions, softmax_engine
 from ..losses.supcon import flatten_views
 from ..losses import multiple_negatives_ranking as mnrl
+from ..losses import nt_xent as nt_xent_ops
 
 
 class Context:
@@ -113,10 +114,23 @@ def info_nce(query, positive_key, negative_keys, temperature, reduction, normali
     return ctx.finish(lse - positive, reduction)
 
 
-def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, group, mode):
+def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, group, mode,
+                 decoupled=False, positive_weight=None):
     """Local rows of z1 and z2 against all 2N rows of the global cat(Z1, Z2) but their
-    own; positions (global row numbers) are the keys, the partner's position the target."""
+    own; positions (global row numbers) are the keys, the partner's position the target.
+    Decoupled or weighted (gather only): the two views' gathered rows, each beginning
+    with the local ones, as separate candidate sets (losses/nt_xent.two_view_rows)."""
     ctx = Context(group, mode, z1.shape[0], z1.device)
+    if decoupled or positive_weight is not None:
+        if mode != "gather":
+            raise ValueError("nt_xent_loss: decoupled / positive_weight need "
+                             f"dist_mode='gather', got {mode!r}")
+        keys1, keys2 = (torch.cat([z, ctx.others(D.all_gather_rows(z, group, ctx.counts)[0])])
+                        for z in (z1, z2))
+        rows = nt_xent_ops.two_view_rows(z1, z2, keys1, keys2,
+                                         inverse_temperature(temperature, z1), impl,
+                                         normalize, decoupled, positive_weight)
+        return ctx.finish(rows, reduction, 2 * ctx.total)
     ids = ctx.ids()
     q = torch.cat([z1, z2])
     positions = torch.cat([ids, ctx.total + ids])

@@ -71,3 +71,27 @@ def boost_features(x: torch.Tensor, factor: float) -> torch.Tensor:
     ``s + α`` on boosted features (factor ``s / (s + α)``) differentiates as logits
     ``s·cos + α·stop_grad(cos)``: a logit offset that carries no gradient."""
     return _ScaleGrad.apply(x, factor)
+
+
+def candidate_lse(rows, keys, scale, *, impl, normalize=True, exclude_own=False, boost=0.0):
+    """(N,) log-sum-exp over one candidate set: rows (N, D) against keys (K, D) at
+    ``scale + boost`` (0-dim tensor scale), the boost carrying no gradient
+    (``boost_features``); ``exclude_own`` drops column i from row i (the row's own key
+    block must come first in keys). No positives: merge the sets with ``merge_lse`` and
+    subtract the target logit, computed per row in O(N·D)."""
+    if boost:
+        factor = float(scale.detach()) / (float(scale.detach()) + boost)
+        rows, keys = boost_features(rows, factor), boost_features(keys, factor)
+        scale = scale + boost
+    no_target = torch.full((rows.shape[0],), -1, dtype=torch.int64, device=rows.device)
+    cols = torch.arange(keys.shape[0], dtype=torch.int64, device=rows.device)
+    lse, _, _ = softmax_engine(rows, keys, scale, impl=impl, row_key=no_target,
+                               col_key=cols, opts=EngineOptions(mask_diag=exclude_own,
+                                                                normalize=normalize))
+    return lse
+
+
+def merge_lse(parts):
+    """One softmax over the union of candidate sets: the log-sum-exp of their (N,)
+    log-sum-exps (-inf parts, empty sets, drop out)."""
+    return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._common import as_tensor, reduce_rows, row_dot
-from ..engines.softmax import EngineOptions, boost_features, softmax_engine
+from ..engines.softmax import candidate_lse, merge_lse
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITION_MODES = ("joint", "per_direction")
@@ -37,18 +37,8 @@ class Candidates:
 
 
 def _set_lse(rows, keys, scale, boost, impl, normalize, exclude_own):
-    """(N,) log-sum-exp of rows (N, D) against keys (K, D) at scale + boost, the boost
-    carrying no gradient; exclude_own drops column i from row i."""
-    if boost:
-        factor = float(scale.detach()) / (float(scale.detach()) + boost)
-        rows, keys = boost_features(rows, factor), boost_features(keys, factor)
-        scale = scale + boost
-    no_target = torch.full((rows.shape[0],), -1, dtype=torch.int64, device=rows.device)
-    cols = torch.arange(keys.shape[0], dtype=torch.int64, device=rows.device)
-    lse, _, _ = softmax_engine(rows, keys, scale, impl=impl, row_key=no_target,
-                               col_key=cols, opts=EngineOptions(mask_diag=exclude_own,
-                                                                normalize=normalize))
-    return lse
+    return candidate_lse(rows, keys, scale, impl=impl, normalize=normalize,
+                         exclude_own=exclude_own, boost=boost)
 
 
 def _own_logit(rows, own_keys, scale, boost, normalize):
@@ -100,21 +90,16 @@ def _direction_parts(direction, q, cands, scale, alpha, mode, impl, normalize):
     return [_set_lse(d0, block, scale, 0.0, impl, normalize, True) for block in cands.docs]
 
 
-def _merge(parts):
-    """Log-sum-exp over several (N,) log-sum-exps (one softmax over their union)."""
-    return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
-
-
 def loss_rows(queries, docs, cands: Candidates, scale, directions, partition_mode,
               hardness_mode, hardness_strength, normalize, impl):
     """(N,) per-query losses log Z_i − s·cos(q_i, d_i) of the local queries (N, D) and
     their positive documents docs[0] (N, D), hard-negative columns docs[1:] (N, D) each."""
     scale = as_tensor(scale, queries)
     alpha = float(hardness_strength) if hardness_mode is not None else 0.0
-    per_direction = [_merge(_direction_parts(d, queries, cands, scale, alpha, hardness_mode,
+    per_direction = [merge_lse(_direction_parts(d, queries, cands, scale, alpha, hardness_mode,
                                              impl, normalize)) for d in directions]
     if partition_mode == "joint":
-        log_z = _merge(per_direction)
+        log_z = merge_lse(per_direction)
     else:
         log_z = torch.stack(per_direction).mean(0)
     return log_z - scale * row_dot(queries, docs[0], normalize)

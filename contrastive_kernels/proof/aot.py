@@ -98,6 +98,7 @@ class CompileReport:
     nan_max: int = 0       # PTX max instructions that propagate NaN (see _ptx_max_counts)
     plain_max: int = 0     # PTX max instructions that return the other operand for NaN
     src_hash: str = ""     # triton's hash of the compiled source + specialization
+    loop_local_insts: int = 0  # STL/LDL inside a loop body (a spill on the hot path)
 
 
 # Kernels whose running maxima decide a log-sum-exp: a NaN logit must reach the result.
@@ -129,6 +130,24 @@ _MMA_RE = re.compile(r"\b(HMMA|HGMMA|DMMA|IMMA)\b")
 
 
 _LOCAL_RE = re.compile(r"\b(STL|LDL)(\.[A-Z0-9.]+)?\b")
+_SASS_INST_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+_BRANCH_RE = re.compile(r"\bBRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
+
+
+def loop_local_insts(sass: str) -> int:
+    """Local-memory instructions (STL/LDL) inside a loop of any function of ``sass``: at
+    or after the target of a backward branch and at or before that branch. Zero means
+    every spill is cold: stored before the loops and reloaded after them, a fixed number
+    of accesses per thread whatever the problem size."""
+    count = 0
+    for body in re.split(r"\bFunction : ", sass)[1:]:
+        insts = [(int(addr, 16), text) for addr, text in _SASS_INST_RE.findall(body)]
+        loops = [(int(m.group(1), 16), addr) for addr, text in insts
+                 for m in [_BRANCH_RE.search(text)] if m and m.group(1)
+                 and int(m.group(1), 16) <= addr]
+        count += sum(1 for addr, text in insts if _LOCAL_RE.search(text)
+                     and any(start <= addr <= end for start, end in loops))
+    return count
 
 
 def _cubin_stats(cubin: bytes) -> dict:
@@ -150,7 +169,7 @@ def _cubin_stats(cubin: bytes) -> dict:
     kinds = sorted(set(_MMA_RE.findall(sass)))
     return dict(registers=regs, stack=stack, local=local,
                 local_insts=len(_LOCAL_RE.findall(sass)), mma=len(_MMA_RE.findall(sass)),
-                mma_kinds="+".join(kinds) or "-")
+                mma_kinds="+".join(kinds) or "-", loop_local=loop_local_insts(sass))
 
 
 def compile_variant(spec: specialize.RuntimeSpec, arch: int | None = None
@@ -165,7 +184,7 @@ def compile_variant(spec: specialize.RuntimeSpec, arch: int | None = None
                          compiled.metadata.shared, st["stack"] + st["local"],
                          st["local_insts"], st["mma"], _TORCH_DTYPE.get(dtype, "-"),
                          spec.name in MMA_KERNELS, st["mma_kinds"], spec.name, nan_max,
-                         plain_max, _binary_hash(src, options))
+                         plain_max, _binary_hash(src, options), st["loop_local"])
 
 
 def _binary_hash(src, options: dict) -> str:

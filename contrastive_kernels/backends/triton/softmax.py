@@ -275,21 +275,27 @@ def _softmax_bwd_kernel(
 # FMA dot (no tensor cores) and the most register-hungry, so fp32 streams D in chunks above
 # 64. Above the last one-tile class D is streamed in BLOCK_K chunks. fp64 has no NaN-
 # propagating max instruction: its running maxima are max.f64 plus a NaN test and select,
-# which cost the one-tile fp64 forwards their 32×32 tiles (they spilled; now 32×16). Not
-# tuned by timing: that needs a GPU.
+# which cost the one-tile fp64 forwards their 32×32 tiles (they spilled; now 32×16). Once
+# the AOT proof compiled with the launcher's own specialization, 11 fp32/fp64 binaries of
+# sm_90 spilled 8-16 bytes; re-searched per class (benchmarks/tile_search.py), the D ≤ 16
+# fp32 and D ≤ 32 fp64 tiles and the streamed fp64 backward's stage count changed. The
+# streamed fp32 backward keeps 16×16×16: every searched alternative (2/4 warps, 1/2 stages,
+# 16/32-wide tiles and chunks) spills too; its 8 bytes are cold (one store before the loops,
+# one load after them, proven from the SASS in tests/test_aot.py). Not tuned by timing:
+# that needs a GPU.
 _TILE_TABLE_SM90 = {
     "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
              (32, (128, 64, None, 8), (64, 32, None, 8)),
              (64, (128, 64, None, 8), (64, 32, None, 8)),
              (128, (64, 64, None, 4), (32, 32, None, 8)),
              (None, (128, 64, 32, 8), (64, 64, 32, 8))),
-    "fp32": ((16, (32, 64, None, 4), (64, 64, None, 8)),
+    "fp32": ((16, (64, 32, None, 4), (32, 32, None, 4)),
              (32, (32, 32, None, 8), (32, 32, None, 4)),
              (64, (16, 32, None, 8), (16, 16, None, 4)),
              (None, (32, 32, 64, 4), (16, 16, 16, 4, 1))),
     "fp64": ((16, (32, 16, None, 8), (32, 32, None, 8)),
-             (32, (32, 16, None, 8), (32, 16, None, 8)),
-             (None, (32, 32, 32, 8), (32, 32, 32, 8))),
+             (32, (32, 16, None, 4), (32, 16, None, 8)),
+             (None, (32, 32, 32, 8), (32, 32, 32, 8, 1))),
 }
 
 # When every row address is 16-byte aligned (D a multiple of 16 and aligned data) Triton
