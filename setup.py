@@ -160,7 +160,11 @@ setup(
     # The examples' dependencies are part of "test": the test suite runs the examples.
     # "peers": the libraries the benchmarks compare against (benchmarks/peers.py).
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "hypothesis", "scikit-learn",
-                             "tqdm", "matplotlib"],
+                             "tqdm", "matplotlib", "sentence-transformers[train]>=6,<7",
+                             "lightly>=1.6,<1.7"],
+                    # The drop-ins of contrastive_kernels.integrations (imported lazily).
+                    "sentence-transformers": ["sentence-transformers>=6,<7"],
+                    "lightly": ["lightly>=1.6,<1.7"],
                     "peers": ["open_clip_torch", "pytorch-metric-learning", "info-nce-pytorch",
                               "inf-cl"]},
     ext_modules=EXT_MODULES,
