@@ -109,11 +109,11 @@ def train(loss_name: str, batch: int, steps: int, mini_batch: int, budget_mb: fl
             "peak_extra_mb": (_peak_rss_bytes() - before) / 2 ** 20}
 
 
-def compare(batches, steps, mini_batch, budget_mb) -> list[dict]:
+def compare(batches, steps, mini_batch, budget_mb, losses=LOSSES) -> list[dict]:
     """Every loss at every batch, each in a fresh process (a clean peak)."""
     rows = []
     for batch in batches:
-        for name in LOSSES:
+        for name in losses:
             cmd = [sys.executable, os.path.abspath(__file__), "--loss", name, "--batch",
                    str(batch), "--steps", str(steps), "--mini-batch", str(mini_batch),
                    "--result-json"]
@@ -138,6 +138,32 @@ def _row(r: dict) -> str:
             f"{r['peak_extra_mb']:8.1f} MB, loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}")
 
 
+def plot(json_path: str, png_path: str) -> None:
+    """Peak extra memory against batch size, one line per loss, from a --compare JSON."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(json_path) as f:
+        rows = json.load(f)["rows"]
+    labels = {"st": "sentence-transformers MNRL", "st_cached": "sentence-transformers cached",
+              "ours": "contrastive_kernels MNRL", "ours_cached": "contrastive_kernels cached"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in LOSSES:
+        pts = [(r["batch"], r["peak_extra_mb"]) for r in rows
+               if r["loss"] == name and not r["oom"]]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=labels[name],
+                    linestyle="--" if name.startswith("st") else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (pairs)")
+    ax.set_ylabel("peak extra memory (MB)")
+    ax.set_title("One training step's memory, offline BERT (2 x 64), CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loss", choices=LOSSES, default="ours_cached")
@@ -147,11 +173,18 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-mb", type=float, default=None)
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--batches", type=int, nargs="*", default=[1024, 4096, 16384])
+    parser.add_argument("--losses", nargs="*", choices=LOSSES, default=list(LOSSES),
+                        help="--compare: these losses only")
     parser.add_argument("--json", default=None, help="--compare: write the rows here")
+    parser.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"),
+                        help="plot a --compare JSON and exit")
     parser.add_argument("--result-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plot:
+        plot(*args.plot)
+        return 0
     if args.compare:
-        rows = compare(args.batches, args.steps, args.mini_batch, args.budget_mb)
+        rows = compare(args.batches, args.steps, args.mini_batch, args.budget_mb, args.losses)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"budget_mb": args.budget_mb, "steps": args.steps,

@@ -22,6 +22,10 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 EXAMPLES = {"cpu": 300, "cuda": 300, "triton": 40}
 
 
+MNRL_DIRECTIONS = (("query_to_doc",),
+                   ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"))
+
+
 def _labels(n, classes, seed):
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, classes, (n,), generator=gen).to(DEVICE)
@@ -51,17 +55,37 @@ def _case(loss, classes, param, normalize, seed):
                                                         "normalize": normalize}),
             "contrastive_loss": lambda: ([f(max(n, 2)), _labels(max(n, 2), classes, seed)],
                                          {"margin": param * 2}),
+            # 0-2 hard-negative columns, all candidate sets or query_to_doc alone, and
+            # every hardness mode, drawn from the other parameters.
+            # Cosine (the dot product is in test_multiple_negatives_ranking.py), scale
+            # 5-20 (default 20): at scale ~0.5 a mean loss's fp16 gradients are subnormal,
+            # and unit-free dot logits of ~80 leave fp32 ~1e-5 absolute, both beyond the
+            # table for the reference itself. 0-2 hard-negative columns, all candidate
+            # sets or query_to_doc alone, every hardness mode.
+            "multiple_negatives_ranking_loss": lambda: (
+                [f(n) for _ in range(2 + classes % 3)],
+                {"scale": 5 + 7.5 * param, "normalize": True,
+                 "directions": MNRL_DIRECTIONS[classes % 2],
+                 "hardness_mode": (None, "in_batch_negatives", "hard_negatives",
+                                   "all_negatives")[seed % 4],
+                 "hardness_strength": param / 4}),
         }[loss]()
 
-    always = loss in ("simcse_unsup_loss", "simcse_sup_loss")  # cosine similarity
+    always = loss in ("simcse_unsup_loss", "simcse_sup_loss",  # cosine similarity
+                      "multiple_negatives_ranking_loss")
     return LossCase(loss_fn(loss), make, normalizes=always or (normalize and loss not in (
         "n_pair_loss", "triplet_margin_loss", "contrastive_loss")))
 
 
-def _property_test(backend):
-    @settings(max_examples=EXAMPLES[backend], deadline=None, derandomize=True,
+# The losses of SPEC §2 keep their own draw sequence (derandomized: CI replays the same
+# examples); the later multiple_negatives_ranking_loss gets its own property run.
+SPEC_LOSSES = sorted(set(ENGINE_LOSSES) - {"multiple_negatives_ranking_loss"})
+
+
+def _property_test(backend, losses=SPEC_LOSSES, examples=None):
+    @settings(max_examples=examples or EXAMPLES[backend], deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
-    @given(loss=st.sampled_from(sorted(ENGINE_LOSSES)),
+    @given(loss=st.sampled_from(losses),
            n=st.integers(1, 24 if backend == "triton" else 70),
            d=st.integers(1, 12 if backend == "triton" else 40),
            dtype=st.sampled_from(DTYPES),
@@ -85,6 +109,12 @@ def _property_test(backend):
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_every_backend_matches_the_reference_on_random_problems(backend):
     _property_test(backend)()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_multiple_negatives_ranking_matches_on_random_problems(backend):
+    _property_test(backend, ["multiple_negatives_ranking_loss"],
+                   EXAMPLES[backend] // 3)()
 
 
 # ---------------------------------------------------------------------------------------

@@ -95,3 +95,11 @@ def merge_lse(parts):
     """One softmax over the union of candidate sets: the log-sum-exp of their (N,)
     log-sum-exps (-inf parts, empty sets, drop out)."""
     return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
+
+
+def widen_half(*xs):
+    """Half-precision features as float32 (autograd casts their gradients back once).
+    A loss that merges several engine calls over the same tensor uses it: each call
+    returns its gradient in the input dtype, so half partials would each be rounded
+    before autograd sums them, and where they cancel the sum loses its digits."""
+    return tuple(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x for x in xs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._common import as_tensor, reduce_rows, row_dot
-from ..engines.softmax import candidate_lse, merge_lse
+from ..engines.softmax import candidate_lse, merge_lse, widen_half
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITION_MODES = ("joint", "per_direction")
@@ -96,6 +96,11 @@ def loss_rows(queries, docs, cands: Candidates, scale, directions, partition_mod
     their positive documents docs[0] (N, D), hard-negative columns docs[1:] (N, D) each."""
     scale = as_tensor(scale, queries)
     alpha = float(hardness_strength) if hardness_mode is not None else 0.0
+    if tuple(directions) != ("query_to_doc",) or alpha:
+        # Several engine calls share these tensors: sum their gradients in fp32.
+        queries, *docs = widen_half(queries, *docs)
+        cands = Candidates(None, docs, docs) if cands.queries is None else Candidates(
+            widen_half(cands.queries)[0], docs, list(widen_half(*cands.docs)))
     per_direction = [merge_lse(_direction_parts(d, queries, cands, scale, alpha, hardness_mode,
                                              impl, normalize)) for d in directions]
     if partition_mode == "joint":

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
-from ..engines.softmax import EngineOptions, candidate_lse, merge_lse, softmax_engine
+from ..engines.softmax import (EngineOptions, candidate_lse, merge_lse, softmax_engine,
+                               widen_half)
 
 
 def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, decoupled=False,
@@ -34,6 +35,9 @@ def two_view_rows(z1, z2, keys1, keys2, scale, impl, normalize, decoupled, posit
     (N, D) against key views keys1, keys2 (K, D) that begin with z1's and z2's own rows:
     per view, the same view without the row itself and the other view (without the
     partner when decoupled), merged."""
+    # Four engine calls share these tensors: sum their gradients in fp32.
+    z1, z2, keys1, keys2 = widen_half(z1, z2, keys1, keys2) if keys1 is not z1 else \
+        (widen_half(z1, z2) * 2)
     rows = []
     for own, other, own_keys, other_keys in ((z1, z2, keys1, keys2), (z2, z1, keys2, keys1)):
         parts = [candidate_lse(own, own_keys, scale, impl=impl, normalize=normalize,
