@@ -73,8 +73,13 @@ def _case(loss, classes, param, normalize, seed):
 
     always = loss in ("simcse_unsup_loss", "simcse_sup_loss",  # cosine similarity
                       "multiple_negatives_ranking_loss")
+    # MNRL: one query's positive pair is a candidate of two sets (query_to_doc and
+    # doc_to_query), whose gradients cancel to ~1e-7 when the other candidates are
+    # negligible (N = 1), far below fp32's resolution of terms of size scale / |x| (5-20
+    # and more); its gradient errors are measured against at least 1.
+    floor = 1.0 if loss == "multiple_negatives_ranking_loss" else 1e-30
     return LossCase(loss_fn(loss), make, normalizes=always or (normalize and loss not in (
-        "n_pair_loss", "triplet_margin_loss", "contrastive_loss")))
+        "n_pair_loss", "triplet_margin_loss", "contrastive_loss")), grad_floor=floor)
 
 
 # The losses of SPEC §2 keep their own draw sequence (derandomized: CI replays the same

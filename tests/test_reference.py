@@ -410,7 +410,8 @@ CASES = ["info_nce", "info_nce_neg", "nt_xent_loss", "clip_loss", "siglip_loss",
 def test_every_loss_exported():
     assert set(R.REFERENCE_LOSSES) == {
         "info_nce", "nt_xent_loss", "clip_loss", "siglip_loss", "simcse_unsup_loss", "simcse_sup_loss",
-        "supcon_loss", "n_pair_loss", "triplet_margin_loss", "contrastive_loss"}
+        "supcon_loss", "n_pair_loss", "triplet_margin_loss", "contrastive_loss",
+        "multiple_negatives_ranking_loss"}
     for name, fn in R.REFERENCE_LOSSES.items():
         assert fn is getattr(R, name) and fn.__doc__
 
