@@ -85,19 +85,12 @@ def run(rank, world, init_file, out_dir, losses, counts, d, mode, backend, reduc
     """Each loss of `losses` (one name or several, in one process group: starting the
     processes is most of a test's time) on this rank's slice; writes rank{rank}-{loss}.pt."""
     os.environ.setdefault("CONTRASTIVE_KERNELS_POISON", "1")
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=60))
+
+    def body(rank, world):
         import contrastive_kernels as ck
-        torch.set_num_threads(1)
         for loss in ([losses] if isinstance(losses, str) else losses):
             _run_one(ck, rank, out_dir, loss, counts, d, mode, backend, reduction)
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception:  # the parent reports it
-        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
-            f.write(traceback.format_exc())
-        sys.exit(1)
+    _peer_rank(rank, world, init_file, out_dir, None, body)
 
 
 def _run_one(ck, rank, out_dir, loss, counts, d, mode, backend, reduction):
@@ -140,14 +133,30 @@ def run_absent_peer(rank, world, init_file, out_dir):
             f.write(traceback.format_exc())
 
 
-def run_st_gather(rank, world, init_file, out_dir, backend):
-    """sentence-transformers' MultipleNegativesRankingLoss(gather_across_devices=True)
-    and ours on this rank's slice (equal slices, as sentence-transformers requires): the
-    per-rank loss and input gradients must agree; writes rank{rank}-st.pt."""
+def _peer_rank(rank, world, init_file, out_dir, name, body):
+    """One rank of a gloo group running ``body(rank, world) -> results``, saved as
+    rank{rank}-{name}.pt (unless name is None: the body saves its own); a failure is
+    written to rank{rank}.err for the parent to report."""
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=60))
         torch.set_num_threads(1)
+        results = body(rank, world)
+        if name is not None:
+            torch.save(results, os.path.join(out_dir, f"rank{rank}-{name}.pt"))
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:  # the parent reports it
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        sys.exit(1)
+
+
+def run_st_gather(rank, world, init_file, out_dir, backend):
+    """sentence-transformers' MultipleNegativesRankingLoss(gather_across_devices=True)
+    and ours on this rank's slice (equal slices, as sentence-transformers requires): the
+    per-rank loss and input gradients must agree; writes rank{rank}-st.pt."""
+    def body(rank, world):
         from sentence_transformers.sentence_transformer import losses as st
         from contrastive_kernels.integrations import sentence_transformers as ours
         counts = (4,) * world
@@ -163,22 +172,14 @@ def run_st_gather(rank, world, init_file, out_dir, backend):
             out = loss.compute_loss_from_embeddings(leaves, None)
             out.backward()
             results[name] = {"loss": out.detach(), "grads": [x.grad for x in leaves]}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}-st.pt"))
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception:  # the parent reports it
-        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
-            f.write(traceback.format_exc())
-        sys.exit(1)
+        return results
+    _peer_rank(rank, world, init_file, out_dir, "st", body)
 
 
 def run_lightly_gather(rank, world, init_file, out_dir, backend):
     """lightly's NTXentLoss and DCLWLoss with gather_distributed=True and ours on this
     rank's slice: writes rank{rank}-lightly.pt with both losses and input gradients."""
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=60))
-        torch.set_num_threads(1)
+    def body(rank, world):
         from lightly import loss as theirs
         from contrastive_kernels.integrations import lightly as ours
         counts = (4,) * world
@@ -192,10 +193,5 @@ def run_lightly_gather(rank, world, init_file, out_dir, backend):
                                             **kw)(*leaves)
                 out.backward()
                 results[name, side] = {"loss": out.detach(), "grads": [x.grad for x in leaves]}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}-lightly.pt"))
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception:  # the parent reports it
-        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
-            f.write(traceback.format_exc())
-        sys.exit(1)
+        return results
+    _peer_rank(rank, world, init_file, out_dir, "lightly", body)
