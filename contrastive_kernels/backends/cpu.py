@@ -90,3 +90,10 @@ def add_rows(dst, idx, src):
     """dst[idx[r]] += src[r] in row order, in place: dst (N, D), idx (K,) int64, src (K, D)
     contiguous, fp32/fp64 (the triplet backward's scatter; deterministic)."""
     _ext.add_rows(dst, idx, src)
+
+
+def distance_strip(x, sq, row0: int, rows: int):
+    """(rows, N) squared distances of rows [row0, row0 + rows) of x (N, D) to every row:
+    x prepared (fp32/fp64, contiguous), sq (N,) its squared norms; near-coincident pairs
+    recomputed from the difference."""
+    return _ext.distance_strip(x, sq, row0, rows, tile_config(x.dtype)[1])

@@ -102,3 +102,10 @@ def hardest_pairs(x, rx, key):
     """(pos (N,), neg (N,)) int64: per row the farthest other row with the same key and the
     nearest row with another key (lowest index on ties, NaN beats numbers, -1 if none)."""
     return tuple(_ext.hardest_pairs(x, rx, key))
+
+
+def distance_strip(x, sq, row0: int, rows: int):
+    """(rows, N) squared distances of rows [row0, row0 + rows) of x (N, D) to every row:
+    x prepared (fp32/fp64, contiguous), sq (N,) its squared norms; near-coincident pairs
+    recomputed from the difference."""
+    return _ext.distance_strip(x, sq, row0, rows)

@@ -566,6 +566,50 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
 
 namespace {
 template <typename T>
+void strip_impl(const T* x, const T* sq, int64_t n, int64_t d, int64_t row0, int64_t rows,
+                int64_t bn, T* out) {
+  const int64_t chunks = (n + bn - 1) / bn;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    SingleThreadedBlas blas_guard;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = c * bn, w = std::min(bn, n - j0);
+      gemm_nt<T>(rows, w, d, x + row0 * d, d, x + j0 * d, d, T(0), out + j0, n);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* t = out + r * n + j0;
+        const int64_t i = row0 + r;
+        if (sq_dist_row(t, sq + j0, w, sq[i]) > 0)
+          fix_coincident(x + i * d, sq[i], x, sq, d, j0, t, 0, w);
+      }
+    }
+  });
+}
+}  // namespace
+
+// Rows [row0, row0 + rows) of the squared-distance matrix of x (prepared rows, acc dtype)
+// with its squared norms sq: column chunks of width block_n across threads, the Gram form
+// with near-coincident pairs recomputed (the triplet strips; see losses/triplet_strips.py).
+at::Tensor distance_strip(const at::Tensor& x, const at::Tensor& sq, int64_t row0,
+                          int64_t rows, int64_t block_n) {
+  check_features(x, "x");
+  const int64_t n = x.size(0);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64 (prepared rows), got ", x.scalar_type());
+  check_vector(sq, "sq", n, x.scalar_type(), x.device());
+  TORCH_CHECK(row0 >= 0 && rows >= 0 && row0 + rows <= n, "rows [", row0, ", ", row0 + rows,
+              ") out of range for ", n, " rows of x");
+  TORCH_CHECK(block_n > 0, "block_n must be positive, got ", block_n);
+  at::Tensor out = output({rows, n}, x.options());
+  if (rows == 0 || n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "distance_strip", [&] {
+    pybind11::gil_scoped_release no_gil;
+    strip_impl<scalar_t>(x.data_ptr<scalar_t>(), sq.data_ptr<scalar_t>(), n, x.size(1), row0,
+                         rows, block_n, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+namespace {
+template <typename T>
 void add_rows_impl(T* out, const int64_t* ix, const T* in, int64_t k, int64_t d) {
   // Columns split across threads, rows in order: each element's sum order is fixed.
   at::parallel_for(0, d, 64, [&](int64_t c0, int64_t c1) {

@@ -26,6 +26,9 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
                                       const at::Tensor& key, int64_t block_m,
                                       int64_t block_n);
 
+at::Tensor distance_strip(const at::Tensor& x, const at::Tensor& sq, int64_t row0,
+                          int64_t rows, int64_t block_n);
+
 void add_rows(at::Tensor& dst, const at::Tensor& idx, const at::Tensor& src);
 
 }  // namespace ck_cpu

@@ -404,6 +404,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");
   m.def("hardest_pairs", &ck_cpu::hardest_pairs,
         "(pos (N,), neg (N,)) int64: batch-hard positive and negative per row, -1 if none");
+  m.def("distance_strip", &ck_cpu::distance_strip,
+        "(rows, N) squared distances of rows [row0, row0 + rows) of x to every row");
   m.def("add_rows", &ck_cpu::add_rows, "dst[idx[r]] += src[r], rows in order (in place)");
   m.def("have_fortran_blas", &ck_cpu::have_fortran_blas,
         "whether tile products use torch's BLAS directly (else at::mm)");

@@ -92,6 +92,18 @@ std::vector<at::Tensor> hardest_pairs(const at::Tensor& x, const at::Tensor& rx,
   return hardest_pairs_cuda(x, rx, key);
 }
 
+at::Tensor distance_strip(const at::Tensor& x, const at::Tensor& nsq, int64_t row0,
+                          int64_t rows) {
+  ck::check_features(x, "x", kDeviceType);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "x must be float32 or float64 (prepared rows), got ", x.scalar_type());
+  ck::check_vector(nsq, "nsq", x.size(0), x.scalar_type(), x.device());
+  TORCH_CHECK(row0 >= 0 && rows >= 0 && row0 + rows <= x.size(0), "rows [", row0, ", ",
+              row0 + rows, ") out of range for ", x.size(0), " rows of x");
+  const DeviceGuard guard(x.device());
+  return distance_strip_cuda(x, nsq, row0, rows);
+}
+
 #if defined(CK_CUDA_EMULATE)
 // The emulation build's traffic counters (csrc/cuda/memory.cuh, ck_emu::traffic_*), read by
 // contrastive_kernels/proof/cuda_traffic.py: traffic_begin() -> token; traffic_end(token) ->
@@ -143,6 +155,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("params"), py::arg("row_key"), py::arg("col_key"), py::arg("g_row"),
         py::arg("mask_diag"), py::arg("normalize"), py::arg("want_rows"),
         py::arg("deterministic"), py::arg("need_dq") = true, py::arg("need_dk") = true);
+  m.def("distance_strip", &ck_cuda::distance_strip,
+        "(rows, N) squared distances of rows [row0, row0 + rows) of x to every row");
   m.def("hardest_pairs", &ck_cuda::hardest_pairs, "(pos (N,), neg (N,)) int64, -1 where none");
   m.def("built_archs", &ck_cuda::built_archs, "TORCH_CUDA_ARCH_LIST of this build");
 #if defined(CK_CUDA_EMULATE)

@@ -52,5 +52,7 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
                                            bool need_dq = true, bool need_dk = true);
 std::vector<at::Tensor> hardest_pairs_cuda(const at::Tensor& x, const at::Tensor& rx,
                                            const at::Tensor& key);
+at::Tensor distance_strip_cuda(const at::Tensor& x, const at::Tensor& nsq, int64_t row0,
+                               int64_t rows);
 
 }  // namespace ck_cuda

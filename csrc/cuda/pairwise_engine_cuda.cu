@@ -22,6 +22,7 @@
 //   sum_splits_kernel       Σ over the column splits of a per-row partial, fixed order
 //   hardest_kernel          batch-hard mining: per row argmax d over positives, argmin
 //                           over negatives (lowest index on ties, NaN beats numbers)
+//   strip_kernel            a block of rows of the squared-distance matrix (triplet strips)
 // The normalization backward is the softmax engine's (norm_backward_cuda), with the
 // HADSELL diagonal term −(Σ_j dS_ij)·q̂_i folded in. Every value-deciding rule is
 // from ../tile_math.h (siglip_*, gram_sq_dist, near_coincident, hadsell_*, beats_*).
@@ -676,6 +677,63 @@ std::vector<at::Tensor> pair_backward_cuda(int64_t kind, const at::Tensor& q,
     dparams.select(0, 2).copy_(part0.sum());
   }
   return {rows, dq, dk, dparams};
+}
+
+namespace {
+
+// The triplet strips (losses/triplet_strips.py): d²(x_{row0+r}, x_j) for a block of rows
+// against every row of prepared fp32/fp64 rows x. A 16×16 thread tile per block, the dot
+// products staged through shared memory kStripK columns at a time (plain SIMT: the strip's
+// consumer, a per-row sort, dominates its cost); near-coincident pairs recomputed from the
+// difference, as every distance in this engine.
+constexpr int kStrip = 16, kStripK = 16;
+
+template <typename T>
+__global__ void __launch_bounds__(kStrip * kStrip)
+    strip_kernel(const T* __restrict__ X, const T* __restrict__ NSQ, T* __restrict__ OUT,
+                 int64_t n, int64_t D, int64_t row0, int64_t rows) {
+  __shared__ T a_s[kStrip][kStripK + 1];  // +1: no bank conflicts on the transposed reads
+  __shared__ T b_s[kStrip][kStripK + 1];
+  const int tr = threadIdx.y, tc = threadIdx.x;
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * kStrip + tr;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kStrip + tc;
+  const int64_t ra0 = row0 + static_cast<int64_t>(blockIdx.y) * kStrip;
+  const int64_t jb0 = static_cast<int64_t>(blockIdx.x) * kStrip;
+  T dot = 0;
+  for (int64_t c0 = 0; c0 < D; c0 += kStripK) {
+    // Thread (tr, tc) stages column c0 + tc of row tr of both tiles.
+    const int64_t c = c0 + tc;
+    const int64_t ia = ra0 + tr, ib = jb0 + tr;
+    a_s[tr][tc] = (c < D && ia < row0 + rows) ? gload(&X[ia * D + c]) : T(0);
+    b_s[tr][tc] = (c < D && ib < n) ? gload(&X[ib * D + c]) : T(0);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kStripK; ++k) dot += a_s[tr][k] * b_s[tc][k];
+    __syncthreads();
+  }
+  if (r >= rows || j >= n) return;
+  const int64_t i = row0 + r;
+  const T ni = gload(&NSQ[i]), nj = gload(&NSQ[j]);
+  T d2 = ck::gram_sq_dist(ni, nj, dot);
+  if (ck::near_coincident(d2, ni, nj)) d2 = exact_sq_dist(X + i * D, T(1), X + j * D, T(1), D);
+  gstore(&OUT[r * n + j], d2);
+}
+
+}  // namespace
+
+at::Tensor distance_strip_cuda(const at::Tensor& x, const at::Tensor& nsq, int64_t row0,
+                               int64_t rows) {
+  const int64_t n = x.size(0), d = x.size(1);
+  at::Tensor out = ck::output({rows, n}, x.options());
+  if (rows == 0 || n == 0) return out;
+  auto stream = current_stream();
+  const dim3 grid(static_cast<unsigned>((n + kStrip - 1) / kStrip),
+                  static_cast<unsigned>((rows + kStrip - 1) / kStrip));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "distance_strip", [&] {
+    launch<strip_kernel<scalar_t>>(grid, dim3(kStrip, kStrip), 0, stream, ptr<scalar_t>(x),
+                                   ptr<scalar_t>(nsq), out.data_ptr<scalar_t>(), n, d, row0, rows);
+  });
+  return out;
 }
 
 std::vector<at::Tensor> hardest_pairs_cuda(const at::Tensor& x, const at::Tensor& rx,

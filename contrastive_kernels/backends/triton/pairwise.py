@@ -474,6 +474,32 @@ def _hardest_kernel(X, RX, SQ, KEY, POS, NEG, N, D, stride_x,
     tl.store(NEG + offs_a, idx_n, mask=a_ok)
 
 
+@triton.jit(do_not_specialize=["N", "row0", "rows"])
+def _strip_kernel(X, SQ, OUT, N, D, stride_x, row0, rows,
+                  BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr):
+    """OUT[r, j] = d²(x_{row0+r}, x_j) for r < rows, every j < N: one tile per program
+    (grid: row tiles × column tiles), the Gram form with near-coincident pairs recomputed
+    from the difference, exactly as the mining kernel sees them."""
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_A + tl.arange(0, BLOCK_A)
+    offs_a = row0 + offs_r
+    offs_b = tl.program_id(1).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r_ok = offs_r < rows
+    a_ok = r_ok & (offs_a < N)
+    b_ok = offs_b < N
+    ones_a = tl.full([BLOCK_A], 1.0, ACC)
+    ones_b = tl.full([BLOCK_B], 1.0, ACC)
+    c = dot_tile(X, X, offs_a, offs_b, N, N, D, stride_x, stride_x,
+                 BLOCK_A, BLOCK_B, BLOCK_K, ACC, False, PREC)
+    sqa = tl.load(SQ + offs_a, mask=a_ok, other=0.0).to(ACC)
+    sqb = tl.load(SQ + offs_b, mask=b_ok, other=0.0).to(ACC)
+    ok = a_ok[:, None] & b_ok[None, :]
+    d2 = _sq_dist_tile(X, X, offs_a, offs_b, a_ok, b_ok, ones_a, ones_b,
+                       sqa[:, None] + sqb[None, :], c, ok, D, stride_x, stride_x,
+                       BLOCK_A, BLOCK_B, ACC)
+    tl.store(OUT + offs_r[:, None] * N + offs_b[None, :], d2, mask=ok)
+
+
 # --------------------------------------------------------------------------------------
 # Launch wrappers
 # --------------------------------------------------------------------------------------
@@ -738,3 +764,19 @@ def hardest_pairs(x, rx, key):
         **launch_options(cfg, cap_registers=True))
     return pos, neg
 
+
+
+def distance_strip(x, sq, row0: int, rows: int):
+    """(rows, N) squared distances of rows [row0, row0 + rows) of x (N, D) to every row,
+    in x's dtype (fp32/fp64): x already prepared (normalized, upcast), sq (N,) its squared
+    norms; near-coincident pairs recomputed from the difference (duplicates give 0)."""
+    n, d = x.shape
+    out = out_buffer((rows, n), x.dtype, x.device)
+    if rows == 0 or n == 0:
+        return out
+    cfg = mining_tiles(d, x.dtype)
+    grid = (triton.cdiv(rows, cfg.block_m), triton.cdiv(n, cfg.block_n))
+    _strip_kernel[grid](x, sq, out, n, d, x.stride(0), row0, rows, BLOCK_A=cfg.block_m,
+                        BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k, ACC=tl_acc(x.dtype),
+                        PREC=precision(x.dtype), **launch_options(cfg, cap_registers=True))
+    return out
