@@ -86,6 +86,13 @@ def reduction(value) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
 
 
+def choice(value, name: str, allowed) -> None:
+    """value must be one of ``allowed`` (a ValueError naming the argument lists them)."""
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
 def mnrl_options(directions, partition_mode, hardness_mode) -> None:
     """The candidate-set options of multiple_negatives_ranking_loss."""
     from .losses.multiple_negatives_ranking import (DIRECTIONS, HARDNESS_MODES,

@@ -30,6 +30,8 @@ from .losses import siglip as siglip_ops
 from .losses import supcon as supcon_ops
 from .losses import triplet as triplet_ops
 
+TRIPLET_MINING = ("batch_hard", "batch_all", "semi_hard")
+
 
 def _outside_autocast(fn):
     """Run a loss with autocast off on the features' device, promoting the floating
@@ -264,21 +266,32 @@ def n_pair_loss(anchors, positives, l2_reg=0.0, reduction="mean", backend="auto"
 @_outside_autocast
 def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squared=False,
                         normalize=False, reduction="mean", backend="auto"):
-    """Batch-hard triplet loss (Hermans et al.). embeddings (N, D), labels (N,) integers.
-    Per anchor with a positive and a negative: relu(max d(a,p) − min d(a,n) + margin).
-    Returns a scalar (mean over valid anchors), or (N,) for reduction="none"."""
+    """Triplet margin loss over the batch's triplets (a, p, n): label(a) = label(p) ≠
+    label(n), a ≠ p; d Euclidean (squared if ``squared``, rows L2-normalized first if
+    ``normalize``). embeddings (N, D), labels (N,) integers.
+
+    ``mining``:
+    - "batch_hard" (Hermans et al.): per anchor relu(max_p d(a,p) − min_n d(a,n) + margin);
+      "mean" over the anchors that have a positive and a negative.
+    - "batch_all": relu(d(a,p) − d(a,n) + margin) over every triplet; "mean" over the
+      triplets where it is positive (pytorch-metric-learning's TripletMarginLoss with
+      AvgNonZeroReducer, sentence-transformers' BatchAllTripletLoss).
+    - "semi_hard" (FaceNet): per positive pair, the nearest negative farther than the
+      positive, else the farthest negative; "mean" over all positive pairs
+      (sentence-transformers' BatchSemiHardTripletLoss).
+    Returns a scalar, or (N,) for reduction="none" (the anchor's loss, or the sum over its
+    triplets / positive pairs). A mean with nothing to average is 0."""
     check.features(embeddings, "embeddings")
     check.labels(labels, "labels", embeddings.shape[0], embeddings.device)
     check.scalar(margin, "margin", embeddings.device, non_negative=True)
-    if mining != "batch_hard":
-        raise ValueError(f"mining must be 'batch_hard', got {mining!r}")
+    check.choice(mining, "mining", TRIPLET_MINING)
     check.reduction(reduction)
     impl = dispatch.select(backend, embeddings.device, "triplet_margin_loss")
     if impl is None:
         return reference.triplet_margin_loss(embeddings, labels, margin, mining, squared,
                                              normalize, reduction)
     return triplet_ops.triplet_margin_loss(embeddings, labels, margin, squared, normalize,
-                                           reduction, impl)
+                                           reduction, impl, mining)
 
 
 @_outside_autocast

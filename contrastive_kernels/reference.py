@@ -302,20 +302,29 @@ def n_pair_loss(anchors, positives, l2_reg=0.0, reduction="mean"):
 
 def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squared=False, normalize=False,
                         reduction="mean"):
-    """Batch-hard triplet loss (Hermans et al.).
+    """Triplet margin loss. Shapes: ``embeddings`` [N, D], ``labels`` [N] integers.
+    d = Euclidean distance (squared if ``squared``; rows normalized first if
+    ``normalize``); a triplet (a, p, n) has y_a = y_p ≠ y_n, a ≠ p.
 
-    Shapes: ``embeddings`` [N, D], ``labels`` [N] integers. d = Euclidean
-    distance (squared if ``squared``; rows normalized first if ``normalize``).
-    For anchor a: hardest positive = argmax_{j≠a, y_j=y_a} d(a, j), hardest
-    negative = argmin_{y_j≠y_a} d(a, j), ties to the lowest index;
-    ℓ_a = relu(d_ap − d_an + margin). Gradient flows through the two selected
-    distances only.
-
-    ``reduction="none"`` returns [N] values, 0 for anchors lacking a positive
-    or a negative; ``"mean"`` averages over the valid anchors (0 if none).
+    - ``"batch_hard"`` (Hermans et al.): hardest positive = argmax_{p} d(a, p), hardest
+      negative = argmin_{n} d(a, n), ties to the lowest index; ℓ_a = relu(d_ap − d_an +
+      margin); gradient through the two selected distances only. ``"none"``: [N], 0 for
+      anchors lacking a positive or a negative; ``"mean"`` over the valid anchors.
+    - ``"batch_all"``: every triplet enumerated (N×N×N); ℓ_apn = d_ap − d_an + margin,
+      active where not ≤ 0 (NaN is active); ``"none"``: [N] per-anchor sums of the active
+      ℓ; ``"mean"``: their total over the number of active triplets (0 if none).
+    - ``"semi_hard"``: per positive pair, the lowest-index nearest negative with
+      d_an > d_ap, else the lowest-index farthest negative, else 0 (no negatives);
+      ℓ_ap = relu(d_ap − d_an + margin); ``"none"``: [N] per-anchor sums over positive
+      pairs, NaN for an anchor with a positive and a NaN distance to any other row;
+      ``"mean"``: the total over the number of positive pairs (0 if none).
     """
+    if mining == "batch_all":
+        return _batch_all(embeddings, labels, margin, squared, normalize, reduction)
+    if mining == "semi_hard":
+        return _semi_hard(embeddings, labels, margin, squared, normalize, reduction)
     if mining != "batch_hard":
-        raise ValueError(f"mining must be 'batch_hard', got {mining!r}")
+        raise ValueError(f"mining must be 'batch_hard', 'batch_all' or 'semi_hard', got {mining!r}")
     x = _prep(embeddings, normalize)
     n = x.shape[0]
     d2 = _pairwise_sq_dist(x)
@@ -338,6 +347,66 @@ def triplet_margin_loss(embeddings, labels, margin=0.2, mining="batch_hard", squ
     vec = torch.relu(d_ap - d_an + margin)
     vec = torch.where(valid, vec, torch.zeros_like(vec))
     return reduce_rows(vec, reduction, valid)
+
+
+
+
+def _triplet_setup(embeddings, labels, squared, normalize):
+    """(d [N, N], positive-pair mask, negative-pair mask)."""
+    x = _prep(embeddings, normalize)
+    n = x.shape[0]
+    d2 = _pairwise_sq_dist(x)
+    d = d2 if squared else _safe_sqrt(d2)
+    same = labels[:, None] == labels[None, :]
+    return d, same & ~_eye(n, x.device), ~same
+
+
+def _anchor_chunks(n: int):
+    """Anchor slices whose [chunk, N, N] triplet tensors stay near 2^24 elements."""
+    step = max(1, (1 << 24) // max(n * n, 1))
+    return [slice(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _reduce_over(vec, reduction, count):
+    if reduction == "none":
+        return vec
+    if reduction == "sum":
+        return vec.sum()
+    return vec.sum() / count.clamp_min(1)
+
+
+def _batch_all(embeddings, labels, margin, squared, normalize, reduction):
+    d, pos, neg = _triplet_setup(embeddings, labels, squared, normalize)
+    rows, count = [], d.new_zeros(())
+    for a in _anchor_chunks(d.shape[0]):
+        loss = d[a, :, None] - d[a, None, :] + margin  # [anchor, positive, negative]
+        active = pos[a, :, None] & neg[a, None, :] & ~(loss <= 0)
+        rows.append(torch.where(active, loss, torch.zeros_like(loss)).sum(dim=(1, 2)))
+        count = count + active.sum()
+    return _reduce_over(torch.cat(rows), reduction, count)
+
+
+def _semi_hard(embeddings, labels, margin, squared, normalize, reduction):
+    d, pos, neg = _triplet_setup(embeddings, labels, squared, normalize)
+    n = d.shape[0]
+    cols = torch.arange(n, device=d.device)
+    rows = []
+    for a in _anchor_chunks(n):
+        with torch.no_grad():
+            dd = torch.nan_to_num(d[a], nan=0.0)  # NaN rows are overwritten below
+            beyond = neg[a, None, :] & (dd[:, None, :] > dd[:, :, None])  # [anchor, p, n]
+            near = torch.where(beyond, dd[:, None, :], float("inf")).amin(dim=2, keepdim=True)
+            first_near = torch.where(beyond & (dd[:, None, :] == near), cols, n).amin(dim=2)
+            far = torch.where(neg[a], dd, float("-inf")).amax(dim=1, keepdim=True)
+            first_far = torch.where(neg[a] & (dd == far), cols, n).amin(dim=1, keepdim=True)
+            chosen = torch.where(beyond.any(dim=2), first_near, first_far).clamp_max(n - 1)
+        has_neg = neg[a].any(dim=1, keepdim=True)
+        d_an = torch.where(has_neg, d[a].gather(1, chosen), torch.zeros_like(d[a]))
+        loss = torch.where(pos[a], torch.relu(d[a] - d_an + margin), torch.zeros_like(d[a]))
+        vec = loss.sum(dim=1)
+        bad = (torch.isnan(d[a]) & (pos[a] | neg[a])).any(dim=1) & pos[a].any(dim=1)
+        rows.append(torch.where(bad, torch.full_like(vec, float("nan")), vec))
+    return _reduce_over(torch.cat(rows), reduction, pos.sum())
 
 
 def _selected_distance(x: torch.Tensor, idx: torch.Tensor, squared: bool) -> torch.Tensor:

@@ -303,3 +303,20 @@ def subtract_rows(dst: Tensor, idx_a: Tensor, src_a: Tensor, idx_b: Tensor, src_
 @subtract_rows.register_fake
 def _(dst, idx_a, src_a, idx_b, src_b, backend):
     return torch.empty_like(dst)
+
+
+# ---------------------------------------------------------------------------------------
+# Distance strips: the batch-all and semi-hard triplet epilogues (losses/triplet_strips.py).
+# ---------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::distance_strip", mutates_args=())
+def distance_strip(x: Tensor, sq: Tensor, row0: int, rows: int, backend: str) -> Tensor:
+    """(rows, N) squared distances of rows [row0, row0 + rows) of x (N, D) to every row:
+    x prepared (float32/float64, contiguous), sq (N,) its squared norms. No gradient: the
+    strips' consumers form their own."""
+    _check_width(x, "x")
+    return engine(backend).distance_strip(x, sq, row0, rows)
+
+
+@distance_strip.register_fake
+def _(x, sq, row0, rows, backend):
+    return x.new_empty((rows, x.shape[0]))

@@ -1,4 +1,5 @@
-"""Batch-hard triplet loss: tiled mining on the kernels, O(N·D) loss and gradient."""
+"""Triplet margin losses: batch-hard mining on the kernels (O(N·D) loss and gradient),
+batch-all and semi-hard over distance strips (triplet_strips.py)."""
 from __future__ import annotations
 
 import torch
@@ -6,9 +7,34 @@ import torch
 from ..reference import _prep
 from ._common import as_tensor, reduce_rows
 from ..engines.library import backend_name, hardest_pairs, subtract_rows
+from .triplet_strips import triplet_strip_loss
 
 
-def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reduction, impl):
+def triplet_margin_loss(embeddings, labels, margin, squared, normalize, reduction, impl,
+                        mining="batch_hard"):
+    """embeddings (N, D), labels (N,) integers, margin scalar ≥ 0. Returns the reduced
+    loss ("none": (N,) per anchor)."""
+    if mining != "batch_hard":
+        return strip_triplet_loss(embeddings, labels, margin, squared, normalize, reduction,
+                                  impl, mining)
+    return batch_hard_loss(embeddings, labels, margin, squared, normalize, reduction, impl)
+
+
+def strip_triplet_loss(embeddings, labels, margin, squared, normalize, reduction, impl,
+                       mining):
+    """Batch-all or semi-hard: "none" gives each anchor's sum over its triplets (positive
+    pairs), "sum" their total, "mean" the total over the active triplets (batch-all) or
+    over the positive pairs (semi-hard), 0 where there are none."""
+    x = _prep(embeddings, normalize)
+    rows, count = triplet_strip_loss(x, labels.to(torch.int64).contiguous(),
+                                     as_tensor(margin, x), mining, squared, impl)
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    return total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+
+
+def batch_hard_loss(embeddings, labels, margin, squared, normalize, reduction, impl):
     """embeddings (N, D), labels (N,) integers, margin scalar ≥ 0.
 
     The kernel finds, per anchor, the farthest same-label row and the nearest other-label

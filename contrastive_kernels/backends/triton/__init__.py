@@ -23,7 +23,7 @@ import torch
 from . import norms, pairwise, softmax
 
 __all__ = ["inverse_norms", "forward", "backward", "pair_forward", "pair_backward",
-           "hardest_pairs"]
+           "hardest_pairs", "distance_strip"]
 
 
 def _device_of(args) -> torch.device | None:
@@ -55,3 +55,4 @@ backward = _on_inputs_device(softmax, "backward")
 pair_forward = _on_inputs_device(pairwise, "pair_forward")
 pair_backward = _on_inputs_device(pairwise, "pair_backward")
 hardest_pairs = _on_inputs_device(pairwise, "hardest_pairs")
+distance_strip = _on_inputs_device(pairwise, "distance_strip")
