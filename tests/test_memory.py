@@ -36,6 +36,10 @@ def _losses(gen, N):
         "siglip_loss_none": lambda b: ck.siglip_loss(x, y, 10.0, -10.0, reduction="none",
                                                      backend=b).sum(),
         "triplet_margin_loss": lambda b: ck.triplet_margin_loss(x, labels, backend=b),
+        "triplet_batch_all": lambda b: ck.triplet_margin_loss(x, labels, mining="batch_all",
+                                                              backend=b),
+        "triplet_semi_hard_none": lambda b: ck.triplet_margin_loss(
+            x, labels, mining="semi_hard", reduction="none", backend=b).sum(),
         "contrastive_loss": lambda b: ck.contrastive_loss(x, labels, backend=b),
         "contrastive_loss_none": lambda b: ck.contrastive_loss(x, labels, reduction="none",
                                                                backend=b).sum(),

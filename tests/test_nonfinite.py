@@ -67,6 +67,12 @@ def _cases():
                         {"l2_reg": 0.01}, {}, ("none", "mean")),
         "triplet_margin_loss": (ck.triplet_margin_loss, {"embeddings": (1, D)},
                                 {"margin": 0.2}, {"labels": "labels"}, ("none", "mean")),
+        "triplet_batch_all": (ck.triplet_margin_loss, {"embeddings": (1, D)},
+                              {"margin": 0.2}, {"labels": "labels", "mining": "batch_all"},
+                              ("none", "mean")),
+        "triplet_semi_hard": (ck.triplet_margin_loss, {"embeddings": (1, D)},
+                              {"margin": 0.2}, {"labels": "labels", "mining": "semi_hard"},
+                              ("none", "mean")),
         "contrastive_loss": (ck.contrastive_loss, {"embeddings": (1, D)}, {"margin": 1.0},
                              {"labels": "labels"}, ("none", "mean")),
     }

@@ -21,14 +21,136 @@ def _variant(**options):
 CASE = _variant()
 globals().update(loss_tests(CASE))
 globals().update(loss_tests(_variant(squared=True, normalize=True), "squared_normalized"))
+STRIP_MINING = ["batch_all", "semi_hard"]
+for _mining in STRIP_MINING:
+    globals().update(loss_tests(_variant(mining=_mining), _mining))
+    globals().update(loss_tests(_variant(mining=_mining, squared=True, normalize=True),
+                                f"{_mining}_squared_normalized"))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("mining", ["batch_hard"] + STRIP_MINING)
 @pytest.mark.parametrize("squared", [False, True])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_options(backend, squared, normalize):
-    compare(_variant(squared=squared, normalize=normalize), backend, 40, 6, torch.float32,
-            "none", generator("triplet", squared, normalize))
+def test_options(backend, mining, squared, normalize):
+    compare(_variant(mining=mining, squared=squared, normalize=normalize), backend, 40, 6,
+            torch.float32, "none", generator("triplet", mining, squared, normalize))
+
+
+def _enumerated(x, labels, margin, mining, squared):
+    """(per-anchor sums (N,), count) by Python loops over every triplet / positive pair,
+    exact distances from the differences: the independent check of both the reference
+    and the kernels. Semi-hard ties go to the lowest index (only the gradient sees it)."""
+    n = x.shape[0]
+    dist = [[float((x[i] - x[j]).pow(2).sum()) for j in range(n)] for i in range(n)]
+    if not squared:
+        dist = [[v ** 0.5 for v in row] for row in dist]
+    rows, count = [0.0] * n, 0
+    for a in range(n):
+        negs = [k for k in range(n) if labels[k] != labels[a]]
+        for p in range(n):
+            if p == a or labels[p] != labels[a]:
+                continue
+            if mining == "batch_all":
+                for k in negs:
+                    loss = dist[a][p] - dist[a][k] + margin
+                    if loss > 0:
+                        rows[a] += loss
+                        count += 1
+                continue
+            count += 1
+            beyond = [dist[a][k] for k in negs if dist[a][k] > dist[a][p]]
+            d_an = min(beyond) if beyond else max((dist[a][k] for k in negs), default=0.0)
+            rows[a] += max(0.0, dist[a][p] - d_an + margin)
+    return torch.tensor(rows, dtype=torch.float64), count
+
+
+def _strip_inputs(kind, n, d):
+    gen = generator("triplet", "strips", kind, n)
+    labels = torch.randint(0, max(2, n // 4), (n,), generator=gen)
+    if kind == "ties":  # small integers: exact distances, many equal
+        x = torch.randint(-2, 3, (n, d), generator=gen).double()
+    elif kind == "duplicates":
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        x[n // 2:] = x[: n - n // 2].clone()
+        labels[n // 2:] = labels[: n - n // 2].clone()
+    else:
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    if kind == "one_class":
+        labels.zero_()
+    if kind == "own_class":
+        labels = torch.arange(n)
+    return x, labels
+
+
+@pytest.fixture
+def small_strips(monkeypatch):
+    """Strips of 3 rows, so every test crosses several strips and a ragged last one."""
+    from contrastive_kernels.losses import triplet_strips
+    monkeypatch.setattr(triplet_strips, "STRIP_ELEMENTS", 1)
+    monkeypatch.setattr(triplet_strips, "MIN_STRIP_ROWS", 3)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("mining", STRIP_MINING)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("kind", ["random", "ties", "duplicates", "one_class", "own_class"])
+def test_strip_mining_equals_enumeration(backend, mining, squared, kind, small_strips):
+    """fp64, every triplet enumerated in Python: the per-anchor sums and the mean (the
+    reference, backend "torch", is held to the same enumeration)."""
+    x, labels = _strip_inputs(kind, 23, 3)
+    margin = 1.5 if squared else 0.8
+    rows, count = _enumerated(x, labels.tolist(), margin, mining, squared)
+    x, labels = x.to(DEVICE), labels.to(DEVICE)
+    got = ck.triplet_margin_loss(x, labels, margin, mining=mining, squared=squared,
+                                 reduction="none", backend=backend).cpu()
+    torch.testing.assert_close(got, rows, rtol=1e-12, atol=1e-12)
+    mean = ck.triplet_margin_loss(x, labels, margin, mining=mining, squared=squared,
+                                  backend=backend).cpu()
+    torch.testing.assert_close(mean, rows.sum() / max(count, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("mining", STRIP_MINING)
+@pytest.mark.parametrize("kind", ["ties", "duplicates"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_strip_gradients_with_ties_and_duplicates(backend, mining, kind, reduction,
+                                                  small_strips):
+    """Exact ties (the semi-hard negative goes to the lowest index) and duplicate rows
+    (d = 0: no gradient through that pair): the gradient equals the reference's."""
+    x, labels = _strip_inputs(kind, 23, 3)
+    x, labels = x.to(DEVICE), labels.to(DEVICE)
+    upstream = torch.randn(23 if reduction == "none" else (), dtype=torch.float64,
+                           generator=generator("triplet", "ties-up", kind)).to(DEVICE)
+    grads = []
+    for b in (backend, "torch"):
+        leaf = x.clone().requires_grad_()
+        out = ck.triplet_margin_loss(leaf, labels, 0.8, mining=mining, reduction=reduction,
+                                     backend=b)
+        (out * upstream).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_the_enumeration_check_can_fail(small_strips):
+    """Plant a wrong tie rule (≥ instead of > for 'farther than the positive'): the
+    enumeration disagrees with it on the tied inputs."""
+    x, labels = _strip_inputs("ties", 23, 3)
+    rows, _ = _enumerated(x, labels.tolist(), 0.8, "semi_hard", False)
+    from contrastive_kernels.losses import triplet_strips
+    original = torch.searchsorted
+
+    def planted(seq, values, side="left", **kw):
+        return original(seq, values, side="left", **kw)
+
+    triplet_strips.torch.searchsorted = planted
+    try:
+        got = ck.triplet_margin_loss(x, labels, 0.8, mining="semi_hard", reduction="none",
+                                     backend="cpu" if "cpu" in KERNEL_BACKENDS else
+                                     KERNEL_BACKENDS[0])
+    finally:
+        triplet_strips.torch.searchsorted = original
+    assert not torch.allclose(got.cpu(), rows)
 
 
 def _brute_force(x, labels):
@@ -113,9 +235,37 @@ def test_label_extremes_exclude_every_anchor(backend, labels):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("mining", STRIP_MINING)
+@pytest.mark.parametrize("labels", ["single_class", "all_distinct"])
+def test_strip_label_extremes(backend, mining, labels):
+    """No triplet at all: batch-all is 0 with zero gradient either way. Semi-hard over one
+    class has positive pairs without negatives: each is relu(d_ap − 0 + margin), the
+    row minimum (the anchor itself) standing in for the negative, as sentence-transformers
+    and TensorFlow Addons compute it; every sample its own class: no pairs, 0."""
+    n = 9
+    y = torch.zeros(n, dtype=torch.long) if labels == "single_class" else torch.arange(n)
+    x = randn((n, 4), generator("triplet", labels, mining)).requires_grad_()
+    out = ck.triplet_margin_loss(x, y.to(DEVICE), mining=mining, backend=backend)
+    out.backward()
+    if mining == "semi_hard" and labels == "single_class":
+        ref = ck.triplet_margin_loss(x.detach(), y.to(DEVICE), mining=mining, backend="torch")
+        torch.testing.assert_close(out, ref)
+        assert out.item() > 0.2 and x.grad.abs().sum() > 0
+    else:
+        assert out.item() == 0.0 and not x.grad.any()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_module_matches_functional(backend):
     (x,), kw = _labelled(12, 4, torch.float32, generator("triplet", "module"))
-    mod = ck.TripletMarginLoss(margin=0.5, squared=True, backend=backend)
-    torch.testing.assert_close(mod(x, kw["labels"]),
-                               ck.triplet_margin_loss(x, kw["labels"], 0.5, squared=True,
-                                                      backend="torch"))
+    for mining in ["batch_hard"] + STRIP_MINING:
+        mod = ck.TripletMarginLoss(margin=0.5, mining=mining, squared=True, backend=backend)
+        torch.testing.assert_close(mod(x, kw["labels"]),
+                                   ck.triplet_margin_loss(x, kw["labels"], 0.5, mining=mining,
+                                                          squared=True, backend="torch"))
+
+
+def test_unknown_mining_is_refused():
+    x = torch.randn(6, 3)
+    with pytest.raises(ValueError, match="mining"):
+        ck.triplet_margin_loss(x, torch.zeros(6, dtype=torch.long), mining="hard")

@@ -33,7 +33,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .. import functional as F
 
 __all__ = ["MultipleNegativesRankingLoss", "MultipleNegativesSymmetricRankingLoss",
-           "CachedMultipleNegativesRankingLoss"]
+           "CachedMultipleNegativesRankingLoss", "BatchAllTripletLoss",
+           "BatchSemiHardTripletLoss"]
 
 
 def fused_normalize(similarity_fct) -> bool | None:
@@ -153,3 +154,84 @@ class CachedMultipleNegativesRankingLoss(_st_losses.CachedMultipleNegativesRanki
             loss.backward()
             loss = loss.detach()
         return loss
+
+
+def fused_squared(distance_metric) -> bool | None:
+    """False for sentence-transformers' Euclidean distance, True for it with
+    ``squared=True`` (a functools.partial), None for a distance the strips lack."""
+    euclidean = {_st_losses.BatchHardTripletLossDistanceFunction.euclidean_distance,
+                 _st_losses.BatchHardTripletLossDistanceFunction.eucledian_distance}
+    if distance_metric in euclidean:
+        return False
+    func = getattr(distance_metric, "func", None)
+    keywords = getattr(distance_metric, "keywords", None) or {}
+    if func in euclidean and not getattr(distance_metric, "args", ()) \
+            and set(keywords) <= {"squared"}:
+        return bool(keywords.get("squared", False))
+    return None
+
+
+class _FusedTriplets:
+    """compute_loss_from_embeddings on the distance strips, for a sentence-transformers
+    batch triplet loss subclass (which holds the margin and the distance)."""
+
+    backend = "auto"
+    mining = "batch_all"
+
+    def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor],
+                                     labels: torch.Tensor) -> torch.Tensor:
+        """embeddings: [reps (N, D)]; labels (N,) integer classes. Returns the mean."""
+        squared = fused_squared(self.distance_metric)
+        if squared is None:
+            self._warn_fallback()
+            return super().compute_loss_from_embeddings(embeddings, labels)
+        reps = embeddings[0]
+        if labels.numel() != reps.shape[0]:
+            raise ValueError(f"{type(self).__name__} expects {reps.shape[0]} labels (one per "
+                             f"example), but got {labels.numel()} labels with shape "
+                             f"{tuple(labels.shape)}.")
+        return F.triplet_margin_loss(reps, labels.view(-1).to(reps.device),
+                                     self._margin(), mining=self.mining, squared=squared,
+                                     backend=self.backend)
+
+    def _warn_fallback(self) -> None:
+        if not getattr(self, "_warned_fallback", False):
+            name = getattr(self.distance_metric, "__name__", repr(self.distance_metric))
+            warnings.warn(f"{type(self).__name__}: distance_metric={name} is not the "
+                          "Euclidean distance; computing the loss with "
+                          "sentence-transformers' own (materialized) code", stacklevel=3)
+            self._warned_fallback = True
+
+
+_EUCLIDEAN = _st_losses.BatchHardTripletLossDistanceFunction.euclidean_distance
+
+
+class BatchAllTripletLoss(_FusedTriplets, _st_losses.BatchAllTripletLoss):
+    """sentence-transformers' BatchAllTripletLoss (same arguments) on the strips: the
+    mean of relu(d_ap − d_an + margin) over the triplets where it is positive."""
+
+    mining = "batch_all"
+
+    def __init__(self, model, distance_metric=_EUCLIDEAN, margin: float = 5,
+                 backend: str = "auto") -> None:
+        super().__init__(model, distance_metric=distance_metric, margin=margin)
+        self.backend = backend
+
+    def _margin(self):
+        return self.triplet_margin
+
+
+class BatchSemiHardTripletLoss(_FusedTriplets, _st_losses.BatchSemiHardTripletLoss):
+    """sentence-transformers' BatchSemiHardTripletLoss (same arguments) on the strips:
+    per positive pair the nearest negative farther than the positive, else the farthest
+    negative; the mean over all positive pairs."""
+
+    mining = "semi_hard"
+
+    def __init__(self, model, distance_metric=_EUCLIDEAN, margin: float = 5,
+                 backend: str = "auto") -> None:
+        super().__init__(model, distance_metric=distance_metric, margin=margin)
+        self.backend = backend
+
+    def _margin(self):
+        return self.margin

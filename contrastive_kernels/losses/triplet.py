@@ -26,12 +26,8 @@ def strip_triplet_loss(embeddings, labels, margin, squared, normalize, reduction
     pairs), "sum" their total, "mean" the total over the active triplets (batch-all) or
     over the positive pairs (semi-hard), 0 where there are none."""
     x = _prep(embeddings, normalize)
-    rows, count = triplet_strip_loss(x, labels.to(torch.int64).contiguous(),
-                                     as_tensor(margin, x), mining, squared, impl)
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    return total if reduction == "sum" else total / count.clamp_min(1).to(total.dtype)
+    return triplet_strip_loss(x, labels.to(torch.int64).contiguous(), as_tensor(margin, x),
+                              mining, squared, impl, reduction)
 
 
 def batch_hard_loss(embeddings, labels, margin, squared, normalize, reduction, impl):

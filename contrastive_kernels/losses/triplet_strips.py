@@ -34,50 +34,88 @@ import torch
 
 from ..engines.library import backend_name, distance_strip
 
-# Values per strip (fp64 statistics: ~10 strip-sized temporaries, ~80 MiB at this size).
-STRIP_ELEMENTS = 1 << 20
+# Values per strip: the fp64 statistics keep ~20 strip-sized temporaries, ~40 MiB here.
+STRIP_ELEMENTS = 1 << 18
 MIN_STRIP_ROWS = 8
 
 
 def strip_rows(n: int) -> int:
-    """Anchors per strip for a batch of n rows."""
-    return max(1, min(n, max(MIN_STRIP_ROWS, STRIP_ELEMENTS // max(n, 1))))
+    """Anchors per strip for a batch of n rows: at most STRIP_ELEMENTS values and at most
+    an eighth of the rows (so no strip is ever a large part of the N×N matrix), at least
+    MIN_STRIP_ROWS (short rows: the per-strip overhead dominates)."""
+    return max(1, min(n, max(MIN_STRIP_ROWS, min(STRIP_ELEMENTS // max(n, 1), n // 8))))
 
 
-def triplet_strip_loss(x, labels, margin, mining: str, squared: bool, impl):
+def triplet_strip_loss(x, labels, margin, mining: str, squared: bool, impl, reduction):
     """x (N, D) prepared rows (normalized where asked, fp32/fp64), labels (N,) int64,
-    margin 0-dim tensor. Returns rows (N,) per-anchor sums of the triplet (batch-all) or
-    positive-pair (semi-hard) losses, and count 0-dim: the active triplets (batch-all) or
-    the positive pairs (semi-hard), the denominator of the mean."""
-    return TripletStrips.apply(x, margin, labels, mining, squared, backend_name(impl))
+    margin 0-dim tensor. "none": (N,) per-anchor sums of the triplet (batch-all) or
+    positive-pair (semi-hard) losses; "sum": their total; "mean": the total over the
+    active triplets (batch-all) or the positive pairs (semi-hard), 0 when there are none.
+
+    A reduced loss computes its gradient in the same sweep (the upstream gradient is then
+    one number); "none" recomputes the strips in the backward with the per-row weights."""
+    backend = backend_name(impl)
+    if reduction == "none":
+        return TripletStrips.apply(x, margin, labels, mining, squared, backend)
+    return TripletStripsReduced.apply(x, margin, labels, mining, squared, backend,
+                                      reduction == "mean")
 
 
 class TripletStrips(torch.autograd.Function):
-    """(x (N, D), margin 0-dim) -> (rows (N,), count 0-dim, not differentiable)."""
+    """(x (N, D), margin 0-dim) -> rows (N,); the backward sweeps the strips again."""
 
     @staticmethod
     def forward(ctx, x, margin, labels, mining, squared, backend):
-        rows, count, _, _ = _run(x.detach(), margin.detach(), labels, mining, squared,
-                                 backend, g_rows=None)
+        out = _run(x.detach(), margin.detach(), labels, mining, squared, backend, None)
         ctx.save_for_backward(x, margin, labels)
         ctx.options = (mining, squared, backend)
-        ctx.mark_non_differentiable(count)
-        return rows, count
+        return out.rows
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_rows, _g_count):
+    def backward(ctx, g_rows):
         x, margin, labels = ctx.saved_tensors
         mining, squared, backend = ctx.options
-        _, _, dx, dmargin = _run(x, margin, labels, mining, squared, backend, g_rows=g_rows)
-        return (dx if ctx.needs_input_grad[0] else None,
-                dmargin.to(margin.dtype) if ctx.needs_input_grad[1] else None,
+        out = _run(x, margin, labels, mining, squared, backend, g_rows)
+        return (out.dx if ctx.needs_input_grad[0] else None,
+                out.dmargin.to(margin.dtype) if ctx.needs_input_grad[1] else None,
                 None, None, None, None)
 
 
-def _run(x, margin, labels, mining, squared, backend, g_rows):
-    """One sweep over the strips: (rows, count) and, given upstream g_rows (N,), the
-    gradients (dx (N, D), dmargin 0-dim)."""
+class TripletStripsReduced(torch.autograd.Function):
+    """(x (N, D), margin 0-dim) -> the sum or mean, 0-dim; one sweep gives the value and,
+    when an input needs it, the gradient (kept until the backward scales it)."""
+
+    @staticmethod
+    def forward(ctx, x, margin, labels, mining, squared, backend, mean):
+        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if grad else None
+        out = _run(x.detach(), margin.detach(), labels, mining, squared, backend, ones)
+        weight = 1.0 / out.count.clamp_min(1) if mean else torch.ones_like(out.count)
+        total = (out.rows.to(torch.float64).sum() * weight).to(x.dtype)
+        if grad:
+            ctx.save_for_backward(out.dx, out.dmargin * weight, weight)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_total):
+        dx, dmargin, weight = ctx.saved_tensors
+        g = g_total.to(torch.float64)
+        return ((dx * (g * weight).to(dx.dtype)) if ctx.needs_input_grad[0] else None,
+                (g * dmargin).to(g_total.dtype) if ctx.needs_input_grad[1] else None,
+                None, None, None, None, None)
+
+
+class _Sweep:
+    """rows (N,), count 0-dim; with an upstream gradient dx (N, D) and dmargin 0-dim."""
+
+    def __init__(self, rows, count, dx, dmargin):
+        self.rows, self.count, self.dx, self.dmargin = rows, count, dx, dmargin
+
+
+def _run(x, margin, labels, mining, squared, backend, g_rows) -> _Sweep:
+    """One sweep over the strips; g_rows (N,) (or None: values only) weights each row."""
     n = x.shape[0]
     x = x.contiguous()
     sq = x.pow(2).sum(1)
@@ -88,16 +126,15 @@ def _run(x, margin, labels, mining, squared, backend, g_rows):
     dx = torch.zeros_like(x) if g_rows is not None else None
     dmargin = torch.zeros((), dtype=torch.float64, device=x.device)
     b = strip_rows(n)
+    finite = bool(torch.isfinite(m))
     for row0 in range(0, n, b):
         nb = min(b, n - row0)
         d2 = distance_strip(x, sq, row0, nb, backend).to(torch.float64)
         d = d2 if squared else d2.sqrt()
-        own = labels[row0:row0 + nb, None]
-        same = own == labels[None, :]
-        col = torch.arange(n, device=x.device)
-        self_pair = col[None, :] == (row0 + torch.arange(nb, device=x.device))[:, None]
-        pos, neg = same & ~self_pair, ~same
-        out = block(d, pos, neg, m)
+        same = labels[row0:row0 + nb, None] == labels[None, :]
+        pos = same.clone()
+        pos.diagonal(offset=row0).fill_(False)  # (r, row0 + r): the anchor itself
+        out = block(d, pos, ~same, m, finite and bool(torch.isfinite(d2).all()))
         rows[row0:row0 + nb] = out.rows
         count += out.count.sum()
         if g_rows is None:
@@ -106,7 +143,7 @@ def _run(x, margin, labels, mining, squared, backend, g_rows):
         dmargin += (g * out.margin_slope).sum()
         weights = out.weights * g[:, None]
         _strip_grad(x, row0, nb, _distance_chain(weights, d, squared).to(x.dtype), dx)
-    return rows.to(x.dtype), count, dx, dmargin
+    return _Sweep(rows.to(x.dtype), count, dx, dmargin)
 
 
 class _Block:
@@ -118,76 +155,113 @@ class _Block:
         self.weights, self.margin_slope = weights, margin_slope
 
 
-def _padded_cumsum(v):
+def _padded_cumsum(v, dtype=None):
     """(B, N+1): 0 followed by the running sum along dim 1."""
-    return torch.nn.functional.pad(v.cumsum(1), (1, 0))
+    out = torch.zeros((v.shape[0], v.shape[1] + 1), dtype=dtype or v.dtype, device=v.device)
+    torch.cumsum(v, 1, dtype=out.dtype, out=out[:, 1:])
+    return out
 
 
-def _batch_all_block(d, pos, neg, m) -> _Block:
-    """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin."""
+class _Sorted:
+    """One strip sorted per row (stable: ties in column order, NaN last) with its
+    positives gathered into slots: slot s of row a holds the row's s-th positive in
+    sorted order (so the slots' distances ascend); rows with fewer positives are padded
+    (``filled`` False)."""
+
+    def __init__(self, d, pos, neg):
+        self.vals, self.order = torch.sort(d, dim=1, stable=True)
+        self.pos_s, self.neg_s = pos.gather(1, self.order), neg.gather(1, self.order)
+        nb, n = d.shape
+        row, at = self.pos_s.nonzero(as_tuple=True)  # row-major: each row's in sorted order
+        per_row = torch.bincount(row, minlength=nb)
+        slots = int(per_row.max()) if row.numel() else 0
+        first = _padded_cumsum(per_row[None, :])[0, :nb]
+        self.slots = slots
+        self.slot_pos = torch.full((nb, slots), n, dtype=torch.int64, device=d.device)
+        self.slot_pos[row, torch.arange(row.numel(), device=d.device) - first[row]] = at
+        self.filled = self.slot_pos < n
+        safe = self.slot_pos.clamp_max(n - 1)
+        self.slot_d = torch.where(self.filled, self.vals.gather(1, safe), 0.0)
+        self.slot_col = self.order.gather(1, safe)     # its column
+
+
+def _batch_all_block(d, pos, neg, m, finite) -> _Block:
+    """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin; ``finite``: no
+    NaN or ∞ anywhere in d and m (the rules for those are then skipped)."""
     inf = float("inf")
-    vals, order = torch.sort(d, dim=1, stable=True)  # NaN last
-    pos_s, neg_s = pos.gather(1, order), neg.gather(1, order)
-    nan_s = vals != vals
-    neg_ok = neg_s & ~nan_s
-    cum_neg = _padded_cumsum(neg_ok.to(torch.float64))
-    cum_neg_d = _padded_cumsum(torch.where(neg_ok, vals, 0.0))
-    n_pos, n_neg = pos.sum(1, keepdim=True), neg.sum(1, keepdim=True)
-    n_nan_neg = (neg & d.isnan()).sum(1, keepdim=True)
-    n_inf_neg = (neg & (d == inf)).sum(1, keepdim=True)
-    # Positives: k_p negatives closer than t_p (plus the NaN triplets).
-    t = d + m
-    t_nan = t.isnan()
-    r = torch.searchsorted(vals, torch.where(t_nan, inf, t), side="left")
-    k_fin, s_fin = cum_neg.gather(1, r), cum_neg_d.gather(1, r)
-    k = torch.where(t_nan, n_neg, k_fin + n_nan_neg + (t == inf) * n_inf_neg)
-    k = torch.where(pos, k, 0.0)
-    take = pos & ~t_nan & (k_fin > 0)
-    contrib = torch.where(take, k_fin * t - s_fin, 0.0)
-    # Negatives: w_n positives whose threshold exceeds d_an (t is monotone in d, so the
-    # positives' thresholds are sorted in the row's order: a running max searches them).
-    t_s = vals + m
-    pos_ok = pos_s & ~t_s.isnan()
-    cum_pos = _padded_cumsum(pos_ok.to(torch.float64))
-    run_t = torch.where(pos_ok, t_s, -inf).cummax(1).values
-    d_nan = d.isnan()
-    le = cum_pos.gather(1, torch.searchsorted(run_t, torch.where(d_nan, 0.0, d), side="right"))
-    n_nan_t = (pos & t_nan).sum(1, keepdim=True)
-    n_inf_t = (pos & (t == inf)).sum(1, keepdim=True)
-    w = torch.where(d_nan, n_pos, cum_pos[:, -1:] - le + n_nan_t + (d == inf) * n_inf_t)
-    w = torch.where(neg, w, 0.0)
-    bad = (((pos & t_nan).any(1) & (n_neg[:, 0] > 0))
-           | ((neg & d_nan).any(1) & (n_pos[:, 0] > 0))
-           | ((pos & (t == inf)).any(1) & (n_inf_neg[:, 0] > 0)))
-    rows = torch.where(bad, float("nan"), contrib.sum(1))
-    count = k.sum(1)
-    return _Block(rows, count, k - w, count)
-
-
-def _semi_hard_block(d, pos, neg, m) -> _Block:
-    """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin."""
+    st = _Sorted(d, pos, neg)
     nb, n = d.shape
-    vals, order = torch.sort(d, dim=1, stable=True)  # NaN last; ties by column index
-    neg_s = neg.gather(1, order)
+    neg_ok = st.neg_s if finite else st.neg_s & ~st.vals.isnan()
+    cum_neg = _padded_cumsum(neg_ok, torch.float64)
+    cum_neg_d = _padded_cumsum(torch.where(neg_ok, st.vals, 0.0))
+    # Positives: k_p negatives closer than t_p (plus the triplets whose loss is NaN).
+    t = st.slot_d + m
+    t_ok = st.filled if finite else st.filled & ~t.isnan()
+    r = torch.searchsorted(st.vals, torch.where(t_ok, t, inf), side="left")
+    k_fin, s_fin = cum_neg.gather(1, r), cum_neg_d.gather(1, r)
+    contrib = torch.where(t_ok & (k_fin > 0), k_fin * t - s_fin, 0.0)
+    # Negatives: positive p activates the sorted positions before r_p, so the number of
+    # positives activating position i is #{p : r_p > i} (a histogram of r, summed).
+    hist = torch.zeros((nb, n + 1), dtype=torch.float64, device=d.device)
+    hist.scatter_add_(1, torch.where(t_ok, r, n), t_ok.to(torch.float64))
+    w_s = t_ok.sum(1, keepdim=True) - hist.cumsum(1)[:, :n]
+    if finite:
+        k = torch.where(st.filled, k_fin, 0.0)
+        rows = contrib.sum(1)
+    else:
+        k, w_s, rows = _nonfinite_batch_all(d, pos, neg, st, t, t_ok, k_fin, w_s,
+                                            contrib.sum(1))
+    weights = torch.zeros_like(d).scatter_(1, st.order, torch.where(st.neg_s, -w_s, 0.0))
+    weights.scatter_add_(1, st.slot_col, k)  # padded slots add 0
+    count = k.sum(1)
+    return _Block(rows, count, weights, count)
+
+
+def _nonfinite_batch_all(d, pos, neg, st, t, t_ok, k_fin, w_s, rows):
+    """The counts with the triplets whose loss is NaN (NaN distance or margin, ∞ − ∞)
+    active, as ``~(loss <= 0)`` has them, and NaN rows where such a triplet exists."""
+    inf = float("inf")
+    d_nan = d.isnan()
+    n_pos, n_neg = pos.sum(1, keepdim=True), neg.sum(1, keepdim=True)
+    n_nan_neg = (neg & d_nan).sum(1, keepdim=True)
+    n_inf_neg = (neg & (d == inf)).sum(1, keepdim=True)
+    t_nan = st.filled & ~t_ok
+    k = torch.where(t_nan, n_neg, k_fin + n_nan_neg + (t == inf) * n_inf_neg)
+    k = torch.where(st.filled, k, 0.0)
+    n_nan_t = t_nan.sum(1, keepdim=True)
+    n_inf_t = (t_ok & (t == inf)).sum(1, keepdim=True)
+    w_s = torch.where(st.vals.isnan(), n_pos, w_s + n_nan_t + (st.vals == inf) * n_inf_t)
+    bad = ((t_nan.any(1) & (n_neg[:, 0] > 0)) | ((neg & d_nan).any(1) & (n_pos[:, 0] > 0))
+           | ((t_ok & (t == inf)).any(1) & (n_inf_neg[:, 0] > 0)))
+    return k, w_s, torch.where(bad, float("nan"), rows)
+
+
+def _semi_hard_block(d, pos, neg, m, finite) -> _Block:
+    """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin; ``finite``: no NaN
+    or ∞ in d and m."""
+    st = _Sorted(d, pos, neg)
+    nb, n = d.shape
     slot = torch.arange(n, device=d.device).expand(nb, n)
     # nxt[i]: the first sorted position ≥ i holding a negative (n if none).
-    nxt = torch.where(neg_s, slot, n).flip(1).cummin(1).values.flip(1)
+    nxt = torch.where(st.neg_s, slot, n).flip(1).cummin(1).values.flip(1)
     nxt = torch.nn.functional.pad(nxt, (0, 1), value=n)
-    d_nan = d.isnan()
-    beyond = nxt.gather(1, torch.searchsorted(vals, torch.where(d_nan, 0.0, d),
-                                              side="right"))
-    last = torch.where(neg_s & ~vals.isnan(), slot, -1).max(1, keepdim=True).values
-    far_value = vals.gather(1, last.clamp_min(0))
-    farthest = nxt.gather(1, torch.searchsorted(vals, far_value, side="left"))
+    query = torch.where(st.filled & ~st.slot_d.isnan(), st.slot_d, 0.0).contiguous()
+    beyond = nxt.gather(1, torch.searchsorted(st.vals, query, side="right"))
+    last = torch.where(st.neg_s & ~st.vals.isnan(), slot, -1).max(1, keepdim=True).values
+    far_value = st.vals.gather(1, last.clamp_min(0))
+    farthest = nxt.gather(1, torch.searchsorted(st.vals, far_value, side="left"))
     chosen = torch.where(beyond < n, beyond, farthest).clamp_max(n - 1)
     has_neg = neg.any(1, keepdim=True)
-    d_neg = torch.where(has_neg, vals.gather(1, chosen), 0.0)
-    loss = d - d_neg + m
-    bad = ((d_nan & (pos | neg)).any(1)) & pos.any(1)
-    rows = torch.where(bad, float("nan"), torch.where(pos, loss.clamp_min(0), 0.0).sum(1))
-    active = (pos & (loss > 0) & ~bad[:, None]).to(torch.float64)
-    weights = active.clone()
-    weights.scatter_add_(1, order.gather(1, chosen), -active * has_neg)
+    d_neg = torch.where(has_neg, st.vals.gather(1, chosen), 0.0)
+    loss = st.slot_d - d_neg + m
+    bad = (torch.zeros(nb, dtype=torch.bool, device=d.device) if finite
+           else ((d.isnan() & (pos | neg)).any(1)) & pos.any(1))
+    total = torch.where(st.filled, loss.clamp_min(0), 0.0).sum(1)
+    rows = torch.where(bad, float("nan"), total)
+    active = (st.filled & (loss > 0) & ~bad[:, None]).to(torch.float64)
+    weights = torch.zeros_like(d)
+    weights.scatter_add_(1, st.slot_col, active)
+    weights.scatter_add_(1, st.order.gather(1, chosen), -active * has_neg)
     return _Block(rows, pos.sum(1).to(torch.float64), weights, active.sum(1))
 
 
