@@ -41,9 +41,9 @@ MIN_STRIP_ROWS = 8
 
 def strip_rows(n: int) -> int:
     """Anchors per strip for a batch of n rows: at most STRIP_ELEMENTS values and at most
-    an eighth of the rows (so no strip is ever a large part of the N×N matrix), at least
+    1/32 of the rows (so no strip is ever a large part of the N×N matrix), at least
     MIN_STRIP_ROWS (short rows: the per-strip overhead dominates)."""
-    return max(1, min(n, max(MIN_STRIP_ROWS, min(STRIP_ELEMENTS // max(n, 1), n // 8))))
+    return max(1, min(n, max(MIN_STRIP_ROWS, min(STRIP_ELEMENTS // max(n, 1), n // 32))))
 
 
 def triplet_strip_loss(x, labels, margin, mining: str, squared: bool, impl, reduction):
