@@ -165,6 +165,7 @@ setup(
                     # The drop-ins of contrastive_kernels.integrations (imported lazily).
                     "sentence-transformers": ["sentence-transformers>=6,<7"],
                     "lightly": ["lightly>=1.6,<1.7"],
+                    "pytorch-metric-learning": ["pytorch-metric-learning>=2,<3"],
                     "peers": ["open_clip_torch", "pytorch-metric-learning", "info-nce-pytorch",
                               "inf-cl"]},
     ext_modules=EXT_MODULES,

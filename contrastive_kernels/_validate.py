@@ -93,6 +93,27 @@ def choice(value, name: str, allowed) -> None:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
 
 
+def estimator(tau_plus, beta, n_negatives: int, *, conflicts=()) -> None:
+    """The debiased / hard-negative options: 0 ≤ tau_plus < 1 and beta ≥ 0 (Python
+    numbers); when either is set, at least one negative per row and none of the named
+    options in ``conflicts`` (name, is_set) that have no meaning with them."""
+    for value, name in ((tau_plus, "tau_plus"), (beta, "beta")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0 <= tau_plus < 1:
+        raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
+    if not 0 <= beta < float("inf"):
+        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+    if tau_plus == 0 and beta == 0:
+        return
+    if n_negatives < 1:
+        raise ValueError("tau_plus/beta need at least one negative per row, got a batch "
+                         "with none")
+    for name, is_set in conflicts:
+        if is_set:
+            raise ValueError(f"tau_plus/beta cannot be combined with {name}")
+
+
 def mnrl_options(directions, partition_mode, hardness_mode) -> None:
     """The candidate-set options of multiple_negatives_ranking_loss."""
     from .losses.multiple_negatives_ranking import (DIRECTIONS, HARDNESS_MODES,

@@ -68,13 +68,16 @@ def _promote(value, widest):
 
 @_outside_autocast
 def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean",
-             normalize=True, backend="auto", group=None, dist_mode="gather"):
+             normalize=True, backend="auto", group=None, dist_mode="gather", tau_plus=0.0,
+             beta=0.0):
     """InfoNCE (info-nce-pytorch, ``negative_mode="unpaired"``).
 
     query (N, D), positive_key (N, D), negative_keys (K, D) or None; temperature > 0.
     No negatives: in-batch, row i's candidates are all N keys, target i. With negatives:
-    candidates are positive_key[i] and the K negatives. Returns a scalar, or (N,) for
-    reduction="none".
+    candidates are positive_key[i] and the K negatives. ``tau_plus`` (class prior, Chuang
+    et al. 2020) and ``beta`` (hardness, Robinson et al. 2021) replace the negatives' sum
+    by the authors' debiased / importance-weighted estimator (clamp included); 0 and 0 is
+    plain InfoNCE. Returns a scalar, or (N,) for reduction="none".
     """
     check.features(query, "query")
     check.features(positive_key, "positive_key")
@@ -85,6 +88,8 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
         check.same_kind(query, "query", negative_keys, "negative_keys")
     check.scalar(temperature, "temperature", query.device, positive=True)
     check.reduction(reduction)
+    check.estimator(tau_plus, beta, query.shape[0] - 1 if negative_keys is None
+                    else negative_keys.shape[0], conflicts=(("group", group is not None),))
     impl = dispatch.select(backend, query.device, "info_nce")
     if group is not None:
         _distributed_ready(impl, group, dist_mode)
@@ -92,21 +97,25 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
                                       normalize, impl, group, dist_mode)
     if impl is None:
         return reference.info_nce(query, positive_key, negative_keys, temperature, reduction,
-                                  normalize)
+                                  normalize, tau_plus, beta)
     return info_nce_ops.info_nce(query, positive_key, negative_keys, temperature, reduction,
-                                 normalize, impl)
+                                 normalize, impl, tau_plus, beta)
 
 
 @_outside_autocast
 def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, backend="auto",
-                 group=None, dist_mode="gather", decoupled=False, positive_weight=None):
+                 group=None, dist_mode="gather", decoupled=False, positive_weight=None,
+                 tau_plus=0.0, beta=0.0):
     """SimCLR NT-Xent. z1, z2 (N, D): two views, row i of z1 pairs with row i of z2.
 
     Over z = cat(z1, z2) (2N rows) with the own row excluded, target (i + N) mod 2N.
     ``decoupled=True`` (DCL, Yeh et al. 2022) also leaves the target out of the
     denominator; ``positive_weight`` (N,) (both views' rows alike) or (2N,) multiplies the
-    target logit in the loss (DCLW's von Mises-Fisher weights). Returns a scalar (mean
-    over 2N rows), or (2N,) for reduction="none".
+    target logit in the loss (DCLW's von Mises-Fisher weights). ``tau_plus`` (class
+    prior; Chuang et al. 2020, debiased) and ``beta`` (hardness; Robinson et al. 2021)
+    replace the sum over the 2N − 2 negatives by the authors' estimator, clamp at
+    (2N − 2)·e^{−1/τ} included; 0 and 0 is plain NT-Xent. Returns a scalar (mean over 2N
+    rows), or (2N,) for reduction="none".
     """
     check.features(z1, "z1")
     check.features(z2, "z2")
@@ -116,6 +125,10 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, back
     check.reduction(reduction)
     if positive_weight is not None:
         check.row_weights(positive_weight, "positive_weight", z1.shape[0], z1.device)
+    check.estimator(tau_plus, beta, 2 * z1.shape[0] - 2,
+                    conflicts=(("decoupled", decoupled),
+                               ("positive_weight", positive_weight is not None),
+                               ("group", group is not None)))
     impl = dispatch.select(backend, z1.device, "nt_xent_loss")
     if group is not None:
         _distributed_ready(impl, group, dist_mode)
@@ -123,9 +136,9 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, back
                                         dist_mode, decoupled, positive_weight)
     if impl is None:
         return reference.nt_xent_loss(z1, z2, temperature, reduction, normalize, decoupled,
-                                      positive_weight)
+                                      positive_weight, tau_plus, beta)
     return nt_xent_ops.nt_xent_loss(z1, z2, temperature, reduction, normalize, impl,
-                                    decoupled, positive_weight)
+                                    decoupled, positive_weight, tau_plus, beta)
 
 
 @_outside_autocast

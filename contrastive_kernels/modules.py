@@ -21,9 +21,10 @@ class InfoNCELoss(_LossModule):
     """forward(query (N,D), positive_key (N,D), negative_keys (K,D) or None)."""
 
     def __init__(self, temperature=0.1, reduction="mean", normalize=True, backend="auto",
-                 group=None, dist_mode="gather"):
+                 group=None, dist_mode="gather", tau_plus=0.0, beta=0.0):
         super().__init__(temperature=temperature, reduction=reduction, normalize=normalize,
-                         backend=backend, group=group, dist_mode=dist_mode)
+                         backend=backend, group=group, dist_mode=dist_mode,
+                         tau_plus=tau_plus, beta=beta)
 
     def forward(self, query, positive_key, negative_keys=None):
         return F.info_nce(query, positive_key, negative_keys, **self.kwargs)
@@ -33,10 +34,10 @@ class NTXentLoss(_LossModule):
     """forward(z1 (N,D), z2 (N,D), positive_weight=None ((N,) or (2N,)))."""
 
     def __init__(self, temperature=0.1, reduction="mean", normalize=True, backend="auto",
-                 group=None, dist_mode="gather", decoupled=False):
+                 group=None, dist_mode="gather", decoupled=False, tau_plus=0.0, beta=0.0):
         super().__init__(temperature=temperature, reduction=reduction, normalize=normalize,
                          backend=backend, group=group, dist_mode=dist_mode,
-                         decoupled=decoupled)
+                         decoupled=decoupled, tau_plus=tau_plus, beta=beta)
 
     def forward(self, z1, z2, positive_weight=None):
         return F.nt_xent_loss(z1, z2, positive_weight=positive_weight, **self.kwargs)

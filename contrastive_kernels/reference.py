@@ -114,7 +114,8 @@ def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- #
 # losses
 # --------------------------------------------------------------------------- #
-def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean", normalize=True):
+def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction="mean", normalize=True,
+             tau_plus=0.0, beta=0.0):
     """InfoNCE, equal to info-nce-pytorch ``info_nce(..., negative_mode="unpaired")``.
 
     Shapes: ``query`` [N, D], ``positive_key`` [N, D] (M = N), optional
@@ -124,10 +125,21 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
     * With negatives: row i is [⟨q̂_i, k̂_i⟩, q̂_i n̂ᵀ] / τ  ([N, 1 + K]), target 0;
       other in-batch keys are not candidates.
 
-    ``reduction="none"`` returns the [N] per-query cross-entropies.
+    ``reduction="none"`` returns the [N] per-query cross-entropies. ``tau_plus``/``beta``
+    (not both 0): the debiased / hard-negative estimator (:func:`_hard_negative_rows`)
+    over the other in-batch keys, or over the bank.
     """
     q = _prep(query, normalize)
     k = _prep(positive_key, normalize)
+    if tau_plus or beta:
+        positive = (q * k).sum(-1) / temperature
+        if negative_keys is None:
+            off = ~_eye(q.shape[0], q.device)
+            negatives = (q @ k.T / temperature)[off].view(q.shape[0], -1)
+        else:
+            negatives = q @ _prep(negative_keys, normalize).T / temperature
+        return reduce_rows(_hard_negative_rows(positive, negatives, temperature, tau_plus, beta),
+                           reduction)
     if negative_keys is None:
         logits = q @ k.T
         target = torch.arange(q.shape[0], device=q.device)
@@ -141,7 +153,7 @@ def info_nce(query, positive_key, negative_keys=None, temperature=0.1, reduction
 
 
 def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, decoupled=False,
-                 positive_weight=None):
+                 positive_weight=None, tau_plus=0.0, beta=0.0):
     """SimCLR NT-Xent.
 
     Shapes: ``z1``, ``z2`` [N, D]. z = cat(z1, z2) ([2N, D]); logits = ẑẑᵀ / τ
@@ -151,10 +163,19 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, deco
     ℓ_i = LSE_i − w_i·s_{i,t(i)}.
 
     ``reduction="none"`` returns [2N] values (rows of z1 first, then z2);
-    ``"mean"`` averages over all 2N rows.
+    ``"mean"`` averages over all 2N rows. ``tau_plus``/``beta`` (not both 0): the debiased /
+    hard-negative estimator (:func:`_hard_negative_rows`) over the 2N − 2 negatives.
     """
     z = _prep(torch.cat([z1, z2], dim=0), normalize)
     two_n = z.shape[0]
+    if tau_plus or beta:
+        half = two_n // 2
+        positive = (z[:half] * z[half:]).sum(-1).repeat(2) / temperature
+        target = (torch.arange(two_n, device=z.device) + half) % two_n
+        keep = ~(_eye(two_n, z.device) | F.one_hot(target, two_n).bool())
+        negatives = (z @ z.T / temperature)[keep].view(two_n, -1)
+        return reduce_rows(_hard_negative_rows(positive, negatives, temperature, tau_plus, beta),
+                           reduction)
     logits = (z @ z.T / temperature).masked_fill(_eye(two_n, z.device), float("-inf"))
     target = (torch.arange(two_n, device=z.device) + two_n // 2) % two_n
     positive = logits[torch.arange(two_n, device=z.device), target]
@@ -166,6 +187,22 @@ def nt_xent_loss(z1, z2, temperature=0.1, reduction="mean", normalize=True, deco
         weight = weight.repeat(2) if weight.shape[0] != two_n else weight
     vec = torch.logsumexp(logits, dim=1) - weight * positive
     return reduce_rows(vec, reduction)
+
+
+def _hard_negative_rows(positive, negatives, temperature, tau_plus, beta):
+    """The estimator of Chuang et al. (debiased, ``tau_plus``) and Robinson et al. (hard
+    negatives, ``beta``), written as the authors' released code (joshr17/HCL
+    ``criterion``, estimator "hard"; β = 0 is chingyaoc/DCL's debiased loss) computes it,
+    clamp included. positive [R] logits, negatives [R, n] logits. Returns [R]."""
+    n = negatives.shape[1]
+    pos = torch.exp(positive)
+    neg = torch.exp(negatives)
+    imp = (beta * neg.log()).exp()
+    reweight_neg = (imp * neg).sum(dim=-1) / imp.mean(dim=-1)
+    ng = (-tau_plus * n * pos + reweight_neg) / (1 - tau_plus)
+    ng = torch.clamp(ng, min=n * torch.exp(-1 / torch.as_tensor(temperature, dtype=ng.dtype,
+                                                                  device=ng.device)))
+    return -torch.log(pos / (pos + ng))
 
 
 def clip_loss(image_features, text_features, logit_scale, reduction="mean", normalize=False):

@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import torch
 
+from . import debiased
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
-from ..engines.softmax import EngineOptions, softmax_engine
+from ..engines.softmax import EngineOptions, candidate_lse, softmax_engine, widen_half
 
 
-def info_nce(query, positive_key, negative_keys, temperature, reduction, normalize, impl):
+def info_nce(query, positive_key, negative_keys, temperature, reduction, normalize, impl,
+             tau_plus=0.0, beta=0.0):
     """query, positive_key (N, D); negative_keys (K, D) or None. Returns the reduced loss.
 
     In-batch: candidates are all N keys, target i. With a bank: candidates are the own
     positive (an O(N·D) row dot product joined to the row's log-sum-exp as an extra logit)
-    and the K negatives; other in-batch keys are not candidates.
+    and the K negatives; other in-batch keys are not candidates. ``tau_plus``/``beta``:
+    the debiased / hard-negative estimator over the same negatives (losses/debiased.py).
     """
     scale = inverse_temperature(temperature, query)
+    if debiased.active(tau_plus, beta):
+        return reduce_rows(estimated_rows(query, positive_key, negative_keys, scale, impl,
+                                          normalize, tau_plus, beta), reduction)
     opts = EngineOptions(normalize=normalize)
     n = query.shape[0]
     if negative_keys is None:
@@ -28,3 +34,22 @@ def info_nce(query, positive_key, negative_keys, temperature, reduction, normali
                                col_key=arange(negative_keys.shape[0], query), extra=positive,
                                opts=opts)
     return reduce_rows(lse - positive, reduction)
+
+
+def estimated_rows(query, positive_key, negative_keys, scale, impl, normalize, tau_plus, beta):
+    """(N,) rows of the debiased / hard-negative InfoNCE: the negatives of row i are the
+    other in-batch keys (N − 1 of them), or the bank's K rows."""
+    if negative_keys is None:
+        query, positive_key = widen_half(query, positive_key)
+        keys, exclude, n_neg = positive_key, True, query.shape[0] - 1
+    else:
+        query, positive_key, negative_keys = widen_half(query, positive_key, negative_keys)
+        keys, exclude, n_neg = negative_keys, False, negative_keys.shape[0]
+    positive = scale * row_dot(query, positive_key, normalize)
+
+    def lse(at):
+        return candidate_lse(query, keys, at, impl=impl, normalize=normalize,
+                             exclude_own=exclude)
+
+    return debiased.estimator_rows(positive, lse(scale * (1 + beta)),
+                                   lse(scale * beta) if beta else None, n_neg, scale, tau_plus)

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import torch
 
+from . import debiased
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
 from ..engines.softmax import (EngineOptions, candidate_lse, merge_lse, softmax_engine,
                                widen_half)
 
 
 def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, decoupled=False,
-                 positive_weight=None):
+                 positive_weight=None, tau_plus=0.0, beta=0.0):
     """z1, z2 (N, D). Rows of z = cat(z1, z2) (2N, D) against all other rows, target
     (i + N) mod 2N; ``decoupled`` also leaves the target out of the candidates;
-    ``positive_weight`` (N,) or (2N,) multiplies the target logit. Returns the reduced
+    ``positive_weight`` (N,) or (2N,) multiplies the target logit; ``tau_plus``/``beta``
+    the debiased / hard-negative estimator (losses/debiased.py). Returns the reduced
     loss ("none": (2N,), z1's rows first)."""
     scale = inverse_temperature(temperature, z1)
+    if debiased.active(tau_plus, beta):
+        return reduce_rows(estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta),
+                           reduction)
     if decoupled or positive_weight is not None:
         rows = two_view_rows(z1, z2, z1, z2, scale, impl, normalize, decoupled,
                              positive_weight)
@@ -52,3 +57,26 @@ def two_view_rows(z1, z2, keys1, keys2, scale, impl, normalize, decoupled, posit
         positive = positive * (weight.repeat(2) if weight.shape[0] * 2 == lse.shape[0]
                                else weight)
     return lse - positive
+
+
+def negative_lse(z1, z2, scale, impl, normalize):
+    """(2N,) log Σ over each row's 2N − 2 negatives (every row of cat(z1, z2) but itself
+    and its partner) of e^{scale·cos}: per view, the same view without the row and the
+    other view without the partner, merged."""
+    parts = []
+    for own, other in ((z1, z2), (z2, z1)):
+        parts.append(merge_lse([
+            candidate_lse(own, own, scale, impl=impl, normalize=normalize, exclude_own=True),
+            candidate_lse(own, other, scale, impl=impl, normalize=normalize,
+                          exclude_own=True)]))
+    return torch.cat(parts)
+
+
+def estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta):
+    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2)."""
+    z1, z2 = widen_half(z1, z2)  # several engine calls share them: fp32 gradient sums
+    positive = (scale * row_dot(z1, z2, normalize)).repeat(2)
+    lse_main = negative_lse(z1, z2, scale * (1 + beta), impl, normalize)
+    lse_weight = negative_lse(z1, z2, scale * beta, impl, normalize) if beta else None
+    return debiased.estimator_rows(positive, lse_main, lse_weight, 2 * z1.shape[0] - 2, scale,
+                                   tau_plus)
