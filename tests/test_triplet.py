@@ -83,12 +83,17 @@ def _strip_inputs(kind, n, d):
     return x, labels
 
 
-@pytest.fixture
-def small_strips(monkeypatch):
-    """Strips of 3 rows, so every test crosses several strips and a ragged last one."""
+@pytest.fixture(params=["sorted", "direct"])
+def small_strips(monkeypatch, request):
+    """Strips of 3 rows, so every test crosses several strips and a ragged last one; each
+    test runs on both strip paths (sorted rows, and the direct comparison against few
+    positives), whatever the class sizes."""
     from contrastive_kernels.losses import triplet_strips
     monkeypatch.setattr(triplet_strips, "STRIP_ELEMENTS", 1)
     monkeypatch.setattr(triplet_strips, "MIN_STRIP_ROWS", 3)
+    monkeypatch.setattr(triplet_strips, "DIRECT_SLOTS", 0 if request.param == "sorted"
+                        else 1 << 30)
+    return request.param
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
@@ -133,23 +138,28 @@ def test_strip_gradients_with_ties_and_duplicates(backend, mining, kind, reducti
 
 
 def test_the_enumeration_check_can_fail(small_strips):
-    """Plant a wrong tie rule (≥ instead of > for 'farther than the positive'): the
-    enumeration disagrees with it on the tied inputs."""
+    """Plant a wrong tie rule (≥ instead of > for 'farther than the positive'; in the
+    sorted path's search, or the direct path's comparison): the enumeration disagrees
+    with it on the tied inputs."""
     x, labels = _strip_inputs("ties", 23, 3)
     rows, _ = _enumerated(x, labels.tolist(), 0.8, "semi_hard", False)
     from contrastive_kernels.losses import triplet_strips
-    original = torch.searchsorted
+    original_search, original_direct = torch.searchsorted, triplet_strips._semi_hard_direct
 
-    def planted(seq, values, side="left", **kw):
-        return original(seq, values, side="left", **kw)
+    def planted_search(seq, values, side="left", **kw):
+        return original_search(seq, values, side="left", **kw)
 
-    triplet_strips.torch.searchsorted = planted
+    def planted_direct(d, neg, slot_d):  # "at least as far" instead of "farther"
+        return original_direct(d, neg, torch.nextafter(slot_d, torch.zeros_like(slot_d)))
+
+    triplet_strips.torch.searchsorted = planted_search
+    triplet_strips._semi_hard_direct = planted_direct
     try:
-        got = ck.triplet_margin_loss(x, labels, 0.8, mining="semi_hard", reduction="none",
-                                     backend="cpu" if "cpu" in KERNEL_BACKENDS else
-                                     KERNEL_BACKENDS[0])
+        got = ck.triplet_margin_loss(x.to(DEVICE), labels.to(DEVICE), 0.8, mining="semi_hard",
+                                     reduction="none", backend=KERNEL_BACKENDS[-1])
     finally:
-        triplet_strips.torch.searchsorted = original
+        triplet_strips.torch.searchsorted = original_search
+        triplet_strips._semi_hard_direct = original_direct
     assert not torch.allclose(got.cpu(), rows)
 
 

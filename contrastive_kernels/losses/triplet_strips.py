@@ -162,6 +162,19 @@ def _padded_cumsum(v, dtype=None):
     return out
 
 
+def _slot_positions(mask):
+    """(positions (B, S), filled (B, S)): the positions along dim 1 of each row's True
+    entries, in order, padded with the row length (filled False) to the longest row."""
+    nb, n = mask.shape
+    row, at = mask.nonzero(as_tuple=True)  # row-major: each row's in order
+    per_row = torch.bincount(row, minlength=nb)
+    slots = int(per_row.max()) if row.numel() else 0
+    first = _padded_cumsum(per_row[None, :])[0, :nb]
+    positions = torch.full((nb, slots), n, dtype=torch.int64, device=mask.device)
+    positions[row, torch.arange(row.numel(), device=mask.device) - first[row]] = at
+    return positions, positions < n
+
+
 class _Sorted:
     """One strip sorted per row (stable: ties in column order, NaN last) with its
     positives gathered into slots: slot s of row a holds the row's s-th positive in
@@ -169,25 +182,44 @@ class _Sorted:
     (``filled`` False)."""
 
     def __init__(self, d, pos, neg):
+        n = d.shape[1]
         self.vals, self.order = torch.sort(d, dim=1, stable=True)
         self.pos_s, self.neg_s = pos.gather(1, self.order), neg.gather(1, self.order)
-        nb, n = d.shape
-        row, at = self.pos_s.nonzero(as_tuple=True)  # row-major: each row's in sorted order
-        per_row = torch.bincount(row, minlength=nb)
-        slots = int(per_row.max()) if row.numel() else 0
-        first = _padded_cumsum(per_row[None, :])[0, :nb]
-        self.slots = slots
-        self.slot_pos = torch.full((nb, slots), n, dtype=torch.int64, device=d.device)
-        self.slot_pos[row, torch.arange(row.numel(), device=d.device) - first[row]] = at
-        self.filled = self.slot_pos < n
+        self.slot_pos, self.filled = _slot_positions(self.pos_s)
         safe = self.slot_pos.clamp_max(n - 1)
         self.slot_d = torch.where(self.filled, self.vals.gather(1, safe), 0.0)
         self.slot_col = self.order.gather(1, safe)     # its column
 
 
+class _Direct:
+    """A strip's positives gathered into slots in column order, unsorted: for rows with
+    few positives, comparing each against the row (O(S·N)) beats sorting it."""
+
+    def __init__(self, d, pos):
+        n = d.shape[1]
+        self.slot_col, self.filled = _slot_positions(pos)
+        self.slot_col = self.slot_col.clamp_max(n - 1)
+        self.slot_d = torch.where(self.filled, d.gather(1, self.slot_col), 0.0)
+
+
+# Up to this many positives per anchor the strips compare them directly (O(S·N) per
+# anchor) instead of sorting (O(N log N)); the usual P×K batches (K ≤ 9) take it.
+DIRECT_SLOTS = 8
+
+
+def _direct(pos) -> bool:
+    return int(pos.sum(1).max()) <= DIRECT_SLOTS if pos.numel() else True
+
+
 def _batch_all_block(d, pos, neg, m, finite) -> _Block:
     """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin; ``finite``: no
     NaN or ∞ anywhere in d and m (the rules for those are then skipped)."""
+    if _direct(pos):
+        return _batch_all_direct(d, pos, neg, m, finite)
+    return _batch_all_sorted(d, pos, neg, m, finite)
+
+
+def _batch_all_sorted(d, pos, neg, m, finite) -> _Block:
     inf = float("inf")
     st = _Sorted(d, pos, neg)
     nb, n = d.shape
@@ -205,32 +237,58 @@ def _batch_all_block(d, pos, neg, m, finite) -> _Block:
     hist = torch.zeros((nb, n + 1), dtype=torch.float64, device=d.device)
     hist.scatter_add_(1, torch.where(t_ok, r, n), t_ok.to(torch.float64))
     w_s = t_ok.sum(1, keepdim=True) - hist.cumsum(1)[:, :n]
-    if finite:
-        k = torch.where(st.filled, k_fin, 0.0)
-        rows = contrib.sum(1)
-    else:
-        k, w_s, rows = _nonfinite_batch_all(d, pos, neg, st, t, t_ok, k_fin, w_s,
-                                            contrib.sum(1))
+    k, w_s, rows = _finish_batch_all(d, pos, neg, st.filled, st.vals, t, t_ok, k_fin, w_s,
+                                     contrib.sum(1), finite)
     weights = torch.zeros_like(d).scatter_(1, st.order, torch.where(st.neg_s, -w_s, 0.0))
     weights.scatter_add_(1, st.slot_col, k)  # padded slots add 0
     count = k.sum(1)
     return _Block(rows, count, weights, count)
 
 
-def _nonfinite_batch_all(d, pos, neg, st, t, t_ok, k_fin, w_s, rows):
+def _batch_all_direct(d, pos, neg, m, finite) -> _Block:
+    sl = _Direct(d, pos)
+    t = sl.slot_d + m
+    t_ok = sl.filled if finite else sl.filled & ~t.isnan()
+    neg_d = torch.where(neg, d, float("nan"))  # NaN compares false: non-negatives drop out
+    k_fin = torch.zeros_like(t)
+    contrib = torch.zeros_like(d[:, 0])
+    w = torch.zeros_like(d)
+    for j in range(t.shape[1]):  # one slot at a time: temporaries stay strip-sized
+        tj = t[:, j:j + 1]
+        active = (neg_d < tj) & t_ok[:, j:j + 1]  # negatives closer than the threshold
+        k_fin[:, j] = active.sum(1)
+        contrib += torch.where(active, tj - neg_d, 0.0).sum(1)
+        w += active
+    k, w, rows = _finish_batch_all(d, pos, neg, sl.filled, d, t, t_ok, k_fin, w, contrib,
+                                   finite)
+    weights = torch.where(neg, -w, 0.0)
+    weights.scatter_add_(1, sl.slot_col, k)  # padded slots add 0
+    count = k.sum(1)
+    return _Block(rows, count, weights, count)
+
+
+def _finish_batch_all(d, pos, neg, filled, d_w, t, t_ok, k_fin, w, rows, finite):
+    """(k (B, S), w, rows): the finite counts as they are, or with the non-finite rules."""
+    if finite:
+        return torch.where(filled, k_fin, 0.0), w, rows
+    return _nonfinite_batch_all(d, pos, neg, filled, d_w, t, t_ok, k_fin, w, rows)
+
+
+def _nonfinite_batch_all(d, pos, neg, filled, d_w, t, t_ok, k_fin, w_s, rows):
     """The counts with the triplets whose loss is NaN (NaN distance or margin, ∞ − ∞)
-    active, as ``~(loss <= 0)`` has them, and NaN rows where such a triplet exists."""
+    active, as ``~(loss <= 0)`` has them, and NaN rows where such a triplet exists;
+    w_s counts per entry of d_w (the strip, sorted or not)."""
     inf = float("inf")
     d_nan = d.isnan()
     n_pos, n_neg = pos.sum(1, keepdim=True), neg.sum(1, keepdim=True)
     n_nan_neg = (neg & d_nan).sum(1, keepdim=True)
     n_inf_neg = (neg & (d == inf)).sum(1, keepdim=True)
-    t_nan = st.filled & ~t_ok
+    t_nan = filled & ~t_ok
     k = torch.where(t_nan, n_neg, k_fin + n_nan_neg + (t == inf) * n_inf_neg)
-    k = torch.where(st.filled, k, 0.0)
+    k = torch.where(filled, k, 0.0)
     n_nan_t = t_nan.sum(1, keepdim=True)
     n_inf_t = (t_ok & (t == inf)).sum(1, keepdim=True)
-    w_s = torch.where(st.vals.isnan(), n_pos, w_s + n_nan_t + (st.vals == inf) * n_inf_t)
+    w_s = torch.where(d_w.isnan(), n_pos, w_s + n_nan_t + (d_w == inf) * n_inf_t)
     bad = ((t_nan.any(1) & (n_neg[:, 0] > 0)) | ((neg & d_nan).any(1) & (n_pos[:, 0] > 0))
            | ((t_ok & (t == inf)).any(1) & (n_inf_neg[:, 0] > 0)))
     return k, w_s, torch.where(bad, float("nan"), rows)
@@ -239,9 +297,34 @@ def _nonfinite_batch_all(d, pos, neg, st, t, t_ok, k_fin, w_s, rows):
 def _semi_hard_block(d, pos, neg, m, finite) -> _Block:
     """d (B, N) distances (fp64), pos/neg (B, N) masks, m the margin; ``finite``: no NaN
     or ∞ in d and m."""
-    st = _Sorted(d, pos, neg)
     nb, n = d.shape
-    slot = torch.arange(n, device=d.device).expand(nb, n)
+    if _direct(pos):
+        sl = _Direct(d, pos)
+        slot_d, slot_col, filled = sl.slot_d, sl.slot_col, sl.filled
+        d_neg, neg_col = _semi_hard_direct(d, neg, slot_d)
+    else:
+        st = _Sorted(d, pos, neg)
+        slot_d, slot_col, filled = st.slot_d, st.slot_col, st.filled
+        d_neg, neg_col = _semi_hard_sorted(st, n)
+    has_neg = neg.any(1, keepdim=True)
+    d_neg = torch.where(has_neg, d_neg, 0.0)
+    loss = slot_d - d_neg + m
+    bad = (torch.zeros(nb, dtype=torch.bool, device=d.device) if finite
+           else ((d.isnan() & (pos | neg)).any(1)) & pos.any(1))
+    total = torch.where(filled, loss.clamp_min(0), 0.0).sum(1)
+    rows = torch.where(bad, float("nan"), total)
+    active = (filled & (loss > 0) & ~bad[:, None]).to(torch.float64)
+    weights = torch.zeros_like(d)
+    weights.scatter_add_(1, slot_col, active)
+    weights.scatter_add_(1, neg_col, -active * has_neg)
+    return _Block(rows, pos.sum(1).to(torch.float64), weights, active.sum(1))
+
+
+def _semi_hard_sorted(st: _Sorted, n: int):
+    """(d_neg (B, S), its column) per positive slot, from the sorted row: the first
+    negative after the positive's last tie, else the first of the farthest negatives."""
+    nb = st.vals.shape[0]
+    slot = torch.arange(n, device=st.vals.device).expand(nb, n)
     # nxt[i]: the first sorted position ≥ i holding a negative (n if none).
     nxt = torch.where(st.neg_s, slot, n).flip(1).cummin(1).values.flip(1)
     nxt = torch.nn.functional.pad(nxt, (0, 1), value=n)
@@ -251,18 +334,21 @@ def _semi_hard_block(d, pos, neg, m, finite) -> _Block:
     far_value = st.vals.gather(1, last.clamp_min(0))
     farthest = nxt.gather(1, torch.searchsorted(st.vals, far_value, side="left"))
     chosen = torch.where(beyond < n, beyond, farthest).clamp_max(n - 1)
-    has_neg = neg.any(1, keepdim=True)
-    d_neg = torch.where(has_neg, st.vals.gather(1, chosen), 0.0)
-    loss = st.slot_d - d_neg + m
-    bad = (torch.zeros(nb, dtype=torch.bool, device=d.device) if finite
-           else ((d.isnan() & (pos | neg)).any(1)) & pos.any(1))
-    total = torch.where(st.filled, loss.clamp_min(0), 0.0).sum(1)
-    rows = torch.where(bad, float("nan"), total)
-    active = (st.filled & (loss > 0) & ~bad[:, None]).to(torch.float64)
-    weights = torch.zeros_like(d)
-    weights.scatter_add_(1, st.slot_col, active)
-    weights.scatter_add_(1, st.order.gather(1, chosen), -active * has_neg)
-    return _Block(rows, pos.sum(1).to(torch.float64), weights, active.sum(1))
+    return st.vals.gather(1, chosen), st.order.gather(1, chosen)
+
+
+def _semi_hard_direct(d, neg, slot_d):
+    """(d_neg (B, S), its column) per positive slot by comparing against the row: the
+    nearest negative strictly farther than the positive (argmin: the first, i.e. lowest,
+    column on ties), else the farthest negative (likewise)."""
+    far_col = torch.where(neg, d, float("-inf")).argmax(1)
+    cols = []
+    for j in range(slot_d.shape[1]):  # one slot at a time: temporaries stay strip-sized
+        beyond = neg & (d > slot_d[:, j:j + 1])
+        near_col = torch.where(beyond, d, float("inf")).argmin(1)
+        cols.append(torch.where(beyond.any(1), near_col, far_col))
+    col = torch.stack(cols, 1) if cols else far_col[:, None][:, :0]
+    return d.gather(1, col), col
 
 
 _BLOCKS = {"batch_all": _batch_all_block, "semi_hard": _semi_hard_block}
