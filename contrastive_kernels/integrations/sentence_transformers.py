@@ -53,6 +53,17 @@ def _process_group():
     return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
 
 
+def _warn_fallback_once(loss, setting: str, value, why: str) -> None:
+    """Warn (once per loss instance) that ``setting`` makes the loss fall back to
+    sentence-transformers' own computation."""
+    if not getattr(loss, "_warned_fallback", False):
+        name = getattr(value, "__name__", repr(value))
+        warnings.warn(f"{type(loss).__name__}: {setting}={name} is {why}; computing the "
+                      "loss with sentence-transformers' own (materialized) code",
+                      stacklevel=4)
+        loss._warned_fallback = True
+
+
 class _FusedRanking:
     """compute_loss_from_embeddings on the tiled engine, for a sentence-transformers
     MultipleNegativesRankingLoss subclass (which holds the hyperparameters)."""
@@ -77,12 +88,8 @@ class _FusedRanking:
             backend=self.backend, group=group)
 
     def _warn_fallback(self) -> None:
-        if not getattr(self, "_warned_fallback", False):
-            name = getattr(self.similarity_fct, "__name__", repr(self.similarity_fct))
-            warnings.warn(f"{type(self).__name__}: similarity_fct={name} is neither "
-                          "util.cos_sim nor util.dot_score; computing the loss with "
-                          "sentence-transformers' own (materialized) code", stacklevel=3)
-            self._warned_fallback = True
+        _warn_fallback_once(self, "similarity_fct", self.similarity_fct,
+                            "neither util.cos_sim nor util.dot_score")
 
 
 class MultipleNegativesRankingLoss(_FusedRanking, _st_losses.MultipleNegativesRankingLoss):
@@ -171,12 +178,22 @@ def fused_squared(distance_metric) -> bool | None:
     return None
 
 
+_EUCLIDEAN = _st_losses.BatchHardTripletLossDistanceFunction.euclidean_distance
+
+
 class _FusedTriplets:
     """compute_loss_from_embeddings on the distance strips, for a sentence-transformers
-    batch triplet loss subclass (which holds the margin and the distance)."""
+    batch triplet loss subclass (which holds the margin, under ``margin_attribute``, and
+    the distance)."""
 
     backend = "auto"
     mining = "batch_all"
+    margin_attribute = "margin"
+
+    def __init__(self, model, distance_metric=_EUCLIDEAN, margin: float = 5,
+                 backend: str = "auto") -> None:
+        super().__init__(model, distance_metric=distance_metric, margin=margin)
+        self.backend = backend
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor],
                                      labels: torch.Tensor) -> torch.Tensor:
@@ -191,47 +208,26 @@ class _FusedTriplets:
                              f"example), but got {labels.numel()} labels with shape "
                              f"{tuple(labels.shape)}.")
         return F.triplet_margin_loss(reps, labels.view(-1).to(reps.device),
-                                     self._margin(), mining=self.mining, squared=squared,
-                                     backend=self.backend)
+                                     getattr(self, self.margin_attribute), mining=self.mining,
+                                     squared=squared, backend=self.backend)
 
     def _warn_fallback(self) -> None:
-        if not getattr(self, "_warned_fallback", False):
-            name = getattr(self.distance_metric, "__name__", repr(self.distance_metric))
-            warnings.warn(f"{type(self).__name__}: distance_metric={name} is not the "
-                          "Euclidean distance; computing the loss with "
-                          "sentence-transformers' own (materialized) code", stacklevel=3)
-            self._warned_fallback = True
-
-
-_EUCLIDEAN = _st_losses.BatchHardTripletLossDistanceFunction.euclidean_distance
+        _warn_fallback_once(self, "distance_metric", self.distance_metric,
+                            "not the Euclidean distance")
 
 
 class BatchAllTripletLoss(_FusedTriplets, _st_losses.BatchAllTripletLoss):
-    """sentence-transformers' BatchAllTripletLoss (same arguments) on the strips: the
-    mean of relu(d_ap − d_an + margin) over the triplets where it is positive."""
+    """sentence-transformers' BatchAllTripletLoss(model, distance_metric, margin=5) on the
+    strips: the mean of relu(d_ap − d_an + margin) over the triplets where it is
+    positive; ``backend`` picks the kernel backend."""
 
     mining = "batch_all"
-
-    def __init__(self, model, distance_metric=_EUCLIDEAN, margin: float = 5,
-                 backend: str = "auto") -> None:
-        super().__init__(model, distance_metric=distance_metric, margin=margin)
-        self.backend = backend
-
-    def _margin(self):
-        return self.triplet_margin
+    margin_attribute = "triplet_margin"
 
 
 class BatchSemiHardTripletLoss(_FusedTriplets, _st_losses.BatchSemiHardTripletLoss):
-    """sentence-transformers' BatchSemiHardTripletLoss (same arguments) on the strips:
-    per positive pair the nearest negative farther than the positive, else the farthest
-    negative; the mean over all positive pairs."""
+    """sentence-transformers' BatchSemiHardTripletLoss(model, distance_metric, margin=5)
+    on the strips: per positive pair the nearest negative farther than the positive, else
+    the farthest negative; the mean over all positive pairs."""
 
     mining = "semi_hard"
-
-    def __init__(self, model, distance_metric=_EUCLIDEAN, margin: float = 5,
-                 backend: str = "auto") -> None:
-        super().__init__(model, distance_metric=distance_metric, margin=margin)
-        self.backend = backend
-
-    def _margin(self):
-        return self.margin
