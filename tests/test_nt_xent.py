@@ -159,3 +159,22 @@ def test_estimator_arguments_are_checked(kwargs, error):
 def test_estimator_needs_a_negative():
     with pytest.raises(ValueError, match="at least one negative"):
         ck.nt_xent_loss(torch.randn(1, 3), torch.randn(1, 3), tau_plus=0.1)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_estimator_traces_in_one_graph(backend):
+    """Engine operators plus O(N) torch: fullgraph=True, the eager values bitwise."""
+    (z1, z2), kw = _views(7, 4, torch.float32, generator("ntx", "compile"))
+
+    def step(a, b):
+        return ck.nt_xent_loss(a, b, tau_plus=0.1, beta=0.5, backend=backend, **kw)
+
+    results = []
+    for fn in (step, torch.compile(step, backend="aot_eager", fullgraph=True)):
+        torch._dynamo.reset()
+        leaves = [z1.clone().requires_grad_(), z2.clone().requires_grad_()]
+        out = fn(*leaves)
+        out.backward()
+        results.append((out.detach(), leaves[0].grad, leaves[1].grad))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

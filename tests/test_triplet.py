@@ -279,3 +279,29 @@ def test_unknown_mining_is_refused():
     x = torch.randn(6, 3)
     with pytest.raises(ValueError, match="mining"):
         ck.triplet_margin_loss(x, torch.zeros(6, dtype=torch.long), mining="hard")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("mining", STRIP_MINING)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_strip_mining_traces_in_one_graph(backend, mining, reduction):
+    """The strips are one custom operator: fullgraph=True traces, and aot_eager gives the
+    eager values and gradients bitwise."""
+    (x,), kw = _labelled(19, 5, torch.float32, generator("triplet", "compile", mining))
+    upstream = torch.randn(19 if reduction == "none" else (),
+                           generator=generator("triplet", "compile-up")).to(DEVICE)
+
+    def step(leaf):
+        out = ck.triplet_margin_loss(leaf, kw["labels"], 0.5, mining=mining,
+                                     reduction=reduction, backend=backend)
+        return (out * upstream).sum()
+
+    results = []
+    for fn in (step, torch.compile(step, backend="aot_eager", fullgraph=True)):
+        torch._dynamo.reset()
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        out.backward()
+        results.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)

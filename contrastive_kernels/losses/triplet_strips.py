@@ -30,7 +30,10 @@ The backward recomputes the strips (the forward keeps O(N) per anchor).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 from ..engines.library import backend_name, distance_strip
 
@@ -66,19 +69,21 @@ class TripletStrips(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, margin, labels, mining, squared, backend):
-        out = _run(x.detach(), margin.detach(), labels, mining, squared, backend, None)
+        rows, _, _, _ = triplet_strips(x.detach(), margin.detach(), labels, mining, squared,
+                                       None, backend)
         ctx.save_for_backward(x, margin, labels)
         ctx.options = (mining, squared, backend)
-        return out.rows
+        return rows
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_rows):
         x, margin, labels = ctx.saved_tensors
         mining, squared, backend = ctx.options
-        out = _run(x, margin, labels, mining, squared, backend, g_rows)
-        return (out.dx if ctx.needs_input_grad[0] else None,
-                out.dmargin.to(margin.dtype) if ctx.needs_input_grad[1] else None,
+        _, _, dx, dmargin = triplet_strips(x, margin, labels, mining, squared,
+                                           g_rows.contiguous(), backend)
+        return (dx if ctx.needs_input_grad[0] else None,
+                dmargin.to(margin.dtype) if ctx.needs_input_grad[1] else None,
                 None, None, None, None)
 
 
@@ -90,11 +95,12 @@ class TripletStripsReduced(torch.autograd.Function):
     def forward(ctx, x, margin, labels, mining, squared, backend, mean):
         grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if grad else None
-        out = _run(x.detach(), margin.detach(), labels, mining, squared, backend, ones)
-        weight = 1.0 / out.count.clamp_min(1) if mean else torch.ones_like(out.count)
-        total = (out.rows.to(torch.float64).sum() * weight).to(x.dtype)
+        rows, count, dx, dmargin = triplet_strips(x.detach(), margin.detach(), labels, mining,
+                                                  squared, ones, backend)
+        weight = 1.0 / count.clamp_min(1) if mean else torch.ones_like(count)
+        total = (rows.to(torch.float64).sum() * weight).to(x.dtype)
         if grad:
-            ctx.save_for_backward(out.dx, out.dmargin * weight, weight)
+            ctx.save_for_backward(dx, dmargin * weight, weight)
         return total
 
     @staticmethod
@@ -105,6 +111,27 @@ class TripletStripsReduced(torch.autograd.Function):
         return ((dx * (g * weight).to(dx.dtype)) if ctx.needs_input_grad[0] else None,
                 (g * dmargin).to(g_total.dtype) if ctx.needs_input_grad[1] else None,
                 None, None, None, None, None)
+
+
+@torch.library.custom_op("contrastive_kernels::triplet_strips", mutates_args=())
+def triplet_strips(x: Tensor, margin: Tensor, labels: Tensor, mining: str, squared: bool,
+                   g_rows: Optional[Tensor], backend: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One sweep over the strips as an operator (``torch.compile`` sees one opaque node;
+    the sort sizes and the loop over strips are data-dependent): x (N, D), margin 0-dim,
+    labels (N,) int64, g_rows (N,) float64 or None. Returns rows (N,) in x's dtype, count
+    0-dim float64, and dx (N, D) (or (0, D) without g_rows) and dmargin 0-dim float64."""
+    out = _run(x, margin, labels, mining, squared, backend, g_rows)
+    dx = out.dx if out.dx is not None else x.new_empty((0, x.shape[1]))
+    return out.rows, out.count, dx, out.dmargin
+
+
+@triplet_strips.register_fake
+def _(x, margin, labels, mining, squared, g_rows, backend):
+    wide = dict(dtype=torch.float64, device=x.device)
+    return (x.new_empty((x.shape[0],)), torch.empty((), **wide),
+            x.new_empty((x.shape[0] if g_rows is not None else 0, x.shape[1])),
+            torch.empty((), **wide))
 
 
 class _Sweep:
