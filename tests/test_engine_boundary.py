@@ -88,6 +88,8 @@ def test_zero_width_is_refused_naming_the_argument(backend):
                              backend)
     with pytest.raises(ValueError, match="x must be 2-D"):
         library.hardest_pairs(x, _keys(5), False, backend)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        library.distance_strip(x, torch.zeros(5, device=DEVICE), 0, 5, backend)
 
 
 @pytest.mark.parametrize("backend", [b for b in KERNEL_BACKENDS if b in ("cpu", "cuda")])
@@ -121,7 +123,8 @@ def _entry_module(name):
     return {"inverse_norms": triton_backend.norms, "forward": triton_backend.softmax,
             "backward": triton_backend.softmax, "pair_forward": triton_backend.pairwise,
             "pair_backward": triton_backend.pairwise,
-            "hardest_pairs": triton_backend.pairwise}[name]
+            "hardest_pairs": triton_backend.pairwise,
+            "distance_strip": triton_backend.pairwise}[name]
 
 
 @pytest.mark.parametrize("name", triton_backend.__all__)

@@ -293,7 +293,7 @@ def test_triplet_excluded_anchors_and_zero_distance():
 
 def test_triplet_unknown_mining():
     with pytest.raises(ValueError, match="mining"):
-        R.triplet_margin_loss(randn(3, 2, seed=0), torch.tensor([0, 0, 1]), mining="semi_hard")
+        R.triplet_margin_loss(randn(3, 2, seed=0), torch.tensor([0, 0, 1]), mining="hardest")
 
 
 @pytest.mark.parametrize("n,d", itertools.product((2, 3, 7), (1, 7)))
