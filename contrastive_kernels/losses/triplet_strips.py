@@ -24,9 +24,15 @@ than the positive), else the farthest negative, else (no negative at all) distan
 no gradient, sentence-transformers' and TensorFlow Addons' fallback to the row minimum
 (the anchor itself). Ties go to the lowest column index (the sort is stable).
 
+Anchors with at most DIRECT_SLOTS positives (the usual P×K batches) skip the sort: each
+positive is compared against the row directly, one positive at a time, in O(S·N) per
+anchor with the same predicates and tie rules.
+
 The gradient is a strip product: with W the (B, N) weights on the distances,
 dX[A] += rowsum(W')·X[A] − W'·X and dX += colsum(W')·X − W'ᵀ·X[A], W' = W·∂d/∂d²·2.
-The backward recomputes the strips (the forward keeps O(N) per anchor).
+A reduced loss forms its gradient in the same sweep (O(N·D) kept for the backward);
+``reduction="none"`` sweeps again in the backward with the per-row upstream weights.
+The sweep is one custom operator, so ``torch.compile`` traces it as a single node.
 """
 from __future__ import annotations
 
