@@ -27,12 +27,16 @@ def active(tau_plus: float, beta: float) -> bool:
     return tau_plus != 0 or beta != 0
 
 
-def estimator_rows(positive, lse_main, lse_weight, n_neg: int, scale, tau_plus: float):
-    """positive (R,) = s·cos(anchor, positive); lse_main (R,) = log Σ_neg e^{(1+β)·s·cos};
-    lse_weight (R,) = log Σ_neg e^{β·s·cos}, or None for β = 0 (it is then log n_neg);
-    n_neg negatives per row (≥ 1), scale 0-dim, 0 ≤ tau_plus < 1. Returns ℓ (R,)."""
+def estimator_rows(positive, negative_lse, n_neg: int, scale, tau_plus: float,
+                   beta: float):
+    """positive (R,) = s·cos(anchor, positive); negative_lse(at) (R,) = log Σ_neg e^{at·cos}
+    over each row's negatives at the 0-dim scale ``at`` (called at (1+β)·s, and at β·s
+    when β > 0: with β = 0 that sum is n_neg); n_neg negatives per row (≥ 1), scale s
+    0-dim, 0 ≤ tau_plus < 1, beta ≥ 0. Returns ℓ (R,)."""
     log_n = math.log(n_neg)
-    log_reweight = lse_main + (log_n - lse_weight if lse_weight is not None else 0.0)
+    log_reweight = negative_lse(scale * (1 + beta))
+    if beta:
+        log_reweight = log_reweight + (log_n - negative_lse(scale * beta))
     log_floor = log_n - scale
     if tau_plus:
         # log((e^a − e^b)/(1 − τ⁺)) with a = log reweight, b = log(τ⁺ n) + s_p, where a > b.

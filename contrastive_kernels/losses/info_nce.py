@@ -47,9 +47,7 @@ def estimated_rows(query, positive_key, negative_keys, scale, impl, normalize, t
         keys, exclude, n_neg = negative_keys, False, negative_keys.shape[0]
     positive = scale * row_dot(query, positive_key, normalize)
 
-    def lse(at):
-        return candidate_lse(query, keys, at, impl=impl, normalize=normalize,
-                             exclude_own=exclude)
-
-    return debiased.estimator_rows(positive, lse(scale * (1 + beta)),
-                                   lse(scale * beta) if beta else None, n_neg, scale, tau_plus)
+    return debiased.estimator_rows(
+        positive, lambda at: candidate_lse(query, keys, at, impl=impl, normalize=normalize,
+                                           exclude_own=exclude),
+        n_neg, scale, tau_plus, beta)

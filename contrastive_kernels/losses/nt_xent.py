@@ -37,21 +37,13 @@ def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, decoupled=Fals
 
 def two_view_rows(z1, z2, keys1, keys2, scale, impl, normalize, decoupled, positive_weight):
     """(2N,) rows ℓ = log Σ exp(candidates) − w·s(z_i, partner_i) of the local views z1, z2
-    (N, D) against key views keys1, keys2 (K, D) that begin with z1's and z2's own rows:
-    per view, the same view without the row itself and the other view (without the
-    partner when decoupled), merged."""
+    (N, D) against key views keys1, keys2 (K, D) that begin with z1's and z2's own rows
+    (two_view_lse's candidate sets)."""
     # Four engine calls share these tensors: sum their gradients in fp32.
     z1, z2, keys1, keys2 = widen_half(z1, z2, keys1, keys2) if keys1 is not z1 else \
         (widen_half(z1, z2) * 2)
-    rows = []
-    for own, other, own_keys, other_keys in ((z1, z2, keys1, keys2), (z2, z1, keys2, keys1)):
-        parts = [candidate_lse(own, own_keys, scale, impl=impl, normalize=normalize,
-                               exclude_own=True),
-                 candidate_lse(own, other_keys, scale, impl=impl, normalize=normalize,
-                               exclude_own=decoupled)]
-        rows.append((merge_lse(parts), scale * row_dot(own, other, normalize)))
-    lse = torch.cat([rows[0][0], rows[1][0]])
-    positive = torch.cat([rows[0][1], rows[1][1]])
+    lse = two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, decoupled)
+    positive = (scale * row_dot(z1, z2, normalize)).repeat(2)
     if positive_weight is not None:
         weight = positive_weight.to(positive.dtype)
         positive = positive * (weight.repeat(2) if weight.shape[0] * 2 == lse.shape[0]
@@ -59,24 +51,26 @@ def two_view_rows(z1, z2, keys1, keys2, scale, impl, normalize, decoupled, posit
     return lse - positive
 
 
-def negative_lse(z1, z2, scale, impl, normalize):
-    """(2N,) log Σ over each row's 2N − 2 negatives (every row of cat(z1, z2) but itself
-    and its partner) of e^{scale·cos}: per view, the same view without the row and the
-    other view without the partner, merged."""
+def two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, exclude_partner):
+    """(2N,) log Σ e^{scale·cos} over each row's candidates, z1's rows first: per view, the
+    same view's keys without the row itself and the other view's keys (without the
+    partner when ``exclude_partner``), merged. keys1, keys2 (K, D) begin with z1's and
+    z2's own rows."""
     parts = []
-    for own, other in ((z1, z2), (z2, z1)):
+    for own, own_keys, other_keys in ((z1, keys1, keys2), (z2, keys2, keys1)):
         parts.append(merge_lse([
-            candidate_lse(own, own, scale, impl=impl, normalize=normalize, exclude_own=True),
-            candidate_lse(own, other, scale, impl=impl, normalize=normalize,
-                          exclude_own=True)]))
+            candidate_lse(own, own_keys, scale, impl=impl, normalize=normalize,
+                          exclude_own=True),
+            candidate_lse(own, other_keys, scale, impl=impl, normalize=normalize,
+                          exclude_own=exclude_partner)]))
     return torch.cat(parts)
 
 
 def estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta):
-    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2)."""
+    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2): the negatives of a row
+    are every row of cat(z1, z2) but itself and its partner."""
     z1, z2 = widen_half(z1, z2)  # several engine calls share them: fp32 gradient sums
     positive = (scale * row_dot(z1, z2, normalize)).repeat(2)
-    lse_main = negative_lse(z1, z2, scale * (1 + beta), impl, normalize)
-    lse_weight = negative_lse(z1, z2, scale * beta, impl, normalize) if beta else None
-    return debiased.estimator_rows(positive, lse_main, lse_weight, 2 * z1.shape[0] - 2, scale,
-                                   tau_plus)
+    return debiased.estimator_rows(
+        positive, lambda at: two_view_lse(z1, z2, z1, z2, at, impl, normalize, True),
+        2 * z1.shape[0] - 2, scale, tau_plus, beta)
