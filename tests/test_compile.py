@@ -102,6 +102,8 @@ def test_opcheck_every_operator(backend):
                                False, backend)),
         (ops.softmax_forward, (q, q, scale, extra, keys, keys, True, False, False, True,
                                False, backend)),
+        (ops.softmax_forward, (q, k, scale, extra, keys, ckeys, False, False, True, False,
+                               False, backend, [1.5, 0.5])),
         (ops.pair_forward, (q, k, params, keys, ckeys, 0, False, True, False, False,
                             backend)),
         (ops.pair_forward, (q, q, params, keys, keys, 1, True, False, True, False, backend)),

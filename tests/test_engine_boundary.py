@@ -35,7 +35,7 @@ def _softmax(backend, n, m, extra=None, need_col=True):
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_no_rows(backend):
-    q, k, scale, (lse, pos, clse, rq, rk) = _softmax(backend, 0, 5)
+    q, k, scale, (lse, pos, clse, _, rq, rk) = _softmax(backend, 0, 5)
     assert lse.shape == (0,) and pos.shape == (0,)
     assert torch.equal(clse, torch.full((5,), float("-inf"), device=DEVICE))
     g0, g5 = torch.zeros(0, device=DEVICE), torch.ones(5, device=DEVICE)
@@ -52,11 +52,11 @@ def test_no_rows(backend):
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_no_columns(backend):
-    q, k, scale, (lse, pos, clse, rq, rk) = _softmax(backend, 5, 0)
+    q, k, scale, (lse, pos, clse, _, rq, rk) = _softmax(backend, 5, 0)
     assert torch.equal(lse, torch.full((5,), float("-inf"), device=DEVICE))
     assert not pos.any() and clse.shape == (0,)
     extra = torch.randn(5, device=DEVICE)
-    _, _, _, (lse_x, _, _, _, _) = _softmax(backend, 5, 0, extra=extra, need_col=False)
+    _, _, _, (lse_x, _, _, _, _, _) = _softmax(backend, 5, 0, extra=extra, need_col=False)
     torch.testing.assert_close(lse_x, extra)  # the MoCo positive is the only candidate
     g = torch.ones(5, device=DEVICE)
     dq, dk, dscale = library.softmax_backward(q, k, rq, rk, scale, _keys(5), _keys(0),

@@ -36,12 +36,15 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     return _ext.inverse_norms(x, normalize)
 
 
-def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool):
+def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool,
+            xmul=None):
     """q (N,D), k (M,D) contiguous; rq (N,), rk (M,); scale 0-dim; row_key (N,), col_key
     (M,) int64; extra (N,) or None. Returns lse (N,), pos (N,), clse (M,) or empty."""
     bm, bn = tile_config(q.dtype)
+    if xmul is not None:
+        raise NotImplementedError("extra log-sum-exps: not in this engine yet")
     return tuple(_ext.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
-                              need_col, bm, bn))
+                              need_col, bm, bn)) + (rq.new_empty((0, q.shape[0])),)
 
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,

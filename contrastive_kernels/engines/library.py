@@ -25,6 +25,9 @@ from torch import Tensor
 _NS = "contrastive_kernels"
 _ENGINES: dict = {}
 
+# Extra log-sum-exps over the negatives one engine pass computes (every backend's limit).
+MAX_EXTRA_LSE = 2
+
 
 def engine(backend: str):
     """The engine module of a kernel backend name (imported once)."""
@@ -68,6 +71,17 @@ def _own(rq: Tensor, rk: Tensor) -> Tensor:
     return rq.new_empty((0,)) if rk is rq else rk
 
 
+def _multipliers(xmul: Optional[list[float]], like: Tensor) -> Optional[Tensor]:
+    """The extra log-sum-exps' multipliers as the (T,) tensor the engines read (None when
+    there are none), in like's dtype and on its device."""
+    if not xmul:
+        return None
+    if len(xmul) > MAX_EXTRA_LSE:
+        raise ValueError(f"xmul: at most {MAX_EXTRA_LSE} extra log-sum-exps per pass, "
+                         f"got {len(xmul)}")
+    return torch.tensor(xmul, dtype=like.dtype, device=like.device)
+
+
 def _distinct(dq: Tensor, dk: Tensor) -> Tensor:
     """dk as an operator output: a copy where the engine returned dq itself."""
     return dk.clone() if dk is dq else dk
@@ -79,22 +93,29 @@ def _distinct(dq: Tensor, dk: Tensor) -> Tensor:
 @torch.library.custom_op(f"{_NS}::softmax_forward", mutates_args=())
 def softmax_forward(q: Tensor, k: Tensor, scale: Tensor, extra: Optional[Tensor],
                     row_key: Tensor, col_key: Tensor, mask_diag: bool, need_col: bool,
-                    normalize: bool, shared: bool, deterministic: bool,
-                    backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(lse (N,), pos (N,), clse (M,) or (0,), rq (N,), rk (M,) or (0,) when shared)."""
+                    normalize: bool, shared: bool, deterministic: bool, backend: str,
+                    xmul: Optional[list[float]] = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(lse (N,), pos (N,), clse (M,) or (0,), xlse (T, N), rq (N,), rk (M,) or (0,) when
+    shared); xmul: the T ≤ MAX_EXTRA_LSE multipliers μ_t of the extra log-sum-exps
+    xlse_ti = log Σ_{negatives j of row i} e^{μ_t·S_ij} (T = 0 when None)."""
     _check_width(q, "q")
+    if xmul and need_col:
+        raise ValueError("xmul: extra log-sum-exps are row statistics; a pass computes them "
+                         "or the column log-sum-exp (need_col), not both")
     impl = engine(backend)
     rq, rk = _norms(impl, q, k, normalize, shared)
-    lse, pos, clse = impl.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
-                                  need_col)
-    return lse, pos, clse, rq, _own(rq, rk)
+    lse, pos, clse, xlse = impl.forward(q, k, rq, rk, scale, row_key, col_key, extra,
+                                        mask_diag, need_col, _multipliers(xmul, rq))
+    return lse, pos, clse, xlse, rq, _own(rq, rk)
 
 
 @softmax_forward.register_fake
 def _(q, k, scale, extra, row_key, col_key, mask_diag, need_col, normalize, shared,
-      deterministic, backend):
+      deterministic, backend, xmul=None):
     n, m = q.shape[0], k.shape[0]
-    return (_vec(q, n), _vec(q, n), _vec(q, m if need_col else 0), _vec(q, n),
+    return (_vec(q, n), _vec(q, n), _vec(q, m if need_col else 0),
+            q.new_empty((len(xmul or ()), n), dtype=_acc(q)), _vec(q, n),
             _vec(q, 0 if shared else m))
 
 
@@ -103,49 +124,60 @@ def softmax_backward(q: Tensor, k: Tensor, rq: Tensor, rk: Tensor, scale: Tensor
                      row_key: Tensor, col_key: Tensor, lse: Tensor, clse: Tensor,
                      g_lse: Tensor, g_pos: Tensor, g_clse: Tensor, mask_diag: bool,
                      normalize: bool, deterministic: bool, backend: str,
-                     need_dq: bool = True,
-                     need_dk: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                     need_dq: bool = True, need_dk: bool = True,
+                     xmul: Optional[list[float]] = None, xlse: Optional[Tensor] = None,
+                     g_xlse: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """(dq (N, D), dk (M, D) in the input dtype, dscale 0-dim); a gradient that is not
-    needed (a frozen MoCo queue) is not computed and comes back with 0 rows."""
+    needed (a frozen MoCo queue) is not computed and comes back with 0 rows. xlse and
+    g_xlse (T, N): the forward's extra log-sum-exps at multipliers xmul and their
+    upstream gradients."""
+    mult = _multipliers(xmul, lse)
+    extras = {} if mult is None else dict(xmul=mult, xlse=xlse, g_xlse=g_xlse)
     dq, dk, dscale = engine(backend).backward(q, k, rq, rk, scale, row_key, col_key, lse,
                                               clse, g_lse, g_pos, g_clse, mask_diag,
                                               normalize, deterministic, need_dq=need_dq,
-                                              need_dk=need_dk)
+                                              need_dk=need_dk, **extras)
     return dq, _distinct(dq, dk), dscale
 
 
 @softmax_backward.register_fake
 def _(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
-      normalize, deterministic, backend, need_dq=True, need_dk=True):
+      normalize, deterministic, backend, need_dq=True, need_dk=True, xmul=None, xlse=None,
+      g_xlse=None):
     return (q.new_empty((q.shape[0] if need_dq else 0, q.shape[1])),
             k.new_empty((k.shape[0] if need_dk else 0, k.shape[1])), scale.new_empty(()))
 
 
 def _softmax_setup(ctx, inputs, output):
     (q, k, scale, extra, row_key, col_key, mask_diag, _need_col, normalize, shared,
-     deterministic, backend) = inputs
-    lse, _pos, clse, rq, rk = output
-    ctx.save_for_backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, extra)
-    ctx.flags = (mask_diag, normalize, shared, deterministic, backend)
+     deterministic, backend, *rest) = inputs
+    lse, _pos, clse, xlse, rq, rk = output
+    ctx.save_for_backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, xlse, extra)
+    ctx.flags = (mask_diag, normalize, shared, deterministic, backend,
+                 list(rest[0]) if rest and rest[0] else None)
 
 
-def _softmax_grad(ctx, g_lse, g_pos, g_clse, _g_rq, _g_rk):
-    q, k, rq, rk, scale, row_key, col_key, lse, clse, extra = ctx.saved_tensors
-    mask_diag, normalize, shared, deterministic, backend = ctx.flags
+def _softmax_grad(ctx, g_lse, g_pos, g_clse, g_xlse, _g_rq, _g_rk):
+    q, k, rq, rk, scale, row_key, col_key, lse, clse, xlse, extra = ctx.saved_tensors
+    mask_diag, normalize, shared, deterministic, backend, xmul = ctx.flags
     g_lse, g_pos, g_clse = _dense(g_lse, lse), _dense(g_pos, lse), _dense(g_clse, clse)
+    extras = {}
+    if xmul is not None:
+        extras = dict(xmul=xmul, xlse=xlse, g_xlse=_dense(g_xlse, xlse))
     # With k is q both gradients flow into q; otherwise skip the one nobody needs.
     need_dq = ctx.needs_input_grad[0] or shared
     need_dk = ctx.needs_input_grad[1] or shared
     dq, dk, dscale = softmax_backward(q, k, rq, rq if shared else rk, scale, row_key,
                                       col_key, lse, clse, g_lse, g_pos, g_clse, mask_diag,
-                                      normalize, deterministic, backend, need_dq, need_dk)
+                                      normalize, deterministic, backend, need_dq, need_dk,
+                                      **extras)
     d_extra = None
     if extra is not None and ctx.needs_input_grad[3]:
         # The extra logit is one more softmax candidate: d lse / d extra = its probability.
         d_extra = (g_lse * torch.exp(extra.to(lse.dtype) - lse)).to(extra.dtype)
     return (dq if need_dq else None, dk if need_dk else None,
             dscale.to(scale.dtype) if ctx.needs_input_grad[2] else None, d_extra,
-            None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None)
 
 
 def _dense(grad, like):

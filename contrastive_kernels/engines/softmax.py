@@ -9,7 +9,13 @@ outputs. The kernel backend (Triton, C++ CPU or CUDA) is a module exposing
 ``softmax_backward``:
 
     lse_i = log([e^{extra_i}] + Σ_{j∈C(i)} e^{S_ij}),  pos_i = Σ_{j∈C(i), rkey_i=ckey_j} S_ij,
-    clse_j = log Σ_{i∈C(j)} e^{S_ij},  S_ij = scale·⟨q̂_i, k̂_j⟩.
+    clse_j = log Σ_{i∈C(j)} e^{S_ij},  S_ij = scale·⟨q̂_i, k̂_j⟩,
+
+and, in the same pass (``softmax_engine_negatives``), up to MAX_EXTRA_LSE more per-row
+log-sum-exps over the row's negatives (candidates whose key differs from the row's) at
+constant multiples μ_t of the logits, with their gradients:
+
+    xlse_ti = log Σ_{j∈C(i), rkey_i≠ckey_j} e^{μ_t·S_ij}.
 """
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ from types import ModuleType
 
 import torch
 
-from .library import backend_name, softmax_forward
+from .library import MAX_EXTRA_LSE, backend_name, softmax_forward
+
+__all__ = ["EngineOptions", "MAX_EXTRA_LSE", "softmax_engine", "softmax_engine_negatives",
+           "boost_features", "candidate_lse", "merge_lse", "widen_half"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,26 @@ def softmax_engine(q, k, scale, *, impl: ModuleType, row_key, col_key, extra=Non
     Returns lse (N,), pos (N,), clse (M,) (empty unless opts.need_col), float32 (float64
     for float64 inputs).
     """
+    lse, pos, clse, _ = _run(q, k, scale, impl, row_key, col_key, extra, opts, None)
+    return lse, pos, clse
+
+
+def softmax_engine_negatives(q, k, scale, multipliers, *, impl, row_key, col_key,
+                             extra=None, opts: EngineOptions = EngineOptions()):
+    """softmax_engine's pass that also returns xlse (T, N): for each of the T ≤
+    MAX_EXTRA_LSE constant multipliers μ_t (floats, no gradient),
+    xlse_ti = log Σ e^{μ_t·S_ij} over row i's negatives (its candidates j with
+    col_key_j ≠ row_key_i; −inf where there are none), differentiable in q, k and scale.
+    Returns lse (N,), pos (N,), clse (M,) or (0,), xlse (T, N)."""
+    if not 1 <= len(multipliers) <= MAX_EXTRA_LSE:
+        raise ValueError(f"multipliers: 1 to {MAX_EXTRA_LSE} per pass, got "
+                         f"{len(multipliers)}")
+    return _run(q, k, scale, impl, row_key, col_key, extra, opts,
+                [float(mu) for mu in multipliers])
+
+
+def _run(q, k, scale, impl, row_key, col_key, extra, opts, xmul):
+    """One engine call through the custom operator: (lse, pos, clse, xlse)."""
     shared = k is q
     q = q.contiguous()
     k = q if shared else k.contiguous()
@@ -46,11 +75,11 @@ def softmax_engine(q, k, scale, *, impl: ModuleType, row_key, col_key, extra=Non
     if extra is not None:
         extra = extra.to(acc).contiguous()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    lse, pos, clse, _, _ = softmax_forward(q, k, scale, extra, row_key.contiguous(),
-                                           col_key.contiguous(), opts.mask_diag,
-                                           opts.need_col, opts.normalize, shared,
-                                           deterministic, backend_name(impl))
-    return lse, pos, clse
+    lse, pos, clse, xlse, _, _ = softmax_forward(q, k, scale, extra, row_key.contiguous(),
+                                                 col_key.contiguous(), opts.mask_diag,
+                                                 opts.need_col, opts.normalize, shared,
+                                                 deterministic, backend_name(impl), xmul)
+    return lse, pos, clse, xlse
 
 
 class _ScaleGrad(torch.autograd.Function):

@@ -11,7 +11,8 @@ logit s_p and n negatives of logits s_j:
     ℓ = −log( e^{s_p} / (e^{s_p} + Ng) )
 
 so reweight = n·exp(LSE_j((1+β)s_j) − LSE_j(β s_j)): two log-sum-exps over the negatives
-at two scales. Everything below is in the log domain (e^{s} overflows fp32 at small τ).
+at two scales, both from the one engine pass that also yields s_p (the engine's extra
+log-sum-exps over the negatives, engines/softmax.py softmax_engine_negatives). Everything below is in the log domain (e^{s} overflows fp32 at small τ).
 The clamp's floor uses the scale s = 1/τ, i.e. cosine −1, as the authors' e^{−1/τ} does.
 τ⁺ = β = 0 is not routed here: it is plain NT-Xent / InfoNCE without the clamp.
 """
@@ -27,16 +28,23 @@ def active(tau_plus: float, beta: float) -> bool:
     return tau_plus != 0 or beta != 0
 
 
+def multipliers(beta: float) -> list[float]:
+    """The logit multiples whose log-sum-exps over the negatives the estimator needs, for
+    one engine pass (softmax_engine_negatives): 1 + β, and β when β > 0 (with β = 0 the
+    second sum is the count of negatives)."""
+    return [1.0 + beta, beta] if beta else [1.0]
+
+
 def estimator_rows(positive, negative_lse, n_neg: int, scale, tau_plus: float,
                    beta: float):
-    """positive (R,) = s·cos(anchor, positive); negative_lse(at) (R,) = log Σ_neg e^{at·cos}
-    over each row's negatives at the 0-dim scale ``at`` (called at (1+β)·s, and at β·s
-    when β > 0: with β = 0 that sum is n_neg); n_neg negatives per row (≥ 1), scale s
-    0-dim, 0 ≤ tau_plus < 1, beta ≥ 0. Returns ℓ (R,)."""
+    """positive (R,) = s·cos(anchor, positive); negative_lse (T, R) the engine's
+    log Σ_neg e^{μ·s·cos} over each row's negatives at the μ of ``multipliers(beta)``;
+    n_neg negatives per row (≥ 1), scale s 0-dim, 0 ≤ tau_plus < 1, beta ≥ 0.
+    Returns ℓ (R,)."""
     log_n = math.log(n_neg)
-    log_reweight = negative_lse(scale * (1 + beta))
+    log_reweight = negative_lse[0]
     if beta:
-        log_reweight = log_reweight + (log_n - negative_lse(scale * beta))
+        log_reweight = log_reweight + (log_n - negative_lse[1])
     log_floor = log_n - scale
     if tau_plus:
         # log((e^a − e^b)/(1 − τ⁺)) with a = log reweight, b = log(τ⁺ n) + s_p, where a > b.

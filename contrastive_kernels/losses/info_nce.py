@@ -5,7 +5,7 @@ import torch
 
 from . import debiased
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
-from ..engines.softmax import EngineOptions, candidate_lse, softmax_engine, widen_half
+from ..engines.softmax import EngineOptions, softmax_engine, softmax_engine_negatives
 
 
 def info_nce(query, positive_key, negative_keys, temperature, reduction, normalize, impl,
@@ -37,17 +37,21 @@ def info_nce(query, positive_key, negative_keys, temperature, reduction, normali
 
 
 def estimated_rows(query, positive_key, negative_keys, scale, impl, normalize, tau_plus, beta):
-    """(N,) rows of the debiased / hard-negative InfoNCE: the negatives of row i are the
-    other in-batch keys (N − 1 of them), or the bank's K rows."""
+    """(N,) rows of the debiased / hard-negative InfoNCE, from one engine pass: the
+    negatives of row i are the other in-batch keys (N − 1 of them), or the bank's K rows."""
+    multipliers = debiased.multipliers(beta)
     if negative_keys is None:
-        query, positive_key = widen_half(query, positive_key)
-        keys, exclude, n_neg = positive_key, True, query.shape[0] - 1
+        idx = arange(query.shape[0], query)
+        _, positive, _, negative_lse = softmax_engine_negatives(
+            query, positive_key, scale, multipliers, impl=impl, row_key=idx, col_key=idx,
+            opts=EngineOptions(normalize=normalize))
+        n_neg = query.shape[0] - 1
     else:
-        query, positive_key, negative_keys = widen_half(query, positive_key, negative_keys)
-        keys, exclude, n_neg = negative_keys, False, negative_keys.shape[0]
-    positive = scale * row_dot(query, positive_key, normalize)
-
-    return debiased.estimator_rows(
-        positive, lambda at: candidate_lse(query, keys, at, impl=impl, normalize=normalize,
-                                           exclude_own=exclude),
-        n_neg, scale, tau_plus, beta)
+        positive = scale * row_dot(query, positive_key, normalize)
+        no_target = torch.full((query.shape[0],), -1, dtype=torch.int64, device=query.device)
+        _, _, _, negative_lse = softmax_engine_negatives(
+            query, negative_keys, scale, multipliers, impl=impl, row_key=no_target,
+            col_key=arange(negative_keys.shape[0], query),
+            opts=EngineOptions(normalize=normalize))
+        n_neg = negative_keys.shape[0]
+    return debiased.estimator_rows(positive, negative_lse, n_neg, scale, tau_plus, beta)

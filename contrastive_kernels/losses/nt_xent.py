@@ -8,7 +8,7 @@ import torch
 from . import debiased
 from ._common import arange, inverse_temperature, reduce_rows, row_dot
 from ..engines.softmax import (EngineOptions, candidate_lse, merge_lse, softmax_engine,
-                               widen_half)
+                               softmax_engine_negatives, widen_half)
 
 
 def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, decoupled=False,
@@ -67,10 +67,14 @@ def two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, exclude_partner):
 
 
 def estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta):
-    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2): the negatives of a row
-    are every row of cat(z1, z2) but itself and its partner."""
-    z1, z2 = widen_half(z1, z2)  # several engine calls share them: fp32 gradient sums
-    positive = (scale * row_dot(z1, z2, normalize)).repeat(2)
-    return debiased.estimator_rows(
-        positive, lambda at: two_view_lse(z1, z2, z1, z2, at, impl, normalize, True),
-        2 * z1.shape[0] - 2, scale, tau_plus, beta)
+    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2), from one engine pass
+    over z = cat(z1, z2): the positive logit is the partner's (the row's key) and the
+    negatives every other row but itself."""
+    z = torch.cat([z1, z2], dim=0)
+    two_n = z.shape[0]
+    cols = arange(two_n, z)
+    _, positive, _, negative_lse = softmax_engine_negatives(
+        z, z, scale, debiased.multipliers(beta), impl=impl,
+        row_key=(cols + two_n // 2) % two_n, col_key=cols,
+        opts=EngineOptions(mask_diag=True, normalize=normalize))
+    return debiased.estimator_rows(positive, negative_lse, two_n - 2, scale, tau_plus, beta)

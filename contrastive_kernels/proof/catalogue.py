@@ -51,17 +51,21 @@ def _softmax_launches(dtype, d, n, m) -> None:
     scale = torch.tensor(5.0, dtype=acc)
     row_key, col_key = torch.arange(n), torch.arange(m)
     extra = torch.zeros(n, dtype=acc)
-    for need_col in (False, True):
-        lse, pos, clse = te.forward(q, k, rq, rk, scale, row_key, col_key,
-                                    None if need_col else extra, False, need_col)
+    # Column statistics, or up to MAX_EXTRA_LSE extra row log-sum-exps (never both).
+    for need_col, n_extra in ((False, 0), (True, 0)) + tuple(
+            (False, t) for t in range(1, te.MAX_EXTRA_LSE + 1)):
+        xmul = torch.linspace(1.0, 0.5, n_extra, dtype=acc) if n_extra else None
+        lse, pos, clse, xlse = te.forward(q, k, rq, rk, scale, row_key, col_key,
+                                          None if need_col else extra, False, need_col, xmul)
         g = torch.ones(n, dtype=acc)
         g_clse = torch.ones(m, dtype=acc) if need_col else clse
+        extras = dict(xmul=xmul, xlse=xlse, g_xlse=torch.ones_like(xlse)) if n_extra else {}
         for deterministic in (False, True):
             for need_dq, need_dk in ((True, True), (True, False), (False, True)):
                 te.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g, g, g_clse,
-                            False, True, deterministic, need_dq, need_dk)
-    te.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g, g, g_clse, False,
-                False, False)
+                            False, True, deterministic, need_dq, need_dk, **extras)
+        te.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g, g, g_clse, False,
+                    False, False, **extras)
 
 
 def _pairwise_launches(dtype, d, n) -> None:
@@ -105,6 +109,8 @@ def run_public_losses() -> None:
         losses = (
             ck.info_nce(x, y, z, backend="triton"), ck.info_nce(x, y, backend="triton"),
             ck.nt_xent_loss(x, y, backend="triton"),
+            ck.nt_xent_loss(x, y, tau_plus=0.1, beta=0.5, backend="triton"),
+            ck.info_nce(x, y, z, tau_plus=0.1, backend="triton"),
             ck.clip_loss(x, y, 10.0, normalize=True, backend="triton"),
             ck.siglip_loss(x, y, 10.0, -10.0, backend="triton"),
             ck.supcon_loss(x, labels, backend="triton"),

@@ -6,6 +6,8 @@ The engine computes, for anchor rows ``q`` (N×D) against candidate rows ``k`` (
     lse_i  = log( [exp(extra_i)] + Σ_{j valid} exp S_ij )  (row log-sum-exp)
     pos_i  = Σ_{j valid, row_key_i == col_key_j} S_ij      (positive-logit sum)
     clse_j = log Σ_{i valid} exp S_ij                      (column log-sum-exp, CLIP)
+    xlse_ti = log Σ_{j valid, row_key_i != col_key_j} exp(μ_t·S_ij)
+                                        (optional, t < MAX_EXTRA_LSE: over the negatives)
 
 in tiles, never holding an N×M tensor, and the backward by recomputing S tile by tile from
 the saved log-sum-exps. "valid" excludes out-of-range rows/columns and, with mask_diag, i==j.
@@ -47,16 +49,17 @@ def _online_lse(m_i, l_i, s_m, AXIS: tl.constexpr):
 # Row counts, runtime flags and split sizes are not specialized: Triton would otherwise
 # compile one binary per value 1 and per divisibility by 16 of each (proof/specialize.py);
 # only D and the strides keep their hints, which vectorize the tile loads.
-@triton.jit(do_not_specialize=["N", "M", "tiles_per_split", "mask_diag"])
+@triton.jit(do_not_specialize=["N", "M", "tiles_per_split", "mask_diag", "xpart_stride"])
 def _softmax_fwd_kernel(
-        Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY,
-        PART_M, PART_L, PART_POS, COL_M, COL_L,
-        N, M, D, stride_q, stride_k, tiles_per_split, mask_diag,
+        Q, K, RQ, RK, SCALE, ROW_KEY, COL_KEY, XMUL,
+        PART_M, PART_L, PART_POS, COL_M, COL_L, PART_XM, PART_XL,
+        N, M, D, stride_q, stride_k, tiles_per_split, mask_diag, xpart_stride,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        ONE_CHUNK: tl.constexpr, NEED_COL: tl.constexpr,
+        ONE_CHUNK: tl.constexpr, NEED_COL: tl.constexpr, N_XLSE: tl.constexpr,
         ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """Per-split row partials (max, sum of exp, positive sum) and, with NEED_COL,
-    per-program column partials.
+    """Per-split row partials (max, sum of exp, positive sum), with N_XLSE (≤ 2) the
+    partials (max, sum) of each extra log-sum-exp over the row's negatives at μ_t·S
+    (PART_X*[t·xpart_stride + s·N + row]), and, with NEED_COL, per-program column partials.
 
     Grid (row programs, splits): program (p, s) walks row blocks p, p + P, ... and, for
     each, the column tiles of split s, with its row tile on chip (ONE_CHUNK) against each
@@ -68,6 +71,10 @@ def _softmax_fwd_kernel(
     n_prog = tl.num_programs(0)
     split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
+    if N_XLSE > 0:
+        mu0 = tl.load(XMUL).to(ACC)
+    if N_XLSE > 1:
+        mu1 = tl.load(XMUL + 1).to(ACC)
     cb_lo, n_cb = split_range(split, tiles_per_split, tl.cdiv(M, BLOCK_N))
     part = split.to(tl.int64) * N
     col_base = pid.to(tl.int64) * M
@@ -79,6 +86,10 @@ def _softmax_fwd_kernel(
         m_i = tl.full([BLOCK_M], float("-inf"), ACC)
         l_i = tl.zeros([BLOCK_M], ACC)
         pos_i = tl.zeros([BLOCK_M], ACC)
+        xm0 = tl.full([BLOCK_M], float("-inf"), ACC)
+        xl0 = tl.zeros([BLOCK_M], ACC)
+        xm1 = tl.full([BLOCK_M], float("-inf"), ACC)
+        xl1 = tl.zeros([BLOCK_M], ACC)
         if ONE_CHUNK:
             q_tile = load_rows(Q, offs_m, N, D, stride_q, BLOCK_K, ACC, UPCAST)
         for t in range(0, n_cb):
@@ -99,6 +110,12 @@ def _softmax_fwd_kernel(
             pos_i += tl.sum(tl.where(match, s, 0.0), 1)
             s_m = tl.where(valid, s, float("-inf"))
             m_i, l_i = _online_lse(m_i, l_i, s_m, 1)
+            if N_XLSE > 0:
+                negative = valid & (rkey[:, None] != ckey[None, :])
+                xm0, xl0 = _online_lse(xm0, xl0, tl.where(negative, mu0 * s, float("-inf")), 1)
+                if N_XLSE > 1:
+                    xm1, xl1 = _online_lse(xm1, xl1,
+                                           tl.where(negative, mu1 * s, float("-inf")), 1)
             if NEED_COL:
                 # The program's first row block starts the partial: nothing to read back.
                 more = col_ok & (rb != pid)
@@ -110,6 +127,12 @@ def _softmax_fwd_kernel(
         tl.store(PART_M + part + offs_m, m_i, mask=row_ok)
         tl.store(PART_L + part + offs_m, l_i, mask=row_ok)
         tl.store(PART_POS + part + offs_m, pos_i, mask=row_ok)
+        if N_XLSE > 0:
+            tl.store(PART_XM + part + offs_m, xm0, mask=row_ok)
+            tl.store(PART_XL + part + offs_m, xl0, mask=row_ok)
+        if N_XLSE > 1:
+            tl.store(PART_XM + xpart_stride + part + offs_m, xm1, mask=row_ok)
+            tl.store(PART_XL + xpart_stride + part + offs_m, xl1, mask=row_ok)
 
 
 @triton.jit(do_not_specialize=["P", "n", "parts_stride"])
@@ -150,14 +173,14 @@ def _merge_kernel(PART_M, PART_L, PART_SUM, EXTRA, LSE, SUM, P, n, parts_stride,
                              "tiles_per_split", "mask_diag", "da_atomic"])
 def _softmax_bwd_kernel(
         A, B, RA, RB, SCALE, ROW_KEY, COL_KEY,
-        LSE, G_LSE, G_POS, CLSE, G_CLSE,
+        LSE, G_LSE, G_POS, CLSE, G_CLSE, XMUL, XLSE, G_XLSE,
         DA, DB, DSCALE,
         NA, NB, D, stride_a, stride_b, stride_da, stride_db, split_rows_da, split_stride_da,
         tiles_per_split, mask_diag, da_atomic,
         BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
         ONE_CHUNK: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_COL: tl.constexpr,
-        NEED_DA: tl.constexpr, NEED_DB: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
-        PREC: tl.constexpr):
+        N_XLSE: tl.constexpr, NEED_DA: tl.constexpr, NEED_DB: tl.constexpr,
+        ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Recompute S for the owned block of A against one split of B; accumulate gradients.
 
     A is the owned side (rows of S when not TRANSPOSED, columns when TRANSPOSED); grid
@@ -168,12 +191,19 @@ def _softmax_bwd_kernel(
                                      or one atomic add per element with da_atomic)
       DB[b] += Σ_a dS_ab r_a A[a]  (NEED_DB: atomics, per tile)
       DSCALE[split, a] = Σ_b dS_ab cos_ab  (per-split partials of the scale's gradient)
-    with dS_ij = g_i P_ij + gpos_i [key_i==key_j] + gc_j Pc_ij on valid pairs.
+    with dS_ij = g_i P_ij + gpos_i [key_i==key_j] + gc_j Pc_ij
+                 + Σ_{t<N_XLSE} μ_t gx_ti e^{μ_t S_ij − xlse_ti} [key_i!=key_j] on valid pairs
+    (XLSE, G_XLSE: (N_XLSE, rows of S), indexed by S's row like LSE).
     The scale and the normalization backward are applied later by _norm_backward_kernel.
     """
     pid = tl.program_id(0)
     split = tl.program_id(1)
     scale = tl.load(SCALE).to(ACC)
+    if N_XLSE > 0:
+        mu0 = tl.load(XMUL).to(ACC)
+    if N_XLSE > 1:
+        mu1 = tl.load(XMUL + 1).to(ACC)
+    n_rows = NB if TRANSPOSED else NA  # rows of S: the stride of XLSE and G_XLSE
     bb_lo, n_bb = split_range(split, tiles_per_split, tl.cdiv(NB, BLOCK_B))
     # Staggered start: programs of one split begin at different tiles of it.
     first = pid % tl.maximum(n_bb, 1)
@@ -199,6 +229,12 @@ def _softmax_bwd_kernel(
         g = tl.load(G_LSE + offs_a, mask=a_ok, other=0.0)[:, None]
         gp = tl.load(G_POS + offs_a, mask=a_ok, other=0.0)[:, None]
         rkey = tl.load(ROW_KEY + offs_a, mask=a_ok, other=-1)[:, None]
+        if N_XLSE > 0:
+            xlse0 = tl.load(XLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+            gx0 = tl.load(G_XLSE + offs_a, mask=a_ok, other=0.0)[:, None]
+        if N_XLSE > 1:
+            xlse1 = tl.load(XLSE + n_rows + offs_a, mask=a_ok, other=0.0)[:, None]
+            gx1 = tl.load(G_XLSE + n_rows + offs_a, mask=a_ok, other=0.0)[:, None]
     elif HAS_COL:
         # The column statistics (CLIP) of the owned columns. A compile-time flag: as a
         # runtime one its registers made the 128-row sm_90 tiles spill.
@@ -231,6 +267,12 @@ def _softmax_bwd_kernel(
             g = tl.load(G_LSE + offs_b, mask=b_ok, other=0.0)[None, :]
             gp = tl.load(G_POS + offs_b, mask=b_ok, other=0.0)[None, :]
             rkey = tl.load(ROW_KEY + offs_b, mask=b_ok, other=-1)[None, :]
+            if N_XLSE > 0:
+                xlse0 = tl.load(XLSE + offs_b, mask=b_ok, other=0.0)[None, :]
+                gx0 = tl.load(G_XLSE + offs_b, mask=b_ok, other=0.0)[None, :]
+            if N_XLSE > 1:
+                xlse1 = tl.load(XLSE + n_rows + offs_b, mask=b_ok, other=0.0)[None, :]
+                gx1 = tl.load(G_XLSE + n_rows + offs_b, mask=b_ok, other=0.0)[None, :]
         else:
             ckey = tl.load(COL_KEY + offs_b, mask=b_ok, other=-2)[None, :]
         ds = g * tl.exp(s - lse) + tl.where(rkey == ckey, gp, 0.0)
@@ -239,6 +281,12 @@ def _softmax_bwd_kernel(
                 clse = tl.load(CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
                 gc = tl.load(G_CLSE + offs_b, mask=b_ok, other=0.0)[None, :]
             ds += gc * tl.exp(s - clse)
+        if N_XLSE > 0:
+            xds = (mu0 * gx0) * tl.exp(mu0 * s - xlse0)
+            if N_XLSE > 1:
+                xds += (mu1 * gx1) * tl.exp(mu1 * s - xlse1)
+            # Positives are not in these sums: where(), since their exp may overflow.
+            ds += tl.where(rkey == ckey, 0.0, xds)
         ds = tl.where(valid, ds, 0.0)
         dscale += tl.sum(ds * cos, 1)
         ds_b = ds * rb[None, :]
@@ -399,12 +447,19 @@ def _merge(part_m, part_l, part_sum, extra, n: int, acc_tl):
     return lse, (total if part_sum is not None else None)
 
 
-def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool):
+# Extra log-sum-exps one pass computes (the N_XLSE constexpr of both kernels).
+MAX_EXTRA_LSE = 2
+
+
+def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool,
+            xmul=None):
     """Launch the forward.
 
     q (N,D), k (M,D) contiguous rows; rq (N,), rk (M,) inverse norms; scale 0-dim;
-    row_key (N,), col_key (M,) int64; extra (N,) or None.
-    Returns lse (N,), pos (N,) and clse (M,) (empty when not need_col), accumulation dtype.
+    row_key (N,), col_key (M,) int64; extra (N,) or None; xmul (T,) or None, T ≤
+    MAX_EXTRA_LSE multipliers of the extra log-sum-exps over each row's negatives.
+    Returns lse (N,), pos (N,), clse (M,) (empty when not need_col) and xlse (T, N)
+    ((0, N) without xmul), accumulation dtype.
     """
     n, d = q.shape
     m = k.shape[0]
@@ -421,20 +476,26 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     part_m, part_l, part_pos = (out_buffer((splits, n), acc, q.device) for _ in range(3))
     col_m, col_l = ((out_buffer((row_progs, m), acc, q.device) for _ in range(2))
                     if need_col else (part_m, part_l))
+    n_x = 0 if xmul is None else xmul.shape[0]
+    part_xm, part_xl = ((out_buffer((n_x, splits, n), acc, q.device) for _ in range(2))
+                        if n_x else (part_m, part_l))
     if n:
         _softmax_fwd_kernel[(row_progs, splits)](
-            q, k, rq, rk, scale, row_key, col_key, part_m, part_l, part_pos, col_m, col_l,
-            n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag),
+            q, k, rq, rk, scale, row_key, col_key, xmul if n_x else scale,
+            part_m, part_l, part_pos, col_m, col_l, part_xm, part_xl,
+            n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag), splits * n,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-            ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, ACC=acc_tl,
+            ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, N_XLSE=n_x, ACC=acc_tl,
             UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(cfg))
     lse, pos = _merge(part_m, part_l, part_pos, extra, n, acc_tl)
+    xlse = torch.stack([_merge(part_xm[t], part_xl[t], None, None, n, acc_tl)[0]
+                        for t in range(n_x)]) if n_x else lse.new_empty((0, n))
     if not need_col:
-        return lse, pos, lse.new_empty(0)
+        return lse, pos, lse.new_empty(0), xlse
     if n == 0:  # no rows: every column's partials are empty
-        return lse, pos, torch.full((m,), float("-inf"), dtype=acc, device=q.device)
+        return lse, pos, torch.full((m,), float("-inf"), dtype=acc, device=q.device), xlse
     clse, _ = _merge(col_m, col_l, None, None, m, acc_tl)
-    return lse, pos, clse
+    return lse, pos, clse, xlse
 
 
 def _atomic_elements(n_own: int, n_other: int, block: int) -> int:
@@ -448,8 +509,8 @@ _MAX_PART_ELEMENTS = 1 << 26
 
 
 def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-                 *, transposed, mask_diag, has_col, need_da, need_db, deterministic,
-                 db):
+                 xmul, xlse, g_xlse, *, transposed, mask_diag, has_col, need_da, need_db,
+                 deterministic, db):
     """One backward pass owning the rows of ``a``: returns (dA partials (P, NA, D) or
     None, dscale partials (S, NA)); dB (NB, D) accumulates into ``db`` by atomics."""
     na, d = a.shape
@@ -473,25 +534,30 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     dscale = out_buffer((splits, na), acc, a.device)
     if na:
         da_arg = da if da is not None else dscale
+        n_x = 0 if xmul is None else xmul.shape[0]
         _softmax_bwd_kernel[(n_ab, splits)](
             a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-            da_arg, db if db is not None else dscale, dscale,
+            *((xmul, xlse, g_xlse) if n_x else (scale, lse, g_lse)), da_arg, db if db is not None else dscale, dscale,
             na, nb, d, a.stride(0), b.stride(0), d, d,
             *((na, na * d) if parts > 1 else (0, 0)), per_split, int(mask_diag), int(da_atomic),
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
-            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col,
+            ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col, N_XLSE=n_x,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
             PREC=precision(a.dtype), **launch_options(cfg))
     return da, dscale
 
 
-def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col) -> torch.Tensor:
+def _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col, xmul=None, g_xlse=None
+              ) -> torch.Tensor:
     """σ = 2^e (0-dim, on the device, no synchronization) with σ·|dS_ij·r| ≤ 2^14 for every
-    pair and either inverse norm r, from |dS_ij| ≤ |g_i| + |gpos_i| + |gc_j| (softmax
-    probabilities are at most 1); 1 where that bound is 0 or not finite."""
+    pair and either inverse norm r, from |dS_ij| ≤ |g_i| + |gpos_i| + |gc_j| +
+    Σ_t |μ_t·gx_ti| (softmax probabilities are at most 1); 1 where that bound is 0 or not
+    finite."""
     bound = g_lse.abs().max() + g_pos.abs().max()
     if has_col:
         bound = bound + g_clse.abs().max()
+    if xmul is not None:
+        bound = bound + (xmul.abs() * g_xlse.abs().amax(dim=1)).sum()
     return pow2_scale(bound * torch.maximum(rq.abs().max(), rk.abs().max()))
 
 
@@ -508,9 +574,10 @@ def _row_owned(q, k, need_dq: bool, need_dk: bool) -> bool:
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
              mask_diag: bool, normalize: bool, deterministic: bool,
-             need_dq: bool = True, need_dk: bool = True):
+             need_dq: bool = True, need_dk: bool = True, xmul=None, xlse=None, g_xlse=None):
     """Gradients (dq (N,D), dk (M,D) in the input dtype — (0, D) when not needed —, and
-    dscale 0-dim in the accumulation dtype).
+    dscale 0-dim in the accumulation dtype); xmul (T,), xlse and g_xlse (T, N) the extra
+    log-sum-exps of the forward and their upstream gradients, or None.
 
     deterministic=False: one recomputing pass; the side that owns blocks accumulates its
     gradient rows on chip, the other side's by atomics (6·N·M·D backward FLOPs; 4·N·M·D
@@ -528,11 +595,14 @@ def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_c
         # g/N² (a mean over a large batch) would flush to zero. Scaling the upstream
         # gradients by a power of two σ scales dS, dQ̂, dK̂ and dscale by exactly σ; the
         # kernels are unchanged and the results are divided by σ once at the end.
-        sigma = _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col)
+        sigma = _ds_scale(rq, rk, g_lse, g_pos, g_clse, has_col, xmul, g_xlse)
         g_lse, g_pos = g_lse * sigma, g_pos * sigma
         g_clse = g_clse * sigma if has_col else g_clse
+        g_xlse = g_xlse * sigma if xmul is not None else None
     g_clse = g_clse if has_col else g_lse
-    stats = (scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse)
+    if xmul is not None:
+        xlse, g_xlse = xlse.contiguous(), g_xlse.contiguous()
+    stats = (scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse, xmul, xlse, g_xlse)
     common = dict(mask_diag=mask_diag, has_col=has_col, deterministic=deterministic)
     dq_parts = dk_parts = None
     if deterministic:
