@@ -91,7 +91,7 @@ def clip_providers(n: int, d: int):
     scale = torch.tensor(10.0)
     rq, rk = cpu_engine.inverse_norms(x.detach(), True), cpu_engine.inverse_norms(
         y.detach(), True)
-    lse, pos, clse = cpu_engine.forward(x.detach(), y.detach(), rq, rk, scale, idx, idx, None,
+    lse, pos, clse, _ = cpu_engine.forward(x.detach(), y.detach(), rq, rk, scale, idx, idx, None,
                                         False, True)
     g = torch.randn(n, generator=gen)
 

@@ -37,11 +37,13 @@ BLOCKS = {"triton": ("TRAFFIC", HEADING),
                                    "GPU launch plan)")}
 # Shapes of the problems at --scale 1: rows of each side and width.
 SHAPES = {"clip": (2048, 2048, 256), "siglip": (2048, 2048, 256), "moco": (64, 4096, 128),
-          "moco_bank_grad": (64, 4096, 128)}
+          "moco_bank_grad": (64, 4096, 128), "nt_xent_debiased": (1024, 1024, 128)}
 # --problems moco measures the frozen bank and the bank that requires grad.
-EXPANDS = {"clip": ("clip",), "siglip": ("siglip",), "moco": ("moco", "moco_bank_grad")}
+EXPANDS = {"clip": ("clip",), "siglip": ("siglip",), "moco": ("moco", "moco_bank_grad"),
+           "nt_xent_debiased": ("nt_xent_debiased",)}
 LABELS = {"clip": "CLIP", "siglip": "SigLIP", "moco": "MoCo queue, bank frozen",
-          "moco_bank_grad": "MoCo queue, bank requires grad"}
+          "moco_bank_grad": "MoCo queue, bank requires grad",
+          "nt_xent_debiased": "NT-Xent, debiased + hard negatives (τ⁺ 0.1, β 0.5)"}
 # Roofline model inputs: (name, HBM B/s, assumed L2 B/s, dense bf16 FLOP/s, SMs, arch).
 GPUS = (("A100 SXM 80GB", 2.0e12, 5.0e12, 312e12, 108, "sm_80"),
         ("H100 SXM", 3.35e12, 10.0e12, 989e12, 132, "sm_90"))
@@ -89,6 +91,10 @@ def _inputs(problem: str, n: int, m: int, d: int):
         bias = torch.tensor(-10.0, requires_grad=True)
         return lambda b: ck.siglip_loss(img, txt, scale, bias, reduction="none",
                                         normalize=True, backend=b)
+    if problem == "nt_xent_debiased":  # two views of n rows; the estimator's two sums
+        z1, z2 = feat(n), feat(m)
+        return lambda b: ck.nt_xent_loss(z1, z2, 0.2, reduction="none", normalize=True,
+                                         tau_plus=0.1, beta=0.5, backend=b)
     # MoCo: the query encoder trains; the key encoder is a momentum copy (no grad).
     query, key = feat(n), feat(n, grad=False)
     bank = feat(m, grad=problem == "moco_bank_grad")

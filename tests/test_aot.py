@@ -1,9 +1,10 @@
 """Static GPU proof without a GPU: every Triton binary the launchers can run (the softmax
-engine, the pairwise engine, the mining kernel and the row kernels), specialized exactly as
-a run-time launch specializes it (proof/catalogue.py, proof/specialize.py), is compiled
-ahead of time for sm_80 and sm_90; none may spill, the half-precision tile products must
-run on tensor cores (HMMA on sm_80; HMMA or HGMMA on sm_90), and the committed resource
-table (benchmarks/aot_resources.json, RESULTS.md) must describe exactly these binaries."""
+engine, the pairwise engine, the mining and strip kernels and the row kernels),
+specialized exactly as a run-time launch specializes it (proof/catalogue.py,
+proof/specialize.py), is compiled ahead of time for sm_80 and sm_90; none may spill, the
+half-precision tile products must run on tensor cores (HMMA on sm_80; HMMA or HGMMA on
+sm_90), and the committed resource table (benchmarks/aot_resources.json, RESULTS.md) must
+describe exactly these binaries."""
 import dataclasses
 import itertools
 import json

@@ -174,8 +174,8 @@ class RingSoftmax(torch.autograd.Function):
 
         def add_block(step, block, keys):
             rk = impl.inverse_norms(block, normalize)
-            b_lse, b_pos, _ = impl.forward(q, block, rq, rk, scale, row_key, keys, None,
-                                           mask_home and step == 0, False)
+            b_lse, b_pos, _, _ = impl.forward(q, block, rq, rk, scale, row_key, keys, None,
+                                              mask_home and step == 0, False)
             stats[0] = torch.logaddexp(stats[0], b_lse)
             stats[1] = stats[1] + b_pos
 

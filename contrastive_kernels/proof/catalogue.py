@@ -2,8 +2,9 @@
 
 The AOT proof compiles what runs. Instead of hand-written signatures, it runs every engine
 entry point (both softmax forward variants, every backward pass: rows or columns owned,
-each gradient needed or not, deterministic; the pairwise engine's passes for both kinds;
-the mining kernel; the row kernels) on small CPU tensors under the interpreter with
+each gradient needed or not, deterministic, with and without extra log-sum-exps; the
+pairwise engine's passes for both kinds; the mining and distance-strip kernels; the row
+kernels) on small CPU tensors under the interpreter with
 ``CONTRASTIVE_KERNELS_LAUNCH_AS=sm_<arch>`` (the GPU tile tables and grid sizing), for
 every input dtype and precision and for feature widths that reach every tile class both
 16-aligned and not, and records each launch (``specialize.launch_recorder``). Each record
@@ -82,6 +83,8 @@ def _pairwise_launches(dtype, d, n) -> None:
                                  torch.ones_like(rq), False, normalize, True, deterministic,
                                  need_dq, need_dk)
     tp.hardest_pairs(q, rq, keys)
+    if dtype in (torch.float32, torch.float64):  # strips of prepared (upcast) rows only
+        tp.distance_strip(q, q.pow(2).sum(1), 3, n - 5)
 
 
 def run_catalogue() -> None:
@@ -115,6 +118,8 @@ def run_public_losses() -> None:
             ck.siglip_loss(x, y, 10.0, -10.0, backend="triton"),
             ck.supcon_loss(x, labels, backend="triton"),
             ck.triplet_margin_loss(x, labels, backend="triton"),
+            ck.triplet_margin_loss(x, labels, mining="batch_all", backend="triton"),
+            ck.triplet_margin_loss(x, labels, mining="semi_hard", backend="triton"),
             ck.contrastive_loss(x, labels, backend="triton"))
         for loss in losses:
             loss.backward()
