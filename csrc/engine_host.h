@@ -1,13 +1,17 @@
 // Host-side pieces both C++ engines share: the accumulation dtype, poisoned outputs, and
-// the argument checks of the engine interface (each error names the argument). The CPU
-// engine checks with device type CPU, the CUDA bindings with CUDA.
+// the argument checks of the engine interface (each error names the argument), including
+// the optional extra log-sum-exps (xmul, xlse, g_xlse). The CPU engine checks with device
+// type CPU, the CUDA bindings with CUDA.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/Optional.h>
 
 #include <cstdlib>
 #include <limits>
 #include <string>
+
+#include "tile_math.h"
 
 namespace ck {
 
@@ -102,6 +106,45 @@ inline void check_backward_inputs(const at::Tensor& q, const at::Tensor& k, cons
     check_vector(clse, "clse", k.size(0), acc, dev);
     check_vector(g_clse, "g_clse", k.size(0), acc, dev);
   }
+}
+
+// The extra log-sum-exps' multipliers (forward and backward): xmul (T,) in the
+// accumulation dtype on q's device, 1 ≤ T ≤ kMaxExtraLse. Returns T (0 without xmul).
+inline int64_t check_xmul(const c10::optional<at::Tensor>& xmul, const at::Tensor& q) {
+  if (!xmul) return 0;
+  const int64_t t = xmul->dim() == 1 ? xmul->size(0) : -1;
+  TORCH_CHECK(t >= 1 && t <= kMaxExtraLse, "xmul must have shape (T,) with 1 <= T <= ",
+              kMaxExtraLse, " (the engine's kMaxExtraLse), got ", xmul->sizes());
+  check_vector(*xmul, "xmul", t, acc_type(q.scalar_type()), q.device());
+  return t;
+}
+
+// A (rows, n) statistic or gradient of the extra log-sum-exps: given when rows > 0 (None or
+// (0, n) allowed when there are none, as forward returns for xmul = None).
+inline void check_extra_rows(const c10::optional<at::Tensor>& v, const char* name, int64_t rows,
+                             int64_t n, at::ScalarType dtype, const at::Device& device) {
+  if (!v) {
+    TORCH_CHECK(rows == 0, name, " is required when xmul is given (shape (", rows, ", ", n,
+                "))");
+    return;
+  }
+  TORCH_CHECK(v->device() == device, name, " must be on ", device, ", got ", v->device());
+  TORCH_CHECK(v->dim() == 2 && v->size(0) == rows && v->size(1) == n, name,
+              " must have shape (", rows, ", ", n, ") (T = xmul's length), got ", v->sizes());
+  TORCH_CHECK(v->scalar_type() == dtype, name, " must be ", dtype, ", got ", v->scalar_type());
+  TORCH_CHECK(v->is_contiguous(), name, " must be contiguous");
+}
+
+// The backward's extra log-sum-exp inputs: xmul (T,), their forward values xlse (T, N) and
+// upstream gradients g_xlse (T, N). Returns T.
+inline int64_t check_extra_backward(const at::Tensor& q, const c10::optional<at::Tensor>& xmul,
+                                    const c10::optional<at::Tensor>& xlse,
+                                    const c10::optional<at::Tensor>& g_xlse) {
+  const int64_t t = check_xmul(xmul, q);
+  const auto acc = acc_type(q.scalar_type());
+  check_extra_rows(xlse, "xlse", t, q.size(0), acc, q.device());
+  check_extra_rows(g_xlse, "g_xlse", t, q.size(0), acc, q.device());
+  return t;
 }
 
 }  // namespace ck

@@ -4,7 +4,8 @@
 // once here, so the CPU test suite exercises the same code the GPU kernels compile.
 //
 // Notation (ENGINE.md): S_ij = scale · cos_ij with cos_ij = <q̂_i, k̂_j>, q̂ = r·q,
-// r = 1 / max(||q||, eps). Row statistics: running max m, running sum l of exp(S - m).
+// r = 1 / max(||q||, eps). Row statistics: running max m, running sum l of exp(S - m); the
+// extra log-sum-exps over the negatives run the same rules on xmul_t · S.
 #pragma once
 
 #include <cmath>
@@ -69,6 +70,19 @@ CK_HD void merge_lse(T& m, T& l, T pm, T pl) {
 template <typename T>
 CK_HD T logit_grad(T g_row, T exp_row, bool match, T g_pos, T g_col, T exp_col) {
   return g_row * exp_row + (match ? g_pos : T(0)) + g_col * exp_col;
+}
+
+// Extra log-sum-exps over a row's negatives (valid candidates whose key differs from the
+// row's): xlse_t,i = log Σ_{j negative} exp(xmul_t · S_ij), up to kMaxExtraLse of them per
+// call, accumulated like the row lse (the extra logit does not join them). The bound is
+// compile-time so that the kernels' per-row slots for them are fixed.
+constexpr int kMaxExtraLse = 2;
+
+// The term of extra log-sum-exp t in dS_ij of a negative pair: xmul_t are constants, so
+// d xlse_t,i / d S_ij = xmul_t · exp(xmul_t·S_ij − xlse_t,i) = xmul_t · exp_extra.
+template <typename T>
+CK_HD T extra_lse_grad(T xmul, T g_xlse, T exp_extra) {
+  return xmul * g_xlse * exp_extra;
 }
 
 // The normalization backward of one row, given G = sum_j dS_ij k̂_j (so dx̂ = scale·G):

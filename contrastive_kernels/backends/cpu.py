@@ -38,25 +38,34 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool,
             xmul=None):
-    """q (N,D), k (M,D) contiguous; rq (N,), rk (M,); scale 0-dim; row_key (N,), col_key
-    (M,) int64; extra (N,) or None. Returns lse (N,), pos (N,), clse (M,) or empty."""
+    """q (N,D), k (M,D) contiguous; rq (N,), rk (M,) and scale 0-dim in the accumulation
+    dtype; row_key (N,), col_key (M,) int64; extra (N,) or None; xmul (T,) or None, 1 ≤ T ≤ 2,
+    the multipliers of the extra log-sum-exps over each row's negatives (valid candidates
+    whose key differs from the row's; the extra logit does not join them).
+
+    Returns (lse (N,), pos (N,), clse (M,) or (0,), xlse (T, N)) in the accumulation dtype,
+    xlse[t, i] = log Σ_{j negative} exp(xmul[t]·S_ij) (-inf where row i has no negative),
+    (0, N) when xmul is None."""
     bm, bn = tile_config(q.dtype)
-    if xmul is not None:
-        raise NotImplementedError("extra log-sum-exps: not in this engine yet")
     return tuple(_ext.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
-                              need_col, bm, bn)) + (rq.new_empty((0, q.shape[0])),)
+                              need_col, bm, bn, xmul))
 
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
              mask_diag: bool, normalize: bool, deterministic: bool,
-             need_dq: bool = True, need_dk: bool = True):
-    """dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed), dscale 0-dim. Every
-    CPU path is bitwise reproducible for a fixed torch.get_num_threads(), so
+             need_dq: bool = True, need_dk: bool = True, xmul=None, xlse=None, g_xlse=None):
+    """Inputs as forward's, plus lse (N,), clse (M,) or (0,), and their upstream gradients
+    g_lse (N,), g_pos (N,), g_clse (M,) (or (0,) without clse); with the extra log-sum-exps,
+    xmul (T,), forward's xlse (T, N) and its upstream gradient g_xlse (T, N) (None, or (0, N)
+    tensors, without them).
+
+    Returns dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed), dscale 0-dim.
+    Every CPU path is bitwise reproducible for a fixed torch.get_num_threads(), so
     ``deterministic`` changes nothing. The C++ pass computes both gradients."""
     bm, bn = tile_config(q.dtype)
     dq, dk, dscale = _ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
                                    g_pos, g_clse, mask_diag, normalize, deterministic, bm, bn,
-                                   MAX_PARTIAL_ELEMENTS)
+                                   MAX_PARTIAL_ELEMENTS, xmul, xlse, g_xlse)
     return (dq if need_dq else dq[:0]), (dk if need_dk else dk[:0]), dscale
 
 

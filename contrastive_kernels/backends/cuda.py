@@ -59,24 +59,33 @@ def inverse_norms(x: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_col: bool,
             xmul=None):
-    """q (N,D), k (M,D) contiguous CUDA rows; rq (N,), rk (M,); scale 0-dim; row_key (N,),
-    col_key (M,) int64; extra (N,) or None. Returns lse (N,), pos (N,), clse (M,) or empty."""
-    if xmul is not None:
-        raise NotImplementedError("extra log-sum-exps: not in this engine yet")
+    """q (N,D), k (M,D) contiguous CUDA rows; rq (N,), rk (M,) and scale 0-dim in the
+    accumulation dtype; row_key (N,), col_key (M,) int64; extra (N,) or None; xmul (T,) or
+    None, 1 ≤ T ≤ 2, the multipliers of the extra log-sum-exps over each row's negatives
+    (valid candidates whose key differs from the row's; the extra logit does not join them).
+
+    Returns (lse (N,), pos (N,), clse (M,) or (0,), xlse (T, N)) in the accumulation dtype,
+    xlse[t, i] = log Σ_{j negative} exp(xmul[t]·S_ij) (-inf where row i has no negative),
+    (0, N) when xmul is None."""
     return tuple(_ext.forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag,
-                              need_col, column_programs(q.device))) + (rq.new_empty((0, q.shape[0])),)
+                              need_col, column_programs(q.device), xmul))
 
 
 def backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
              mask_diag: bool, normalize: bool, deterministic: bool,
-             need_dq: bool = True, need_dk: bool = True):
-    """dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed: not computed),
+             need_dq: bool = True, need_dk: bool = True, xmul=None, xlse=None, g_xlse=None):
+    """Inputs as forward's, plus lse (N,), clse (M,) or (0,), and their upstream gradients
+    g_lse (N,), g_pos (N,), g_clse (M,) (or (0,) without clse); with the extra log-sum-exps,
+    xmul (T,), forward's xlse (T, N) and its upstream gradient g_xlse (T, N) (None, or (0, N)
+    tensors, without them).
+
+    Returns dq (N,D), dk (M,D) in the input dtype ((0, D) where not needed: not computed),
     dscale 0-dim. deterministic=False: one pass, dK by atomics (8·N·M·D FLOPs with the
     forward); True: dQ and dK passes (10·N·M·D); a frozen key bank (need_dk=False): the
     logit recompute and dQ only (6·N·M·D with the forward)."""
     return tuple(_ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse,
                                g_pos, g_clse, mask_diag, normalize, deterministic, need_dq,
-                               need_dk))
+                               need_dk, xmul, xlse, g_xlse))
 
 
 # --- the pairwise engine (engines/pairwise.py): SigLIP, Hadsell, batch-hard mining ----

@@ -3,8 +3,12 @@
 // Same contract as engines/softmax.py:
 //   lse_i  = log([e^{extra_i}] + Σ_{j valid} e^{S_ij}),  pos_i = Σ_{valid, keys match} S_ij,
 //   clse_j = log Σ_{i valid} e^{S_ij},                   S_ij = scale·<q̂_i, k̂_j>,
-// and the recomputing backward. Memory is O((N+M)·D + threads·(tile + M)): a bm×bn tile of
-// logits per thread is the only similarity-shaped storage.
+// optionally T ≤ ck::kMaxExtraLse log-sum-exps over each row's negatives (valid candidates
+// whose key differs from the row's; the extra logit does not join them),
+//   xlse_t,i = log Σ_{j valid, keys differ} e^{xmul_t·S_ij}   (-inf when there is none),
+// and the recomputing backward (dS gains xmul_t·g_xlse_t,i·e^{xmul_t·S_ij − xlse_t,i} on
+// those pairs). Memory is O((N+M)·D + threads·(tile + M)): a bm×bn tile of logits per
+// thread is the only similarity-shaped storage.
 //
 // Layout of the work: the normalized features q̂, k̂ are formed once (O((N+M)·D), in the
 // accumulation dtype, which also upcasts half inputs); a tile's logits come from one BLAS
@@ -60,6 +64,54 @@ struct Fwd {
   bool mask_diag, need_col;
   T* lse;
   T* pos;
+  int64_t n_extra;               // extra log-sum-exps over the negatives (0: none)
+  T xmul[ck::kMaxExtraLse];      // their multipliers
+  T* xlse;                       // [n_extra, n]
+};
+
+// The running (max, sum) of a row block's log-sum-exps, kept in two levels: up to kGroup
+// tiles into an open group (gm, gl), merged into the totals (m, l) group by group. Folding
+// thousands of tile sums into one accumulator loses digits in proportion to their count
+// (measured: lse off by 6e-5 at 4,300 tiles of a periodic bank, where every tile adds the
+// same sum). Four bm-long arrays, consecutive from `base`.
+template <typename T>
+struct RowLse {
+  T *m, *l, *gm, *gl;
+  RowLse() = default;
+  RowLse(T* base, int64_t bm) : m(base), l(base + bm), gm(base + 2 * bm), gl(base + 3 * bm) {}
+  void start(int64_t r, T m0, T l0) {
+    m[r] = m0;
+    l[r] = l0;
+    gm[r] = ck::neg_inf<T>();
+    gl[r] = T(0);
+  }
+  // One tile of row r: its max, and sum_exp(shift) = Σ exp(x - shift) over the tile.
+  template <typename SumExp>
+  void add(int64_t r, T tile_max, SumExp&& sum_exp) {
+    const T m_new = gm[r] > tile_max ? gm[r] : tile_max;
+    const T sh = ck::lse_shift(m_new);
+    gl[r] = gl[r] * exp_approx(gm[r] - sh) + sum_exp(sh);
+    gm[r] = m_new;
+  }
+  void fold(int64_t r) {
+    ck::merge_lse(m[r], l[r], gm[r], gl[r]);
+    gm[r] = ck::neg_inf<T>();
+    gl[r] = T(0);
+  }
+  T finish(int64_t r) const { return ck::finish_lse(m[r], l[r]); }
+};
+
+// One partition's forward scratch: the logit tile, the row log-sum-exps (the main one and
+// the extras), the column max and shift of a tile, and the column partials (need_col).
+template <typename T>
+struct FwdScratch {
+  T* tile;
+  RowLse<T> row;
+  RowLse<T> x[ck::kMaxExtraLse];
+  T* colmax;
+  T* shift;
+  T* cm;
+  T* cl;
 };
 
 // Online column statistics of one tile (bm_ rows × w columns) into (cm, cl).
@@ -75,30 +127,44 @@ void update_columns(const T* tile, int64_t bm_, int64_t w, T* cm, T* cl, T* colm
   for (int64_t r = 0; r < bm_; ++r) col_sum_exp(cl, tile + r * w, shift, w);
 }
 
-// Rows [i0, i1) against every column; tile/colmax/shift are this partition's scratch and
-// cm/cl its column partials (unused unless need_col). Each row's running (max, sum) is
-// kept in two levels, as BlockSum does for the gradients: up to kGroup tiles into a group
-// (gm, gl), merged into (row_m, row_l) group by group. Folding thousands of tile sums into
-// one accumulator loses digits in proportion to their count (measured: lse off by 6e-5
-// at 4,300 tiles of a periodic bank, where every tile adds the same sum).
+// Extra log-sum-exp `x` of tile row r (logits s, already scaled; columns j0.. of width w,
+// diag the masked column or -1): the tile's negatives, mul·s_j, into x's open group.
 template <typename T>
-void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, T* tile, T* row_m, T* row_l,
-                  T* gm, T* gl, T* cm, T* cl, T* colmax, T* shift) {
+void update_extra(const Fwd<T>& a, const T* s, int64_t j0, int64_t w, int64_t diag,
+                  int32_t key, T mul, RowLse<T>& x, int64_t r) {
+  const int32_t* keys = a.col_key + j0;
+  T mx = ck::neg_inf<T>();
+  valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+    const T v = negative_max(s + lo, keys + lo, hi - lo, mul, key);
+    mx = v > mx ? v : mx;
+  });
+  x.add(r, mx, [&](T sh) {
+    T sum = 0;
+    valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
+      sum += negative_sum_exp(s + lo, keys + lo, hi - lo, mul, key, sh);
+    });
+    return sum;
+  });
+}
+
+// Rows [i0, i1) against every column, with this partition's scratch `sc` (its column
+// partials cm/cl unused unless need_col). Each row's log-sum-exps are blocked (RowLse) as
+// BlockSum does for the gradients: the groups fold every kGroup tiles.
+template <typename T>
+void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, FwdScratch<T>& sc) {
   const int64_t bm_ = i1 - i0;
   for (int64_t r = 0; r < bm_; ++r) {
-    row_m[r] = a.extra ? a.extra[i0 + r] : ck::neg_inf<T>();
-    row_l[r] = a.extra ? T(1) : T(0);
-    gm[r] = ck::neg_inf<T>();
-    gl[r] = T(0);
+    sc.row.start(r, a.extra ? a.extra[i0 + r] : ck::neg_inf<T>(), a.extra ? T(1) : T(0));
+    for (int64_t t = 0; t < a.n_extra; ++t) sc.x[t].start(r, ck::neg_inf<T>(), T(0));
     a.pos[i0 + r] = 0;
   }
   int64_t tiles_in_group = 0;
   for (int64_t j0 = 0; j0 < a.m; j0 += a.bn) {
     const int64_t w = std::min(a.bn, a.m - j0);
-    gemm_nt<T>(bm_, w, a.d, a.qh + i0 * a.d, a.d, a.kh + j0 * a.d, a.d, T(0), tile, w);
+    gemm_nt<T>(bm_, w, a.d, a.qh + i0 * a.d, a.d, a.kh + j0 * a.d, a.d, T(0), sc.tile, w);
     for (int64_t r = 0; r < bm_; ++r) {
       const int64_t i = i0 + r;
-      T* s = tile + r * w;
+      T* s = sc.tile + r * w;
       const int64_t diag = (a.mask_diag && i >= j0 && i < j0 + w) ? i - j0 : -1;
       T tile_max = ck::neg_inf<T>();
       valid_ranges(w, diag, [&](int64_t lo, int64_t hi) {
@@ -107,22 +173,23 @@ void forward_rows(const Fwd<T>& a, int64_t i0, int64_t i1, T* tile, T* row_m, T*
         tile_max = mx > tile_max ? mx : tile_max;
       });
       if (diag >= 0) s[diag] = ck::neg_inf<T>();
-      const T m_new = gm[r] > tile_max ? gm[r] : tile_max;
-      const T sh = ck::lse_shift(m_new);
-      gl[r] = gl[r] * exp_approx(gm[r] - sh) + sum_exp(s, w, sh);
-      gm[r] = m_new;
+      sc.row.add(r, tile_max, [&](T sh) { return sum_exp(s, w, sh); });
+      for (int64_t t = 0; t < a.n_extra; ++t)
+        update_extra(a, s, j0, w, diag, a.row_key[i], a.xmul[t], sc.x[t], r);
     }
-    if (a.need_col) update_columns(tile, bm_, w, cm + j0, cl + j0, colmax, shift);
+    if (a.need_col) update_columns(sc.tile, bm_, w, sc.cm + j0, sc.cl + j0, sc.colmax, sc.shift);
     if (++tiles_in_group == BlockSum<T>::kGroup || j0 + a.bn >= a.m) {
       for (int64_t r = 0; r < bm_; ++r) {
-        ck::merge_lse(row_m[r], row_l[r], gm[r], gl[r]);
-        gm[r] = ck::neg_inf<T>();
-        gl[r] = T(0);
+        sc.row.fold(r);
+        for (int64_t t = 0; t < a.n_extra; ++t) sc.x[t].fold(r);
       }
       tiles_in_group = 0;
     }
   }
-  for (int64_t r = 0; r < bm_; ++r) a.lse[i0 + r] = ck::finish_lse(row_m[r], row_l[r]);
+  for (int64_t r = 0; r < bm_; ++r) {
+    a.lse[i0 + r] = sc.row.finish(r);
+    for (int64_t t = 0; t < a.n_extra; ++t) a.xlse[t * a.n + i0 + r] = sc.x[t].finish(r);
+  }
 }
 
 template <typename T>
@@ -131,19 +198,18 @@ void forward_impl(const Fwd<T>& a, T* clse, std::vector<at::Tensor>& work,
   at::parallel_for(0, split.parts, 1, [&](int64_t p0, int64_t p1) {
     SingleThreadedBlas blas_guard;
     for (int64_t p = p0; p < p1; ++p) {
-      T* tile = work[p].data_ptr<T>();
-      T* row_m = tile + a.bm * a.bn;
-      T* row_l = row_m + a.bm;
-      T* group_m = row_l + a.bm;
-      T* group_l = group_m + a.bm;
-      T* colmax = group_l + a.bm;
-      T* shift = colmax + a.bn;
-      T* cm = a.need_col ? colstat[p].data_ptr<T>() : nullptr;
-      T* cl = a.need_col ? cm + a.m : nullptr;
+      FwdScratch<T> sc;
+      sc.tile = work[p].data_ptr<T>();
+      sc.row = RowLse<T>(sc.tile + a.bm * a.bn, a.bm);
+      sc.colmax = sc.tile + a.bm * a.bn + 4 * a.bm;
+      sc.shift = sc.colmax + a.bn;
+      for (int64_t t = 0; t < a.n_extra; ++t)
+        sc.x[t] = RowLse<T>(sc.shift + a.bn + 4 * t * a.bm, a.bm);
+      sc.cm = a.need_col ? colstat[p].data_ptr<T>() : nullptr;
+      sc.cl = a.need_col ? sc.cm + a.m : nullptr;
       for (int64_t b = split.begin(p); b < split.end(p); ++b) {
         const int64_t i0 = b * a.bm;
-        forward_rows(a, i0, std::min(a.n, i0 + a.bm), tile, row_m, row_l, group_m, group_l,
-                     cm, cl, colmax, shift);
+        forward_rows(a, i0, std::min(a.n, i0 + a.bm), sc);
       }
     }
   });
@@ -178,9 +244,14 @@ struct Bwd {
   const T* clse;    // nullable (no column terms)
   const T* g_clse;  // nullable
   bool mask_diag;
+  int64_t n_extra;           // extra log-sum-exps over the negatives (0: none)
+  T xmul[ck::kMaxExtraLse];  // their multipliers
+  const T* xlse;             // [n_extra, n], nullable when none
+  const T* g_xlse;           // [n_extra, n]
 };
 
-// cos tile of rows [i0, i0+bm_) × columns [j0, j0+w) → dS tile (same layout) in `ds`.
+// cos tile of rows [i0, i0+bm_) × columns [j0, j0+w) → dS tile (same layout) in `ds`: the
+// row / positive / column terms, then each extra log-sum-exp's on the negatives.
 // Returns nothing; adds Σ_j dS_ij·cos_ij to dscale[r] when dscale is given.
 template <typename T>
 void grad_tile(const Bwd<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w, T* cos, T* ds,
@@ -198,6 +269,10 @@ void grad_tile(const Bwd<T>& a, int64_t i0, int64_t bm_, int64_t j0, int64_t w, 
       row_dscale += logit_grad_row(ds_r + lo, cos_r + lo, a.col_key + j0 + lo, hi - lo,
                                    a.scale, a.g_lse[i], a.lse[i], a.row_key[i], a.g_pos[i],
                                    gc ? gc + lo : nullptr, cl ? cl + lo : nullptr);
+      for (int64_t t = 0; t < a.n_extra; ++t)
+        row_dscale += extra_grad_row(ds_r + lo, cos_r + lo, a.col_key + j0 + lo, hi - lo,
+                                     a.scale, a.row_key[i], a.xmul[t], a.g_xlse[t * a.n + i],
+                                     a.xlse[t * a.n + i]);
     });
     if (diag >= 0) ds_r[diag] = 0;
     if (dscale) dscale[r] += row_dscale;
@@ -304,25 +379,29 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& rk, const at::Tensor& scale,
                                 const at::Tensor& row_key, const at::Tensor& col_key,
                                 const c10::optional<at::Tensor>& extra, bool mask_diag,
-                                bool need_col, int64_t block_m, int64_t block_n) {
+                                bool need_col, int64_t block_m, int64_t block_n,
+                                const c10::optional<at::Tensor>& xmul) {
   check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag);
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
   const auto acc = acc_type(q.scalar_type());
   if (extra) check_vector(*extra, "extra", n, acc, q.device());
+  const int64_t n_extra = ck::check_xmul(xmul, q);
   check_blocks(block_m, block_n);
   auto opts = q.options().dtype(acc);
   at::Tensor lse = output({n}, opts), pos = output({n}, opts);
   at::Tensor clse = need_col ? output({m}, opts) : at::empty({0}, opts);
+  at::Tensor xlse = output({n_extra, n}, opts);
   if (n == 0) {
     if (need_col) clse.fill_(-std::numeric_limits<double>::infinity());
-    return {lse, pos, clse};
+    return {lse, pos, clse, xlse};
   }
   const bool shared = q.data_ptr() == k.data_ptr() && n == m;
   at::Tensor qh = hat(q, rq), kh = shared ? qh : hat(k, rk);
   const int64_t bm = std::min(block_m, n), bn = std::min(block_n, std::max<int64_t>(m, 1));
   const Split split = split_blocks(n, bm);
-  // Per partition: the logit tile, row (m, l) and group (m, l), column max and shift.
-  auto work = scratch(split.parts, bm * bn + 4 * bm + 2 * bn, opts);
+  // Per partition: the logit tile, row (m, l) and group (m, l), column max and shift, and
+  // the extra log-sum-exps' row and group (m, l).
+  auto work = scratch(split.parts, bm * bn + 4 * bm + 2 * bn + 4 * n_extra * bm, opts);
   std::vector<at::Tensor> colstat;  // per partition: column running max (m), sum (m)
   if (need_col) {
     for (int64_t p = 0; p < split.parts; ++p)
@@ -335,11 +414,13 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
     Fwd<T> a{qh.data_ptr<T>(), kh.data_ptr<T>(), n, m, d, bm, bn, scale.item<T>(),
              rkey.data_ptr<int32_t>(), ckey.data_ptr<int32_t>(),
              extra ? extra->data_ptr<T>() : nullptr, mask_diag, need_col,
-             lse.data_ptr<T>(), pos.data_ptr<T>()};
+             lse.data_ptr<T>(), pos.data_ptr<T>(), n_extra, {},
+             n_extra > 0 ? xlse.data_ptr<T>() : nullptr};
+    for (int64_t t = 0; t < n_extra; ++t) a.xmul[t] = xmul->data_ptr<T>()[t];
     pybind11::gil_scoped_release no_gil;
     forward_impl(a, need_col ? clse.data_ptr<T>() : nullptr, work, colstat, split);
   });
-  return {lse, pos, clse};
+  return {lse, pos, clse, xlse};
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
@@ -349,9 +430,13 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& g_lse, const at::Tensor& g_pos,
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
                                  bool deterministic, int64_t block_m, int64_t block_n,
-                                 int64_t max_partial_elements) {
+                                 int64_t max_partial_elements,
+                                 const c10::optional<at::Tensor>& xmul,
+                                 const c10::optional<at::Tensor>& xlse,
+                                 const c10::optional<at::Tensor>& g_xlse) {
   check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag);
   ck::check_backward_inputs(q, k, lse, clse, g_lse, g_pos, g_clse);
+  const int64_t n_extra = ck::check_extra_backward(q, xmul, xlse, g_xlse);
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
   const auto acc = acc_type(q.scalar_type());
   const bool has_col = clse.numel() > 0;
@@ -378,7 +463,9 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                rkey.data_ptr<int32_t>(), ckey.data_ptr<int32_t>(), lse.data_ptr<T>(),
                g_lse.data_ptr<T>(), g_pos.data_ptr<T>(),
                has_col ? clse.data_ptr<T>() : nullptr, has_col ? g_clse.data_ptr<T>() : nullptr,
-               mask_diag};
+               mask_diag, n_extra, {}, n_extra > 0 ? xlse->data_ptr<T>() : nullptr,
+               n_extra > 0 ? g_xlse->data_ptr<T>() : nullptr};
+      for (int64_t t = 0; t < n_extra; ++t) a.xmul[t] = xmul->data_ptr<T>()[t];
       pybind11::gil_scoped_release no_gil;
       backward_impl(a, dq_hat.data_ptr<T>(), dk_hat.data_ptr<T>(), dscale_rows.data_ptr<T>(),
                     work, dk_parts, rows, partials);
@@ -397,8 +484,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "contrastive_kernels C++ CPU engine (ATen + OpenMP, BLAS tile products)";
   m.def("inverse_norms", &ck_cpu::inverse_norms, "r (N,) = 1/max(||x_i||, eps), or ones",
         pybind11::arg("x"), pybind11::arg("normalize"));
-  m.def("forward", &ck_cpu::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
-  m.def("backward", &ck_cpu::backward, "(dq (N,D), dk (M,D), dscale 0-dim)");
+  namespace py = pybind11;
+  m.def("forward", &ck_cpu::forward,
+        "(lse (N,), pos (N,), clse (M,) or empty, xlse (T,N): the log-sum-exps over each "
+        "row's negatives of xmul[t]·S, (0,N) without xmul)",
+        py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"), py::arg("scale"),
+        py::arg("row_key"), py::arg("col_key"), py::arg("extra"), py::arg("mask_diag"),
+        py::arg("need_col"), py::arg("block_m"), py::arg("block_n"),
+        py::arg("xmul") = py::none());
+  m.def("backward", &ck_cpu::backward,
+        "(dq (N,D), dk (M,D), dscale 0-dim); xmul (T,), xlse (T,N), g_xlse (T,N): the extra "
+        "log-sum-exps' terms (all None without them)",
+        py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"), py::arg("scale"),
+        py::arg("row_key"), py::arg("col_key"), py::arg("lse"), py::arg("clse"),
+        py::arg("g_lse"), py::arg("g_pos"), py::arg("g_clse"), py::arg("mask_diag"),
+        py::arg("normalize"), py::arg("deterministic"), py::arg("block_m"),
+        py::arg("block_n"), py::arg("max_partial_elements"), py::arg("xmul") = py::none(),
+        py::arg("xlse") = py::none(), py::arg("g_xlse") = py::none());
   m.def("pair_forward", &ck_cpu::pair_forward, "rows (N,): per-row sums of the pair terms");
   m.def("pair_backward", &ck_cpu::pair_backward,
         "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin])");

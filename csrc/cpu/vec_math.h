@@ -160,6 +160,73 @@ inline double logit_grad_row(double* ds, const double* cos, const int32_t* keys,
   return logit_grad_row_impl(ds, cos, keys, n, scale, g, lse, key, g_pos, gc, clse);
 }
 
+// The extra log-sum-exps over a row's negatives (ck::kMaxExtraLse): x_j = mul·s_j where
+// keys[j] != key, -inf elsewhere (a masked product, not mul·(-inf): mul may be 0 or
+// negative). The max drops NaN like the row max does; the sum keeps it.
+template <typename T>
+CK_INLINE T negative_max_impl(const T* s, const int32_t* keys, int64_t n, T mul, int32_t key) {
+  T m = ck::neg_inf<T>();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = keys[j] != key ? mul * s[j] : ck::neg_inf<T>();
+    m = v > m ? v : m;
+  }
+  return m;
+}
+CK_VEC inline float negative_max(const float* s, const int32_t* keys, int64_t n, float mul,
+                                 int32_t key) {
+  return negative_max_impl(s, keys, n, mul, key);
+}
+inline double negative_max(const double* s, const int32_t* keys, int64_t n, double mul,
+                           int32_t key) {
+  return negative_max_impl(s, keys, n, mul, key);
+}
+
+// Σ_{keys[j] != key} exp(mul·s_j - shift)
+template <typename T>
+CK_INLINE T negative_sum_exp_impl(const T* s, const int32_t* keys, int64_t n, T mul,
+                                  int32_t key, T shift) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    const T e = exp_approx(mul * s[j] - shift);
+    acc += keys[j] != key ? e : T(0);
+  }
+  return acc;
+}
+CK_VEC inline float negative_sum_exp(const float* s, const int32_t* keys, int64_t n, float mul,
+                                     int32_t key, float shift) {
+  return negative_sum_exp_impl(s, keys, n, mul, key, shift);
+}
+inline double negative_sum_exp(const double* s, const int32_t* keys, int64_t n, double mul,
+                               int32_t key, double shift) {
+  return negative_sum_exp_impl(s, keys, n, mul, key, shift);
+}
+
+// One extra log-sum-exp's share of dS for a tile row, from raw cosines (ck::extra_lse_grad):
+//   ds_j += [key_j != key]·mul·g·exp(mul·scale·cos_j - xlse);
+// returns Σ_j of the added terms times cos_j (their share of the scale gradient).
+template <typename T>
+CK_INLINE T extra_grad_row_impl(T* ds, const T* cos, const int32_t* keys, int64_t n, T scale,
+                                int32_t key, T mul, T g, T xlse) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) {
+    const T s = scale * cos[j];  // the forward's rounding of S
+    const T d = keys[j] != key ? ck::extra_lse_grad(mul, g, exp_approx(mul * s - xlse)) : T(0);
+    ds[j] += d;
+    acc += d * cos[j];
+  }
+  return acc;
+}
+CK_VEC inline float extra_grad_row(float* ds, const float* cos, const int32_t* keys, int64_t n,
+                                   float scale, int32_t key, float mul, float g, float xlse) {
+  return extra_grad_row_impl(ds, cos, keys, n, scale, key, mul, g, xlse);
+}
+inline double extra_grad_row(double* ds, const double* cos, const int32_t* keys, int64_t n,
+                             double scale, int32_t key, double mul, double g, double xlse) {
+  return extra_grad_row_impl(ds, cos, keys, n, scale, key, mul, g, xlse);
+}
 
 // ---------------------------------------------------------------------------------------
 // Pairwise losses (ck::siglip_*, ck::hadsell_* in tile_math.h, written out here so the

@@ -22,15 +22,17 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& rk, const at::Tensor& scale,
                                 const at::Tensor& row_key, const at::Tensor& col_key,
                                 const c10::optional<at::Tensor>& extra, bool mask_diag,
-                                bool need_col, int64_t programs) {
+                                bool need_col, int64_t programs,
+                                const c10::optional<at::Tensor>& xmul) {
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
                           kDeviceType);
   if (extra)
     ck::check_vector(*extra, "extra", q.size(0), ck::acc_type(q.scalar_type()), q.device());
+  ck::check_xmul(xmul, q);
   TORCH_CHECK(programs > 0, "programs must be positive, got ", programs);
   const DeviceGuard guard(q.device());
   return forward_cuda(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag, need_col,
-                      programs);
+                      programs, xmul);
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& rq,
@@ -39,13 +41,18 @@ std::vector<at::Tensor> backward(const at::Tensor& q, const at::Tensor& k, const
                                  const at::Tensor& lse, const at::Tensor& clse,
                                  const at::Tensor& g_lse, const at::Tensor& g_pos,
                                  const at::Tensor& g_clse, bool mask_diag, bool normalize,
-                                 bool deterministic, bool need_dq, bool need_dk) {
+                                 bool deterministic, bool need_dq, bool need_dk,
+                                 const c10::optional<at::Tensor>& xmul,
+                                 const c10::optional<at::Tensor>& xlse,
+                                 const c10::optional<at::Tensor>& g_xlse) {
   ck::check_engine_inputs(q, k, rq, rk, scale, row_key, col_key, mask_diag,
                           kDeviceType);
   ck::check_backward_inputs(q, k, lse, clse, g_lse, g_pos, g_clse);
+  ck::check_extra_backward(q, xmul, xlse, g_xlse);
   const DeviceGuard guard(q.device());
   return backward_cuda(q, k, rq, rk, scale, row_key, col_key, lse, clse, g_lse, g_pos, g_clse,
-                       mask_diag, normalize, deterministic, need_dq, need_dk);
+                       mask_diag, normalize, deterministic, need_dq, need_dk, xmul, xlse,
+                       g_xlse);
 }
 
 // --- pairwise engine ---------------------------------------------------------------------
@@ -138,15 +145,22 @@ std::string built_archs() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "contrastive_kernels CUDA C++ engine (tensor-core MMA for half inputs)";
   m.def("inverse_norms", &ck_cuda::inverse_norms, "r (N,) = 1/max(||x_i||, eps), or ones");
-  m.def("forward", &ck_cuda::forward, "(lse (N,), pos (N,), clse (M,) or empty)");
   namespace py = pybind11;
+  m.def("forward", &ck_cuda::forward,
+        "(lse (N,), pos (N,), clse (M,) or empty, xlse (T,N): the log-sum-exps over each "
+        "row's negatives of xmul[t]·S, (0,N) without xmul)",
+        py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"), py::arg("scale"),
+        py::arg("row_key"), py::arg("col_key"), py::arg("extra"), py::arg("mask_diag"),
+        py::arg("need_col"), py::arg("programs"), py::arg("xmul") = py::none());
   m.def("backward", &ck_cuda::backward,
-        "(dq (N,D), dk (M,D), dscale 0-dim); a gradient not needed (need_dq/need_dk) is (0,D)",
+        "(dq (N,D), dk (M,D), dscale 0-dim); a gradient not needed (need_dq/need_dk) is (0,D); "
+        "xmul (T,), xlse (T,N), g_xlse (T,N): the extra log-sum-exps' terms (None without)",
         py::arg("q"), py::arg("k"), py::arg("rq"), py::arg("rk"), py::arg("scale"),
         py::arg("row_key"), py::arg("col_key"), py::arg("lse"), py::arg("clse"),
         py::arg("g_lse"), py::arg("g_pos"), py::arg("g_clse"), py::arg("mask_diag"),
         py::arg("normalize"), py::arg("deterministic"), py::arg("need_dq") = true,
-        py::arg("need_dk") = true);
+        py::arg("need_dk") = true, py::arg("xmul") = py::none(), py::arg("xlse") = py::none(),
+        py::arg("g_xlse") = py::none());
   m.def("pair_forward", &ck_cuda::pair_forward, "rows (N,) of the pairwise engine");
   m.def("pair_backward", &ck_cuda::pair_backward,
         "(rows (N,) or empty, dq (N,D), dk (M,D), dparams (3,) = [dscale, dbias, dmargin]); "

@@ -16,7 +16,8 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& scale, const at::Tensor& row_key,
                                      const at::Tensor& col_key,
                                      const c10::optional<at::Tensor>& extra, bool mask_diag,
-                                     bool need_col, int64_t programs);
+                                     bool need_col, int64_t programs,
+                                     const c10::optional<at::Tensor>& xmul = c10::nullopt);
 std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& rq, const at::Tensor& rk,
                                       const at::Tensor& scale, const at::Tensor& row_key,
@@ -24,11 +25,18 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& clse, const at::Tensor& g_lse,
                                       const at::Tensor& g_pos, const at::Tensor& g_clse,
                                       bool mask_diag, bool normalize, bool deterministic,
-                                      bool need_dq = true, bool need_dk = true);
+                                      bool need_dq = true, bool need_dk = true,
+                                      const c10::optional<at::Tensor>& xmul = c10::nullopt,
+                                      const c10::optional<at::Tensor>& xlse = c10::nullopt,
+                                      const c10::optional<at::Tensor>& g_xlse = c10::nullopt);
 
+// forward returns (lse (N,), pos (N,), clse (M,) or (0,), xlse (T, N)): with xmul (T,),
+// T ≤ ck::kMaxExtraLse, the log-sum-exps of xmul[t]·S over each row's negatives (valid,
+// keys differ), -inf for a row without any; (0, N) without xmul.
 // need_dq / need_dk: whether the queries / keys need a gradient; one not needed is not
 // computed and comes back as a (0, D) tensor — the backward of a frozen key bank is the
-// logit recompute and dQ only.
+// logit recompute and dQ only. xmul, xlse (T, N), g_xlse (T, N): the extra log-sum-exps'
+// terms of dS (all given, or none).
 //
 // dx (input dtype, preallocated like x) from G (acc dtype, rows × D, or splits × rows × D
 // partial copies summed in order): the F.normalize

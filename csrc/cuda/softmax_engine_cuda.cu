@@ -1,4 +1,11 @@
-// The softmax-family engine in CUDA C++: the same contract as engines/softmax.py.
+// The softmax-family engine in CUDA C++: the same contract as engines/softmax.py,
+//   lse_i = log([e^{extra_i}] + Σ_{j valid} e^{S_ij}),  pos_i = Σ_{valid, keys match} S_ij,
+//   clse_j = log Σ_{i valid} e^{S_ij},  and optionally T ≤ ck::kMaxExtraLse log-sum-exps
+//   over each row's negatives (valid, keys differ; the extra logit does not join them):
+//   xlse_t,i = log Σ_{j valid, keys differ} e^{xmul_t·S_ij}  (-inf when there is none),
+// computed in the same pass with the same blocking as lse (their per-row sums live in the
+// Layout's extra vectors, sized at launch: nothing without them), and their dS terms
+// xmul_t·g_xlse_t,i·e^{xmul_t·S_ij − xlse_t,i} in the backward.
 //
 // Tiles (compile-time, per input type; see TileShape and Layout in tile_products.cuh):
 //   half/bf16: 128×64 logit tiles, 256 threads (8 warps); fp32: 64×64, 128 threads
@@ -31,9 +38,10 @@
 //
 // Kernels:
 //   inv_norm_kernel         r_i = 1/max(||x_i||, eps)
-//   fwd_kernel              row (max, sum, pos) per column split (lse/pos directly when one);
-//                           per-program column partials (CLIP), persistent over row blocks
-//   merge_rows_kernel       row lse/pos from the split partials, fixed order
+//   fwd_kernel              row (max, sum, pos[, extra (max, sum)...]) per column split
+//                           (lse/pos/xlse directly when one); per-program column partials
+//                           (CLIP), persistent over row blocks
+//   merge_rows_kernel       row lse/pos/xlse from the split partials, fixed order
 //   merge_col_kernel        column lse from the partials, fixed order
 //   bwd_kernel              owned rows (or columns, TRANSPOSED) recompute S, form dS, and
 //                           accumulate dA on chip (the owned side) and dB (ATOMIC_B: one
@@ -128,13 +136,91 @@ struct FwdParams {
   const Acc* extra;  // nullable
   Acc* lse;          // splits == 1: the results
   Acc* pos;
-  Acc* part;   // splits > 1: [3][splits][n] = (max, sum, pos) of each split
+  Acc* part;   // splits > 1: [3 + 2·n_extra][splits][n] = (max, sum, pos, then each extra
+               // log-sum-exp's (max, sum)) of each split
   Acc* col_m;  // [programs, M], nullable unless need_col
   Acc* col_l;
   int64_t n, m, d, tiles, per_split;
   int panel, panels, vec, splits;
   bool mask_diag, need_col;
+  const Acc* xmul;  // [n_extra] multipliers of the extra log-sum-exps, nullable
+  Acc* xlse;        // [n_extra, n], splits == 1: the results
+  int n_extra;
 };
+
+// The forward's extra vectors (Layout::xvecs = kXFwdSlots·n_extra): per extra log-sum-exp t,
+// the open group's (max, sum) and the totals' (max, sum) of each owned row, blocked as the
+// row lse's grp / tot.
+enum : int { kXGroupM = 0, kXGroupL = 1, kXTotM = 2, kXTotL = 3, kXFwdSlots = 4 };
+
+// The extra log-sum-exps of owned row r over this tile's negatives: xmul_t·S into their open
+// groups, as the row pass does for S. s_vals: the lane's logits (columns lane + 32u); neg:
+// bit u set where that column is valid with another key. One warp; lane 0 writes.
+template <typename In, int kColsPerLane>
+__device__ __forceinline__ void extra_row_update(const Smem<In>& sm, int n_extra, int r,
+                                                 const acc_t<In> (&s_vals)[kColsPerLane],
+                                                 unsigned neg) {
+  using Acc = acc_t<In>;
+  for (int t = 0; t < n_extra; ++t) {
+    const Acc mul = sm.v->scalar[1 + t];
+    // Masked, not mul·(-inf): mul may be 0 or negative.
+    Acc mx = ck::neg_inf<Acc>();
+    for (int u = 0; u < kColsPerLane; ++u) {
+      const Acc x = (neg >> u) & 1u ? mul * s_vals[u] : ck::neg_inf<Acc>();
+      mx = x > mx ? x : mx;
+    }
+    mx = warp_max(mx);
+    Acc& gm = sm.X(kXFwdSlots * t + kXGroupM, r);
+    Acc& gl = sm.X(kXFwdSlots * t + kXGroupL, r);
+    const Acc m_old = gm;
+    const Acc m_new = m_old > mx ? m_old : mx;
+    const Acc shift = ck::lse_shift(m_new);
+    Acc l = 0;
+    for (int u = 0; u < kColsPerLane; ++u)
+      l += (neg >> u) & 1u ? exp(mul * s_vals[u] - shift) : Acc(0);
+    l = warp_sum(l);
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) {
+      gl = gl * exp(m_old - shift) + l;
+      gm = m_new;
+    }
+  }
+}
+
+// Thread-per-row steps of the forward's extra vectors: reset (start of a row block), fold the
+// open group into the totals (every kGroup tiles), and the row's result or split partial.
+template <typename In>
+__device__ __forceinline__ void extra_reset(const Smem<In>& sm, int n_extra, int r) {
+  for (int t = 0; t < n_extra; ++t) {
+    sm.X(kXFwdSlots * t + kXGroupM, r) = ck::neg_inf<acc_t<In>>();
+    sm.X(kXFwdSlots * t + kXGroupL, r) = 0;
+    sm.X(kXFwdSlots * t + kXTotM, r) = ck::neg_inf<acc_t<In>>();
+    sm.X(kXFwdSlots * t + kXTotL, r) = 0;
+  }
+}
+template <typename In>
+__device__ __forceinline__ void extra_fold(const Smem<In>& sm, int n_extra, int r) {
+  for (int t = 0; t < n_extra; ++t) {
+    const int x = kXFwdSlots * t;
+    ck::merge_lse(sm.X(x + kXTotM, r), sm.X(x + kXTotL, r), sm.X(x + kXGroupM, r),
+                  sm.X(x + kXGroupL, r));
+    sm.X(x + kXGroupM, r) = ck::neg_inf<acc_t<In>>();
+    sm.X(x + kXGroupL, r) = 0;
+  }
+}
+template <typename In>
+__device__ __forceinline__ void extra_store(const Smem<In>& sm, const FwdParams<In>& p, int r,
+                                            int64_t i, int split) {
+  for (int t = 0; t < p.n_extra; ++t) {
+    const auto m = sm.X(kXFwdSlots * t + kXTotM, r), l = sm.X(kXFwdSlots * t + kXTotL, r);
+    if (p.splits == 1) {
+      gstore(&p.xlse[t * p.n + i], ck::finish_lse(m, l));
+    } else {
+      gstore(&p.part[((3 + 2 * t) * static_cast<int64_t>(p.splits) + split) * p.n + i], m);
+      gstore(&p.part[((4 + 2 * t) * static_cast<int64_t>(p.splits) + split) * p.n + i], l);
+    }
+  }
+}
 
 template <typename In>
 __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_kernel(const FwdParams<In> p) {
@@ -142,14 +228,17 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   CK_DYNAMIC_SMEM(smem);
-  const Smem<In> sm(smem, Layout<In>{p.panel, false});
+  const Smem<In> sm(smem, Layout<In>{p.panel, false, kXFwdSlots * p.n_extra});
   Vectors<In>& v = *sm.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const Operands<In> o{p.q, p.k, p.n, p.m, p.d, p.panels, p.vec};
   const int64_t col_base = static_cast<int64_t>(blockIdx.x) * p.m;
   const int64_t row_blocks = (p.n + BM - 1) / BM;
   const int split = blockIdx.y;
-  if (threadIdx.x == 0) v.scalar[0] = gload(p.scale);
+  if (threadIdx.x == 0) {
+    v.scalar[0] = gload(p.scale);
+    for (int t = 0; t < p.n_extra; ++t) v.scalar[1 + t] = gload(&p.xmul[t]);
+  }
   for (int64_t rb = blockIdx.x; rb < row_blocks; rb += gridDim.x) {
     const int64_t i0 = rb * BM;
     const TileRange tr = tile_range(p.tiles, p.per_split, rb);
@@ -164,6 +253,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
       v.grp[0][r] = ck::neg_inf<Acc>();
       v.grp[1][r] = 0;
       v.grp[2][r] = 0;
+      extra_reset(sm, p.n_extra, r);  // the extra logit does not join them
     });
     if (p.panels == 1) {
       issue_a(sm, o, i0);
@@ -191,6 +281,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
         const int64_t key = v.ka[r];
         Acc s_vals[kColsPerLane];
         Acc mx = ck::neg_inf<Acc>(), pos = 0;
+        unsigned neg = 0;  // the lane's negatives, for the extra log-sum-exps
 #pragma unroll
         for (int t = 0; t < kColsPerLane; ++t) {
           const int c = lane + 32 * t;
@@ -198,6 +289,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
           const bool valid = j < p.m && !(p.mask_diag && i == j);
           const Acc s = valid ? sm.S(r, c) * sa * v.rb[c] : ck::neg_inf<Acc>();
           if (valid && v.kb[c] == key) pos += s;
+          if (valid && v.kb[c] != key) neg |= 1u << t;
           s_vals[t] = s;
           sm.S(r, c) = s;
           mx = s > mx ? s : mx;
@@ -217,6 +309,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
           v.grp[0][r] = m_new;
           v.grp[2][r] += pos;
         }
+        if (p.n_extra > 0) extra_row_update<In>(sm, p.n_extra, r, s_vals, neg);
       }
       __syncthreads();
       if (p.need_col) {
@@ -243,6 +336,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
           v.grp[0][r] = ck::neg_inf<Acc>();
           v.grp[1][r] = 0;
           v.grp[2][r] = 0;
+          extra_fold(sm, p.n_extra, r);
         }
         in_group = 0;
       }
@@ -259,15 +353,18 @@ __global__ void __launch_bounds__(kTileThreads<In>, 512 / kTileThreads<In>) fwd_
         gstore(&p.part[(1 * p.splits + split) * p.n + i], v.tot[1][r]);
         gstore(&p.part[(2 * p.splits + split) * p.n + i], v.tot[2][r]);
       }
+      extra_store(sm, p, r, i, split);
     }
   }
   cp_async_wait<0>();
 }
 
-// Row lse / pos from the splits' (max, sum, pos), merged in split order.
+// Row lse / pos from the splits' (max, sum, pos), merged in split order; likewise each
+// extra log-sum-exp t from its (max, sum) partials (part rows 3 + 2t, 4 + 2t).
 template <typename Acc>
 __global__ void merge_rows_kernel(const Acc* __restrict__ part, Acc* __restrict__ lse,
-                                  Acc* __restrict__ pos, int64_t splits, int64_t n) {
+                                  Acc* __restrict__ pos, Acc* __restrict__ xlse,
+                                  int64_t splits, int64_t n, int n_extra) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   Acc mx = ck::neg_inf<Acc>(), l = 0, ps = 0;
@@ -277,6 +374,13 @@ __global__ void merge_rows_kernel(const Acc* __restrict__ part, Acc* __restrict_
   }
   gstore(&lse[i], ck::finish_lse(mx, l));
   gstore(&pos[i], ps);
+  for (int t = 0; t < n_extra; ++t) {
+    const int64_t row_m = (3 + 2 * t) * splits, row_l = (4 + 2 * t) * splits;
+    Acc xm = ck::neg_inf<Acc>(), xl = 0;
+    for (int64_t s = 0; s < splits; ++s)
+      ck::merge_lse(xm, xl, gload(&part[(row_m + s) * n + i]), gload(&part[(row_l + s) * n + i]));
+    gstore(&xlse[t * n + i], ck::finish_lse(xm, xl));
+  }
 }
 
 template <typename Acc>
@@ -316,7 +420,40 @@ struct BwdParams {
   Flush flush;
   bool partials;      // da is [splits, na, D]
   bool mask_diag;
+  const Acc* xmul;    // [n_extra] multipliers of the extra log-sum-exps, nullable
+  const Acc* xlse;    // [n_extra, rows of S], nullable
+  const Acc* g_xlse;  // [n_extra, rows of S], nullable
+  int n_extra;
 };
+
+// The backward's extra vectors (Layout::xvecs = kXBwdSlots·n_extra): per extra log-sum-exp
+// t, the saved xlse_t and its upstream gradient for each row of S in the tile (the owned rows,
+// or the tile's columns when TRANSPOSED), loaded with lse / g_lse.
+enum : int { kXLse = 0, kXGrad = 1, kXBwdSlots = 2 };
+
+template <typename In>
+__device__ __forceinline__ void extra_load(const Smem<In>& sm, const BwdParams<In>& p, int x,
+                                           int64_t i, int64_t rows, bool ok) {
+  for (int t = 0; t < p.n_extra; ++t) {
+    sm.X(kXBwdSlots * t + kXLse, x) = ok ? gload(&p.xlse[t * rows + i]) : acc_t<In>(0);
+    sm.X(kXBwdSlots * t + kXGrad, x) = ok ? gload(&p.g_xlse[t * rows + i]) : acc_t<In>(0);
+  }
+}
+
+// The extra log-sum-exps' terms of dS for a negative pair of logit s (the forward's rounding)
+// whose row of S is entry x of the extra vectors (ck::extra_lse_grad).
+template <typename In>
+__device__ __forceinline__ acc_t<In> extra_grads(const Smem<In>& sm, int n_extra, int x,
+                                                 acc_t<In> s) {
+  using Acc = acc_t<In>;
+  Acc g = 0;
+  for (int t = 0; t < n_extra; ++t) {
+    const Acc mul = sm.v->scalar[1 + t];
+    const Acc e = exp(mul * s - sm.X(kXBwdSlots * t + kXLse, x));
+    g += ck::extra_lse_grad(mul, sm.X(kXBwdSlots * t + kXGrad, x), e);
+  }
+  return g;
+}
 
 template <typename In, bool TRANSPOSED, bool ATOMIC_B, bool HAS_COL>
 __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParams<In> p) {
@@ -324,7 +461,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParam
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   constexpr int kRowsPerWarp = BM / kTileWarps<In>, kColsPerLane = BN / 32;
   CK_DYNAMIC_SMEM(smem);
-  const Smem<In> sm(smem, Layout<In>{p.panel, true});
+  const Smem<In> sm(smem, Layout<In>{p.panel, true, kXBwdSlots * p.n_extra});
   Vectors<In>& v = *sm.v;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const Operands<In> o{p.a, p.b, p.na, p.nb, p.d, p.panels, p.vec};
@@ -336,7 +473,10 @@ __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParam
   Acc* da = p.da + (p.partials ? static_cast<int64_t>(split) * p.na * p.d : 0);
   // Per owned row: the saved statistics of S's rows (or columns, TRANSPOSED), and the blocked
   // sum of dS·cos (the scale gradient).
-  if (threadIdx.x == 0) v.scalar[0] = gload(p.scale);
+  if (threadIdx.x == 0) {
+    v.scalar[0] = gload(p.scale);
+    for (int t = 0; t < p.n_extra; ++t) v.scalar[1 + t] = gload(&p.xmul[t]);
+  }
   load_vectors<In, true>(v, a0, p.na, p.ra, [&](int r, int64_t ia, bool ok) {
     if constexpr (TRANSPOSED) {
       v.ka[r] = ok ? gload(&p.col_key[ia]) : 0;
@@ -347,6 +487,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParam
       v.va[0][r] = ok ? gload(&p.lse[ia]) : Acc(0);
       v.va[1][r] = ok ? gload(&p.g_lse[ia]) : Acc(0);
       v.va[2][r] = ok ? gload(&p.g_pos[ia]) : Acc(0);
+      extra_load(sm, p, r, ia, p.na, ok);
     }
     v.tot[0][r] = 0;
     v.grp[0][r] = 0;
@@ -365,6 +506,7 @@ __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParam
         v.vb[0][c] = ok ? gload(&p.lse[ib]) : Acc(0);
         v.vb[1][c] = ok ? gload(&p.g_lse[ib]) : Acc(0);
         v.vb[2][c] = ok ? gload(&p.g_pos[ib]) : Acc(0);
+        extra_load(sm, p, c, ib, p.nb, ok);
       } else {
         v.kb[c] = ok ? gload(&p.col_key[ib]) : 0;
         v.vb[0][c] = HAS_COL && ok ? gload(&p.clse[ib]) : Acc(0);
@@ -399,6 +541,8 @@ __global__ void __launch_bounds__(kTileThreads<In>, 1) bwd_kernel(const BwdParam
           const Acc gc = HAS_COL ? g_clse_j : Acc(0);
           const Acc ec = HAS_COL ? exp(s - clse_j) : Acc(0);
           ds = ck::logit_grad(g_lse_i, exp(s - lse_i), v.ka[r] == v.kb[c], g_pos_i, gc, ec);
+          if (p.n_extra > 0 && v.ka[r] != v.kb[c])
+            ds += extra_grads(sm, p.n_extra, TRANSPOSED ? c : r, s);
           part += ds * (dots * ra * rb);
         }
         sm.S(r, c) = ds;  // only this lane reads or writes element (r, c) here
@@ -459,14 +603,17 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& scale, const at::Tensor& row_key,
                                      const at::Tensor& col_key,
                                      const c10::optional<at::Tensor>& extra, bool mask_diag,
-                                     bool need_col, int64_t programs) {
+                                     bool need_col, int64_t programs,
+                                     const c10::optional<at::Tensor>& xmul) {
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
+  const int n_extra = xmul ? static_cast<int>(xmul->size(0)) : 0;
   auto opts = q.options().dtype(acc_type(q.scalar_type()));
   at::Tensor lse = output({n}, opts), pos = output({n}, opts);
   at::Tensor clse = need_col ? output({m}, opts) : at::empty({0}, opts);
+  at::Tensor xlse = output({n_extra, n}, opts);
   if (n == 0) {
     if (need_col) clse.fill_(-std::numeric_limits<double>::infinity());
-    return {lse, pos, clse};
+    return {lse, pos, clse, xlse};
   }
   auto stream = current_stream();
   dispatch_input(q.scalar_type(), [&](auto tag) {
@@ -474,32 +621,36 @@ std::vector<at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
     using Acc = acc_t<In>;
     // CLIP: persistent programs (at most `programs`) keep the column partials [programs, M].
     const Plan pl = make_plan<In, fwd_kernel<In>>(n, m, d, false, q.data_ptr(), k.data_ptr(),
-                                                  need_col ? programs : 0);
+                                                  need_col ? programs : 0, true,
+                                                  kXFwdSlots * n_extra);
     at::Tensor col_m, col_l, part;
     if (need_col) {
       col_m = at::full({pl.grid_x, m}, -std::numeric_limits<double>::infinity(), opts);
       col_l = at::zeros({pl.grid_x, m}, opts);
     }
-    if (pl.splits > 1) part = at::empty({3, pl.splits, n}, opts);
+    if (pl.splits > 1) part = at::empty({3 + 2 * n_extra, pl.splits, n}, opts);
     FwdParams<In> p{ptr<In>(q), ptr<In>(k), ptr<Acc>(rq), ptr<Acc>(rk), ptr<Acc>(scale),
                     row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
                     extra ? ptr<Acc>(*extra) : nullptr, mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
                     pl.splits > 1 ? mut_ptr<Acc>(part) : nullptr,
                     need_col ? mut_ptr<Acc>(col_m) : nullptr,
                     need_col ? mut_ptr<Acc>(col_l) : nullptr, n, m, d, pl.tiles, pl.per_split,
-                    pl.panel, pl.panels, pl.vec, pl.splits, mask_diag, need_col};
+                    pl.panel, pl.panels, pl.vec, pl.splits, mask_diag, need_col,
+                    n_extra > 0 ? ptr<Acc>(*xmul) : nullptr,
+                    n_extra > 0 ? mut_ptr<Acc>(xlse) : nullptr, n_extra};
     launch<fwd_kernel<In>>(pl.grid(), kTileThreads<In>, pl.smem, stream, p);
     if (pl.splits > 1)
       launch<merge_rows_kernel<Acc>>(static_cast<unsigned>((n + 255) / 256), 256, 0, stream,
                                      ptr<Acc>(part), mut_ptr<Acc>(lse), mut_ptr<Acc>(pos),
-                                     static_cast<int64_t>(pl.splits), n);
+                                     n_extra > 0 ? mut_ptr<Acc>(xlse) : nullptr,
+                                     static_cast<int64_t>(pl.splits), n, n_extra);
     if (need_col && m > 0) {  // no columns: nothing to merge (a 0-block grid is invalid)
       launch<merge_col_kernel<Acc>>(static_cast<unsigned>((m + 255) / 256), 256, 0, stream,
                                     ptr<Acc>(col_m), ptr<Acc>(col_l), mut_ptr<Acc>(clse),
                                     static_cast<int64_t>(pl.grid_x), m);
     }
   });
-  return {lse, pos, clse};
+  return {lse, pos, clse, xlse};
 }
 
 namespace {
@@ -513,7 +664,8 @@ std::pair<at::Tensor, at::Tensor> run_bwd(BwdParams<In> p, bool deterministic, b
                                           const at::TensorOptions& opts, cudaStream_t stream) {
   constexpr auto kernel = bwd_kernel<In, TRANSPOSED, ATOMIC_B, HAS_COL>;
   using Acc = acc_t<In>;
-  const Plan pl = make_plan<In, kernel>(p.na, p.nb, p.d, true, p.a, p.b);
+  const Plan pl = make_plan<In, kernel>(p.na, p.nb, p.d, true, p.a, p.b, 0, true,
+                                        kXBwdSlots * p.n_extra);
   const bool split = pl.splits > 1;
   at::Tensor da;
   if (split && deterministic) {
@@ -555,8 +707,12 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                                       const at::Tensor& clse, const at::Tensor& g_lse,
                                       const at::Tensor& g_pos, const at::Tensor& g_clse,
                                       bool mask_diag, bool normalize, bool deterministic,
-                                      bool need_dq, bool need_dk) {
+                                      bool need_dq, bool need_dk,
+                                      const c10::optional<at::Tensor>& xmul,
+                                      const c10::optional<at::Tensor>& xlse,
+                                      const c10::optional<at::Tensor>& g_xlse) {
   const int64_t n = q.size(0), m = k.size(0), d = q.size(1);
+  const int n_extra = xmul ? static_cast<int>(xmul->size(0)) : 0;
   auto opts = q.options().dtype(acc_type(q.scalar_type()));
   const bool has_col = clse.numel() > 0;
   // Passes: the row pass owns dQ (and, one-pass, adds dK by atomics); the column pass owns
@@ -579,7 +735,10 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& q, const at::Tensor& k,
                        row_key.data_ptr<int64_t>(), col_key.data_ptr<int64_t>(),
                        ptr<Acc>(lse), ptr<Acc>(g_lse), ptr<Acc>(g_pos), cl, gc,
                        nullptr, nullptr, nullptr, n, m, d, 0, 1, kChunk, 1, 1, 1,
-                       Flush::kOwn, false, mask_diag};
+                       Flush::kOwn, false, mask_diag,
+                       n_extra > 0 ? ptr<Acc>(*xmul) : nullptr,
+                       n_extra > 0 ? ptr<Acc>(*xlse) : nullptr,
+                       n_extra > 0 ? ptr<Acc>(*g_xlse) : nullptr, n_extra};
     if (row_pass) {
       if (atomic_b) {
         dk_acc = at::zeros({m, d}, opts);

@@ -15,7 +15,10 @@
 //   dA group [BM][P + pad]   (backward, SIMT) the owned gradient rows, accumulated on chip;
 //                            the half types keep them in registers instead (GradGroup);
 //   vectors                  per-row / per-column operands of the tile (inverse norms, keys,
-//                            saved statistics), loaded once per block / per tile.
+//                            saved statistics), loaded once per block / per tile;
+//   extra vectors            (softmax, only with extra log-sum-exps) xvecs more per-row
+//                            vectors for their statistics, sized at launch (Layout::xvecs),
+//                            so that a launch without them pays no shared memory.
 // Half inputs use mma.sync m16n8k16 fed by ldmatrix (mma.cuh); fp32/fp64 use SIMT FMA with
 // +1-word padded rows, so neither the operand reads nor the S / dA accesses have bank
 // conflicts (row strides ≡ 1 mod 32 words; 16-byte rows ≡ 16 mod 128 bytes for ldmatrix).
@@ -184,9 +187,13 @@ struct Layout {
   static constexpr int kPadIn = kMma ? 8 : 1;
   static constexpr int LDS = kMma ? BN + 4 : BN + 1;  // logit tile
   static constexpr int LDD = BN + 8;                  // half dS tile (ldmatrix rows)
+  // Extra per-row vectors (kXRows entries each) after Vectors: the softmax engine's extra
+  // log-sum-exps' running sums (forward) or saved statistics (backward); 0 without them.
+  static constexpr int kXRows = BM > BN ? BM : BN;
   int panel;  // P, a multiple of kChunk
   bool grad;  // backward: dS tile and (SIMT) the dA group accumulator; MMA keeps it in
               // registers (GradGroup)
+  int xvecs = 0;
 
   __host__ __device__ int ldi() const { return panel + kPadIn; }
   // dA group: fp32 fragments stored as float2 at stride ≡ 8 mod 32 words (conflict-free).
@@ -202,7 +209,10 @@ struct Layout {
   __host__ __device__ size_t off_v() const {
     return off_g() + (grad && !kMma ? align128(size_t(BM) * ldg() * sizeof(Acc)) : 0);
   }
-  __host__ __device__ size_t bytes() const { return off_v() + align128(sizeof(Vectors<In>)); }
+  __host__ __device__ size_t off_x() const { return off_v() + align128(sizeof(Vectors<In>)); }
+  __host__ __device__ size_t bytes() const {
+    return off_x() + align128(size_t(xvecs) * kXRows * sizeof(Acc));
+  }
 };
 
 // Pointers into the dynamic shared memory of one block.
@@ -217,6 +227,7 @@ struct Smem {
   In* ds;
   Acc* ga;
   Vectors<In>* v;
+  Acc* x;  // the Layout's xvecs extra vectors
   int P, ldi, ldg;
   __device__ Smem(unsigned char* base, const Layout<In>& L)
       : a(reinterpret_cast<In*>(base)),
@@ -225,10 +236,13 @@ struct Smem {
         ds(reinterpret_cast<In*>(base + L.off_ds())),
         ga(reinterpret_cast<Acc*>(base + L.off_g())),
         v(reinterpret_cast<Vectors<In>*>(base + L.off_v())),
+        x(reinterpret_cast<Acc*>(base + L.off_x())),
         P(L.panel),
         ldi(L.ldi()),
         ldg(L.ldg()) {}
   __device__ Acc& S(int r, int c) const { return s[r * LDS + c]; }
+  // Entry r of extra vector `slot`.
+  __device__ Acc& X(int slot, int r) const { return x[slot * Layout<In>::kXRows + r]; }
 };
 
 // The per-row operands of a tile, one thread a row: the block's owned rows (OWNED: r < BM,
@@ -888,10 +902,10 @@ int vector_width(int64_t d, const void* a, const void* b) {
 // loops over them, a backward has one block per gradient panel, each recomputing the logits),
 // and column splits sized so that the grid fills the GPU once (SMs × blocks per SM).
 // grid_cap bounds grid_x (the CLIP forward's persistent programs); split=false keeps one
-// range (mining).
+// range (mining); xvecs: the Layout's extra vectors (the softmax extra log-sum-exps).
 template <typename In, auto Kernel>
 Plan make_plan(int64_t na, int64_t nb, int64_t d, bool grad, const void* a, const void* b,
-               int64_t grid_cap = 0, bool split = true) {
+               int64_t grid_cap = 0, bool split = true, int xvecs = 0) {
   constexpr int BM = TileShape<In>::BM, BN = TileShape<In>::BN;
   const DeviceInfo dev = device_info();
   const size_t room = dev.max_smem - std::min(dev.max_smem, static_smem<Kernel>());
@@ -900,7 +914,7 @@ Plan make_plan(int64_t na, int64_t nb, int64_t d, bool grad, const void* a, cons
   for (int np = static_cast<int>((dp + kMaxPanel - 1) / kMaxPanel);; ++np) {
     const int64_t per = (dp + np - 1) / np;
     const int P = static_cast<int>((per + kChunk - 1) / kChunk * kChunk);
-    const size_t bytes = Layout<In>{P, grad}.bytes();
+    const size_t bytes = Layout<In>{P, grad, xvecs}.bytes();
     if (bytes <= room || P == kChunk) {
       p.panel = P;
       p.panels = static_cast<int>((dp + P - 1) / P);
