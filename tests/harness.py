@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -48,6 +48,20 @@ class LossCase:
     # The size a feature gradient's error is measured against when it is smaller (see
     # relative_error): for gradients that cancel to far below their terms' size.
     grad_floor: float = 1e-30
+    # Per-row bound on |dℓ_i/dτ| for the temperature's gradient error, when the loss's
+    # own size (scalar_grad_floor) understates its cancelling terms: f(kwargs) -> bound.
+    temperature_terms: Optional[Callable] = None
+
+
+def estimator_temperature_terms(beta: float) -> Callable:
+    """temperature_terms of the debiased / hard-negative estimator: with s = 1/τ, each row's
+    dℓ/ds is a sum of terms bounded by 1 + β, β (the two negative sums' E[cos]) and 1 (the
+    positive), so |dℓ/dτ| terms are ≤ (2 + 2β)/τ². On degenerate inputs (d = 1: every
+    cosine ±1) they cancel to e^{−s}-sized remainders, below what fp32 log-sum-exps of
+    size ~(1+β)s (half an ulp: ~1e-6) resolve."""
+    def terms(kwargs) -> float:
+        return (2 + 2 * beta) / float(kwargs["temperature"]) ** 2
+    return terms
 
 
 def loss_fn(problem: str):
@@ -114,6 +128,9 @@ def compare(case: LossCase, backend: str, n: int, d: int, dtype: torch.dtype,
             assert (fg.double().abs() <= bound).all(), f"grad {i}: {fg} should be ~0"
             continue
         floor = scalar_grad_floor(upstream, ref) if leaf.dim() == 0 else case.grad_floor
+        if leaf.dim() == 0 and case.temperature_terms is not None and \
+                leaf is f_kw.get("temperature"):
+            floor = max(floor, float(upstream.abs().sum()) * case.temperature_terms(kwargs))
         assert_close(fg, rg, dtype, f"grad {i} (shape {tuple(leaf.shape)})", DEVICE, floor)
 
 

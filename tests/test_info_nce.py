@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from harness import DEVICE, KERNEL_BACKENDS, LossCase, compare, generator, loss_tests, randn
+from harness import (DEVICE, KERNEL_BACKENDS, LossCase, estimator_temperature_terms,
+                     compare, generator, loss_tests, randn)
 
 
 def _in_batch(n, d, dtype, gen):
@@ -48,10 +49,13 @@ def _with_estimator(make, tau_plus, beta):
 
 
 for _tp, _beta, _name in ((0.1, 0.0, "debiased"), (0.1, 0.5, "hard")):
+    _terms = estimator_temperature_terms(_beta)
     globals().update(loss_tests(LossCase(ck.info_nce, _with_estimator(_in_batch, _tp, _beta),
-                                         scalar_names=("temperature",)), _name))
+                                         scalar_names=("temperature",),
+                                         temperature_terms=_terms), _name))
     globals().update(loss_tests(LossCase(ck.info_nce, _with_estimator(_bank, _tp, _beta),
-                                         scalar_names=("temperature",)), f"bank_{_name}"))
+                                         scalar_names=("temperature",),
+                                         temperature_terms=_terms), f"bank_{_name}"))
 
 
 def _released_estimator(pos_logits, neg_logits, tau_plus, beta, temperature):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from harness import DEVICE, KERNEL_BACKENDS, LossCase, generator, loss_tests, randn
+from harness import (DEVICE, KERNEL_BACKENDS, LossCase, estimator_temperature_terms,
+                     generator, loss_tests, randn)
 
 
 def _views(n, d, dtype, gen):
@@ -72,7 +73,9 @@ def _estimator_views(tau_plus, beta, temperature=0.5):
 ESTIMATORS = {"debiased": (0.1, 0.0), "hard": (0.0, 1.0), "both": (0.1, 0.5)}
 for _name, (_tp, _beta) in ESTIMATORS.items():
     globals().update(loss_tests(LossCase(ck.nt_xent_loss, _estimator_views(_tp, _beta),
-                                         scalar_names=("temperature",)), _name))
+                                         scalar_names=("temperature",),
+                                         temperature_terms=estimator_temperature_terms(_beta)),
+                                _name))
 
 
 def released_criterion(out_1, out_2, tau_plus, batch_size, beta, temperature):
