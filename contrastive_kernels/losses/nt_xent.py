@@ -1,6 +1,8 @@
-"""SimCLR NT-Xent on the tiled engine: one self-similarity pass over cat(z1, z2); the
-decoupled form (DCL: the positive left out of the denominator) and weighted positives
-as four candidate sets merged per row."""
+"""SimCLR NT-Xent on the tiled engine: one self-similarity pass over cat(z1, z2), also for
+the decoupled form (DCL: the positive left out of the denominator, the engine's
+log-sum-exp over the negatives), weighted positives and the debiased / hard-negative
+estimator. Against separate key views (the distributed modes), ``two_view_rows`` merges
+four candidate sets per row."""
 from __future__ import annotations
 
 import torch
@@ -19,36 +21,42 @@ def nt_xent_loss(z1, z2, temperature, reduction, normalize, impl, decoupled=Fals
     the debiased / hard-negative estimator (losses/debiased.py). Returns the reduced
     loss ("none": (2N,), z1's rows first)."""
     scale = inverse_temperature(temperature, z1)
-    if debiased.active(tau_plus, beta):
-        return reduce_rows(estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta),
-                           reduction)
-    if decoupled or positive_weight is not None:
-        rows = two_view_rows(z1, z2, z1, z2, scale, impl, normalize, decoupled,
-                             positive_weight)
-        return reduce_rows(rows, reduction)
     z = torch.cat([z1, z2], dim=0)
     two_n = z.shape[0]
     cols = arange(two_n, z)
-    targets = (cols + two_n // 2) % two_n
-    lse, pos, _ = softmax_engine(z, z, scale, impl=impl, row_key=targets, col_key=cols,
-                                 opts=EngineOptions(mask_diag=True, normalize=normalize))
-    return reduce_rows(lse - pos, reduction)
+    keys = dict(impl=impl, row_key=(cols + two_n // 2) % two_n, col_key=cols,
+                opts=EngineOptions(mask_diag=True, normalize=normalize))
+    if debiased.active(tau_plus, beta):  # the negatives: every row but itself and partner
+        _, pos, _, negatives = softmax_engine_negatives(z, z, scale,
+                                                        debiased.multipliers(beta), **keys)
+        rows = debiased.estimator_rows(pos, negatives, two_n - 2, scale, tau_plus, beta)
+        return reduce_rows(rows, reduction)
+    if decoupled:  # the denominator is the negatives' log-sum-exp, from the same pass
+        _, pos, _, negatives = softmax_engine_negatives(z, z, scale, [1.0], **keys)
+        lse = negatives[0]
+    else:
+        lse, pos, _ = softmax_engine(z, z, scale, **keys)
+    return reduce_rows(lse - _weighted(pos, positive_weight), reduction)
+
+
+def _weighted(positive, positive_weight):
+    """The (2N,) target logits times positive_weight ((N,) for both views alike, or (2N,);
+    None: unweighted)."""
+    if positive_weight is None:
+        return positive
+    weight = positive_weight.to(positive.dtype)
+    return positive * (weight.repeat(2) if weight.shape[0] * 2 == positive.shape[0]
+                       else weight)
 
 
 def two_view_rows(z1, z2, keys1, keys2, scale, impl, normalize, decoupled, positive_weight):
     """(2N,) rows ℓ = log Σ exp(candidates) − w·s(z_i, partner_i) of the local views z1, z2
-    (N, D) against key views keys1, keys2 (K, D) that begin with z1's and z2's own rows
-    (two_view_lse's candidate sets)."""
+    (N, D) against separate key views keys1, keys2 (K, D) that begin with z1's and z2's
+    own rows (two_view_lse's candidate sets): the distributed modes."""
     # Four engine calls share these tensors: sum their gradients in fp32.
-    z1, z2, keys1, keys2 = widen_half(z1, z2, keys1, keys2) if keys1 is not z1 else \
-        (widen_half(z1, z2) * 2)
+    z1, z2, keys1, keys2 = widen_half(z1, z2, keys1, keys2)
     lse = two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, decoupled)
-    positive = (scale * row_dot(z1, z2, normalize)).repeat(2)
-    if positive_weight is not None:
-        weight = positive_weight.to(positive.dtype)
-        positive = positive * (weight.repeat(2) if weight.shape[0] * 2 == lse.shape[0]
-                               else weight)
-    return lse - positive
+    return lse - _weighted((scale * row_dot(z1, z2, normalize)).repeat(2), positive_weight)
 
 
 def two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, exclude_partner):
@@ -64,17 +72,3 @@ def two_view_lse(z1, z2, keys1, keys2, scale, impl, normalize, exclude_partner):
             candidate_lse(own, other_keys, scale, impl=impl, normalize=normalize,
                           exclude_own=exclude_partner)]))
     return torch.cat(parts)
-
-
-def estimated_rows(z1, z2, scale, impl, normalize, tau_plus, beta):
-    """(2N,) rows of the debiased / hard-negative NT-Xent (N ≥ 2), from one engine pass
-    over z = cat(z1, z2): the positive logit is the partner's (the row's key) and the
-    negatives every other row but itself."""
-    z = torch.cat([z1, z2], dim=0)
-    two_n = z.shape[0]
-    cols = arange(two_n, z)
-    _, positive, _, negative_lse = softmax_engine_negatives(
-        z, z, scale, debiased.multipliers(beta), impl=impl,
-        row_key=(cols + two_n // 2) % two_n, col_key=cols,
-        opts=EngineOptions(mask_diag=True, normalize=normalize))
-    return debiased.estimator_rows(positive, negative_lse, two_n - 2, scale, tau_plus, beta)
