@@ -335,6 +335,24 @@ def test_rows_without_negatives_get_no_gradient(backend):
         assert torch.equal(a, b)
 
 
+def test_no_rows_or_no_columns(backend):
+    """N = 0: xlse is (T, 0); M = 0: every xlse is -inf, and the backward is zero."""
+    dev, e = backend.device, backend.engine
+    xmul = torch.tensor([1.5, 0.5], device=dev)
+    scale = torch.tensor(2.0, device=dev)
+    for n, m in ((0, 5), (5, 0)):
+        q, k = torch.randn(n, 4, device=dev), torch.randn(m, 4, device=dev)
+        rq, rk = e.inverse_norms(q, True), e.inverse_norms(k, True)
+        keys = (torch.arange(n, device=dev), torch.arange(m, device=dev))
+        lse, pos, clse, xlse = e.forward(q, k, rq, rk, scale, *keys, None, False, False, xmul)
+        assert xlse.shape == (2, n)
+        assert torch.equal(xlse, torch.full((2, n), -torch.inf, device=dev))
+        g = torch.ones(n, device=dev)
+        dq, dk, dscale = e.backward(q, k, rq, rk, scale, *keys, lse, clse, g, g, clse, False,
+                                    True, True, True, True, xmul, xlse, torch.ones_like(xlse))
+        assert not dq.any() and not dk.any() and float(dscale) == 0.0
+
+
 @pytest.mark.parametrize("where", ["q", "k"])
 def test_nan_reaches_the_rows_that_see_it(backend, where):
     """A NaN feature in one row: every xlse whose negatives include it is NaN, the others are
