@@ -90,6 +90,24 @@ def test_every_width_maps_to_a_catalogued_tile(arch, variants):
                         cfg.num_warps) in tiles, (dtype, d, aligned)
 
 
+def test_every_extra_lse_override_names_a_table_tile():
+    """Each entry of the extra-log-sum-exp launch overrides (softmax._EXTRA_LSE_TILES)
+    names tiles the table gives some width and dtype of its arch and pass: a retuned
+    table cannot leave a stale entry behind while its new tiles go unchecked."""
+    given = set()
+    for arch in aot.ARCHES:
+        for dtype in aot.DTYPES:
+            for d in list(range(1, 300)) + [4096]:
+                for aligned in {False, d % 16 == 0}:
+                    for name, cfg in zip(("fwd", "bwd"),
+                                         te.tile_config(d, dtype, arch=arch, aligned=aligned)):
+                        for c in (cfg, te._fit(cfg, 1)):
+                            given.add((arch, name, tp.dtype_class(dtype), c.block_m,
+                                       c.block_n, c.block_k))
+    stale = [key for key in te._EXTRA_LSE_TILES if key[:6] not in given]
+    assert not stale, stale
+
+
 @pytest.mark.parametrize("arch", aot.ARCHES)
 def test_every_width_maps_to_a_catalogued_pairwise_tile(arch, variants):
     """The same for the pairwise kernel's forward and backward tiles."""

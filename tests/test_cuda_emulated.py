@@ -29,7 +29,8 @@ EMULATED_FILES = ["test_info_nce.py", "test_nt_xent.py", "test_clip.py", "test_s
                   "test_simcse.py", "test_supcon.py", "test_n_pair.py", "test_triplet.py",
                   "test_contrastive.py", "test_multiple_negatives_ranking.py",
                   "test_integration_triplet_peers.py",
-                  "test_engine_boundary.py", "test_cuda_engine.py"]
+                  "test_engine_boundary.py", "test_engine_negatives.py",
+                  "test_cuda_engine.py"]
 # test_cuda_engine.py's tests that need real hardware: two on CUDA streams, two on compiled
 # (not interpreted) Triton half tile products.
 EXPECTED_SKIPS = 4

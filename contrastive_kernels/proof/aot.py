@@ -63,7 +63,7 @@ def variant_name(spec: specialize.RuntimeSpec) -> str:
     flags = [k for k, v in ce.items() if v is True and k not in ("ONE_CHUNK",)]
     flags += [f"{k}={v}" for k, v in ce.items()
               if k in ("PREC", "KIND", "BLOCK_R", "BLOCK_D", "BLOCK", "D") or
-              (not isinstance(v, bool) and k[0].islower())]
+              (k == "N_XLSE" and v) or (not isinstance(v, bool) and k[0].islower())]
     hinted = sorted(n for n in spec.divisible_by_16 if not spec.signature[n].startswith("*"))
     parts += flags + [f"w{spec.options.get('num_warps')}s{spec.options.get('num_stages')}"]
     if hinted:

@@ -433,6 +433,41 @@ def _tiles_for(a: torch.Tensor, b: torch.Tensor) -> tuple[TileConfig, TileConfig
     return _fit(fwd, a.shape[0]), _fit(bwd, a.shape[0])
 
 
+# Launches with extra log-sum-exps (N_XLSE > 0) add running sums (forward) and dS terms
+# (backward) to kernels whose table tiles sit at the edge of the register file: at those
+# tiles 18 of the 1,204 extra-statistic binaries spilled 8-24 B. Per (arch, pass, dtype
+# class, BLOCK_M, BLOCK_N, BLOCK_K[, extras]) of the table, what their launches do
+# instead, chosen from full AOT compiles of every flag set (tests/test_aot.py checks the
+# result): "halve" the owned rows, "cap" registers at MAXNREG, or both. Halving
+# everywhere, or capping everywhere, spilled 16 and 22 other binaries: ptxas's
+# heuristics differ per class.
+_EXTRA_LSE_TILES = {
+    (80, "fwd", "half", 128, 64, 256): "halve",
+    (80, "fwd", "fp32", 64, 32, 16): "cap",
+    (80, "fwd", "fp64", 32, 16, 16): "cap",
+    (90, "fwd", "fp32", 32, 32, 64, 2): "halve",  # one extra: the table's tiles
+    (80, "bwd", "half", 64, 64, 32): "cap",
+    (90, "bwd", "half", 64, 64, 32): "halve+cap",
+    (90, "bwd", "half", 128, 16, 256): "halve",
+    (90, "bwd", "fp32", 16, 16, 16): "cap",
+    (90, "bwd", "fp32", 32, 32, 32): "halve",
+}
+
+
+def _with_extras(cfg: TileConfig, n_extra: int, device, dtype, pass_: str
+                 ) -> tuple[TileConfig, bool]:
+    """(tiles, cap_registers) of a launch of ``pass_`` ("fwd" or "bwd") computing n_extra
+    extra log-sum-exps, from _EXTRA_LSE_TILES (the table's tiles where it has no entry)."""
+    if not n_extra:
+        return cfg, False
+    key = (target_arch(device), pass_, dtype_class(dtype), cfg.block_m, cfg.block_n,
+           cfg.block_k)
+    action = _EXTRA_LSE_TILES.get(key + (n_extra,), _EXTRA_LSE_TILES.get(key, ""))
+    if "halve" in action:
+        cfg = dataclasses.replace(cfg, block_m=cfg.block_m // 2)
+    return cfg, "cap" in action
+
+
 def _merge(part_m, part_l, part_sum, extra, n: int, acc_tl):
     """Merged lse (n,) and, with part_sum, the summed partial (n,) from (P, n) partials."""
     lse = out_buffer((n,), part_m.dtype, part_m.device)
@@ -464,7 +499,9 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     n, d = q.shape
     m = k.shape[0]
     acc, acc_tl = acc_dtype(q.dtype), tl_acc(q.dtype)
-    cfg = _tiles_for(q, k)[0]
+    n_x = 0 if xmul is None else xmul.shape[0]
+    xcfg = _with_extras(_tiles_for(q, k)[0], n_x, q.device, q.dtype, "fwd")
+    cfg = xcfg[0]
     n_rb, n_cb = triton.cdiv(n, cfg.block_m), triton.cdiv(m, cfg.block_n)
     splits, per_split = split_grid(n_rb, n_cb, cfg, q.device)
     # Persistent row programs (CLIP): the column partials are [programs, M], so their
@@ -476,7 +513,6 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     part_m, part_l, part_pos = (out_buffer((splits, n), acc, q.device) for _ in range(3))
     col_m, col_l = ((out_buffer((row_progs, m), acc, q.device) for _ in range(2))
                     if need_col else (part_m, part_l))
-    n_x = 0 if xmul is None else xmul.shape[0]
     part_xm, part_xl = ((out_buffer((n_x, splits, n), acc, q.device) for _ in range(2))
                         if n_x else (part_m, part_l))
     if n:
@@ -486,7 +522,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
             n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag), splits * n,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, N_XLSE=n_x, ACC=acc_tl,
-            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(cfg))
+            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(*xcfg))
     lse, pos = _merge(part_m, part_l, part_pos, extra, n, acc_tl)
     xlse = torch.stack([_merge(part_xm[t], part_xl[t], None, None, n, acc_tl)[0]
                         for t in range(n_x)]) if n_x else lse.new_empty((0, n))
@@ -516,7 +552,9 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     na, d = a.shape
     nb = b.shape[0]
     acc = acc_dtype(a.dtype)
-    cfg = _tiles_for(a, b)[1]
+    n_x = 0 if xmul is None else xmul.shape[0]
+    xcfg = _with_extras(_tiles_for(a, b)[1], n_x, a.device, a.dtype, "bwd")
+    cfg = xcfg[0]
     n_ab, n_bb = triton.cdiv(na, cfg.block_m), triton.cdiv(nb, cfg.block_n)
     splits, per_split = split_grid(n_ab, n_bb, cfg, a.device)
     # Several splits of one row: atomics, or (deterministic) one slice per split summed in
@@ -534,16 +572,16 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     dscale = out_buffer((splits, na), acc, a.device)
     if na:
         da_arg = da if da is not None else dscale
-        n_x = 0 if xmul is None else xmul.shape[0]
         _softmax_bwd_kernel[(n_ab, splits)](
             a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse, g_clse,
-            *((xmul, xlse, g_xlse) if n_x else (scale, lse, g_lse)), da_arg, db if db is not None else dscale, dscale,
+            *((xmul, xlse, g_xlse) if n_x else (scale, lse, g_lse)), da_arg,
+            db if db is not None else dscale, dscale,
             na, nb, d, a.stride(0), b.stride(0), d, d,
             *((na, na * d) if parts > 1 else (0, 0)), per_split, int(mask_diag), int(da_atomic),
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col, N_XLSE=n_x,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
-            PREC=precision(a.dtype), **launch_options(cfg))
+            PREC=precision(a.dtype), **launch_options(*xcfg))
     return da, dscale
 
 
