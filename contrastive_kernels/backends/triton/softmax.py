@@ -328,9 +328,9 @@ def _softmax_bwd_kernel(
 # sm_90 spilled 8-16 bytes; re-searched per class (benchmarks/tile_search.py), the D ≤ 16
 # fp32 and D ≤ 32 fp64 tiles and the streamed fp64 backward's stage count changed. The
 # streamed fp32 backward keeps 16×16×16: every searched alternative (2/4 warps, 1/2 stages,
-# 16/32-wide tiles and chunks) spills too; its 8 bytes are cold (one store before the loops,
-# one load after them, proven from the SASS in tests/test_aot.py). Not tuned by timing:
-# that needs a GPU.
+# 16/32-wide tiles and chunks) spilled 8 cold bytes at ptxas's default register heuristic;
+# it is compiled with the MAXNREG cap instead (_CAPPED_TILES), which removes them. Not
+# tuned by timing: that needs a GPU.
 _TILE_TABLE_SM90 = {
     "half": ((16, (128, 64, None, 8), (32, 32, None, 4)),
              (32, (128, 64, None, 8), (64, 32, None, 8)),
@@ -449,19 +449,28 @@ _EXTRA_LSE_TILES = {
     (80, "bwd", "half", 64, 64, 32): "cap",
     (90, "bwd", "half", 64, 64, 32): "halve+cap",
     (90, "bwd", "half", 128, 16, 256): "halve",
-    (90, "bwd", "fp32", 16, 16, 16): "cap",
     (90, "bwd", "fp32", 32, 32, 32): "halve",
 }
+
+
+# Classes compiled with the MAXNREG cap on every launch: the streamed fp32 backward on
+# sm_90 kept a cold 8 B spill in 4 binaries at its default register heuristic (every other
+# tile, warp and stage count spilled too); capped, all 80 of its binaries (with and
+# without extra log-sum-exps) compile without local memory.
+_CAPPED_TILES = {(90, "bwd", "fp32", 16, 16, 16)}
 
 
 def _with_extras(cfg: TileConfig, n_extra: int, device, dtype, pass_: str
                  ) -> tuple[TileConfig, bool]:
     """(tiles, cap_registers) of a launch of ``pass_`` ("fwd" or "bwd") computing n_extra
-    extra log-sum-exps, from _EXTRA_LSE_TILES (the table's tiles where it has no entry)."""
-    if not n_extra:
-        return cfg, False
+    (≥ 0) extra log-sum-exps: the table's tiles, capped for _CAPPED_TILES, changed for
+    extra statistics by _EXTRA_LSE_TILES."""
     key = (target_arch(device), pass_, dtype_class(dtype), cfg.block_m, cfg.block_n,
            cfg.block_k)
+    if key in _CAPPED_TILES:
+        return cfg, True
+    if not n_extra:
+        return cfg, False
     action = _EXTRA_LSE_TILES.get(key + (n_extra,), _EXTRA_LSE_TILES.get(key, ""))
     if "halve" in action:
         cfg = dataclasses.replace(cfg, block_m=cfg.block_m // 2)
