@@ -94,7 +94,8 @@ scale = torch.tensor(10.0)
 rq, rk = ext.inverse_norms(q, True), ext.inverse_norms(k, True)
 with count_cuda_launches() as outer:
     with count_cuda_launches() as fwd:
-        lse, pos, clse, _ = ext.forward(q, k, rq, rk, scale, row_key, col_key, None, False, False, 1)
+        lse, pos, clse, _ = ext.forward(q, k, rq, rk, scale, row_key, col_key, None, False,
+                                        False, 1)
     g, e = torch.randn(n, generator=gen), torch.empty(0)
     ext.backward(q, k, rq, rk, scale, row_key, col_key, lse, e, g, g, e, False, True, False)
 with count_cuda_launches() as after:

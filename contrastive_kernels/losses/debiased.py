@@ -12,7 +12,8 @@ logit s_p and n negatives of logits s_j:
 
 so reweight = n·exp(LSE_j((1+β)s_j) − LSE_j(β s_j)): two log-sum-exps over the negatives
 at two scales, both from the one engine pass that also yields s_p (the engine's extra
-log-sum-exps over the negatives, engines/softmax.py softmax_engine_negatives). Everything below is in the log domain (e^{s} overflows fp32 at small τ).
+log-sum-exps over the negatives, engines/softmax.py softmax_engine_negatives).
+Everything below is in the log domain (e^{s} overflows fp32 at small τ).
 The clamp's floor uses the scale s = 1/τ, i.e. cosine −1, as the authors' e^{−1/τ} does.
 τ⁺ = β = 0 is not routed here: it is plain NT-Xent / InfoNCE without the clamp.
 """
