@@ -113,7 +113,10 @@ def test_gradcheck_in_float64(backend):
                                                  col_key=col_key.to(DEVICE))
         return torch.where(torch.isinf(xlse), 0.0, xlse)
 
-    assert torch.autograd.gradcheck(fn, (q, k, scale), atol=1e-8, rtol=1e-6)
+    # Full Jacobians under the Triton interpreter take minutes (218 engine calls): there,
+    # as in harness.gradcheck, the fast mode checks random projections of it instead.
+    fast = backend == "triton" and DEVICE.type == "cpu"
+    assert torch.autograd.gradcheck(fn, (q, k, scale), atol=1e-8, rtol=1e-6, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
