@@ -36,12 +36,15 @@ BLOCKS = {"triton": ("TRAFFIC", HEADING),
           "cuda": ("TRAFFIC_CUDA", "## Counted data movement: CUDA C++ engine (emulator, "
                                    "GPU launch plan)")}
 # Shapes of the problems at --scale 1: rows of each side and width.
-SHAPES = {"clip": (2048, 2048, 256), "siglip": (2048, 2048, 256), "moco": (64, 4096, 128),
+SHAPES = {"clip": (2048, 2048, 256), "siglip": (2048, 2048, 256),
+          "siglip_mean": (2048, 2048, 256), "moco": (64, 4096, 128),
           "moco_bank_grad": (64, 4096, 128), "nt_xent_debiased": (1024, 1024, 128)}
-# --problems moco measures the frozen bank and the bank that requires grad.
-EXPANDS = {"clip": ("clip",), "siglip": ("siglip",), "moco": ("moco", "moco_bank_grad"),
-           "nt_xent_debiased": ("nt_xent_debiased",)}
-LABELS = {"clip": "CLIP", "siglip": "SigLIP", "moco": "MoCo queue, bank frozen",
+# --problems moco measures the frozen bank and the bank that requires grad; --problems siglip
+# the per-row loss and the mean (the one-pass mode: gradient formed in the forward).
+EXPANDS = {"clip": ("clip",), "siglip": ("siglip", "siglip_mean"),
+           "moco": ("moco", "moco_bank_grad"), "nt_xent_debiased": ("nt_xent_debiased",)}
+LABELS = {"clip": "CLIP", "siglip": "SigLIP", "siglip_mean": "SigLIP, mean (one pass)",
+          "moco": "MoCo queue, bank frozen",
           "moco_bank_grad": "MoCo queue, bank requires grad",
           "nt_xent_debiased": "NT-Xent, debiased + hard negatives (τ⁺ 0.1, β 0.5)"}
 # Roofline model inputs: (name, HBM B/s, assumed L2 B/s, dense bf16 FLOP/s, SMs, arch).
@@ -70,8 +73,9 @@ def counter(engine: str):
 
 
 def _inputs(problem: str, n: int, m: int, d: int):
-    """call(backend) -> the problem's loss, shape (n,) (reduction="none"), on seeded random
-    bf16 inputs: n×d and m×d features (MoCo: n queries and keys, an m-row bank)."""
+    """call(backend) -> the problem's loss, shape (n,) (reduction="none"; a scalar for
+    siglip_mean), on seeded random bf16 inputs: n×d and m×d features (MoCo: n queries and
+    keys, an m-row bank)."""
     import torch
 
     import contrastive_kernels as ck
@@ -82,14 +86,15 @@ def _inputs(problem: str, n: int, m: int, d: int):
         x = torch.randn((rows, d), generator=gen).to(torch.bfloat16)
         return x.requires_grad_(grad)
 
-    if problem in ("clip", "siglip"):
+    if problem in ("clip", "siglip", "siglip_mean"):
         img, txt = feat(n), feat(m)
         scale = torch.tensor(10.0, requires_grad=True)  # learnable, as in training
         if problem == "clip":
             return lambda b: ck.clip_loss(img, txt, scale, reduction="none", normalize=True,
                                           backend=b)
         bias = torch.tensor(-10.0, requires_grad=True)
-        return lambda b: ck.siglip_loss(img, txt, scale, bias, reduction="none",
+        reduction = "mean" if problem == "siglip_mean" else "none"
+        return lambda b: ck.siglip_loss(img, txt, scale, bias, reduction=reduction,
                                         normalize=True, backend=b)
     if problem == "nt_xent_debiased":  # two views of n rows; the estimator's two sums
         z1, z2 = feat(n), feat(m)
@@ -261,7 +266,8 @@ def report(rows: list[dict], args, seconds: float) -> str:
         "- Not counted: torch operations the launchers run outside kernels (buffer "
         "allocation/zeroing, sums, divisions).",
         "- Inputs bf16, random; forward and backward (random upstream gradient of the "
-        "reduction=\"none\" loss); FLOPs in units of N·M·D (M = bank rows for MoCo). "
+        "reduction=\"none\" loss; SigLIP also with reduction=\"mean\", whose forward forms "
+        "the gradient in its one pass); FLOPs in units of N·M·D (M = bank rows for MoCo). "
         "MB = 10^6 bytes; FLOP/B = FLOPs / all counted bytes.",
         "",
         problem_table(rows),
