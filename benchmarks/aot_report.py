@@ -37,6 +37,13 @@ def _table(reports) -> str:
     return "\n".join(rows)
 
 
+def _spill_note(spills: int, hot: int) -> str:
+    if not spills:
+        return "none uses local memory (no spill)"
+    return (f"{spills} use local memory, {hot} of them inside a loop (the others store "
+            f"before the loops and reload after them: `aot.loop_local_insts`)")
+
+
 def _summary(reports, seconds) -> str:
     n = len(reports)
     spills = sum(1 for r in reports if r.spill_bytes or r.local_insts)
@@ -52,9 +59,7 @@ def _summary(reports, seconds) -> str:
             f"- {n} compiled binaries: every launch path of every engine recorded under "
             f"the interpreter with the GPU launch (`proof/catalogue.py`) and specialized by "
             f"Triton's own run-time rule (types, divisibility-16 hints, constant 1s; "
-            f"`proof/specialize.py`), for sm_80 and sm_90; {spills} spill to local memory, "
-            f"{hot} of them inside a loop (the others store before the loops and reload "
-            f"after them: `aot.loop_local_insts`).\n"
+            f"`proof/specialize.py`), for sm_80 and sm_90; {_spill_note(spills, hot)}.\n"
             f"- {len(half)} half-precision tile-product kernels, {no_tc} without tensor-core "
             f"instructions; on sm_90, {hgmma} of {half90} use HGMMA (wgmma), the rest HMMA "
             f"(mma.sync: Triton picks wgmma only for tiles it can give a 64-row warpgroup).\n")
