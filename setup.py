@@ -14,9 +14,18 @@ Environment:
   CONTRASTIVE_KERNELS_SKIP_EMU=1    do not build the CUDA emulation extension
   TORCH_CUDA_ARCH_LIST              CUDA archs to build (default "8.0;9.0": Ampere, Hopper)
   CUDA_HOME                         where nvcc lives (torch's own lookup otherwise)
+  CONTRASTIVE_KERNELS_BUILD_CACHE   folder of built extensions reused by later builds
+                                    (default ~/.cache/contrastive_kernels/build; "0": off)
+
+The build cache: an extension whose inputs are all unchanged (every file under csrc/, its
+sources, flags and include folders, the torch, Python, compiler and nvcc versions) is
+copied from the cache instead of compiled again: a clean clone (CI) skips minutes of nvcc.
 """
+import hashlib
 import os
 import platform
+import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -26,6 +35,8 @@ SKIP_CUDA_ENV = "CONTRASTIVE_KERNELS_SKIP_CUDA"
 SKIP_EMU_ENV = "CONTRASTIVE_KERNELS_SKIP_EMU"
 DEFAULT_ARCHS = "8.0;9.0"
 BUILD_INFO = os.path.join(HERE, "contrastive_kernels", "_build_info.py")
+BUILD_CACHE_ENV = "CONTRASTIVE_KERNELS_BUILD_CACHE"
+BUILD_CACHE_KEEP = 4  # cached builds kept per extension (other branches, other flags)
 
 CPU_SOURCES = ["csrc/cpu/softmax_engine_cpu.cpp", "csrc/cpu/pairwise_engine_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/bindings.cpp", "csrc/cuda/softmax_engine_cuda.cu",
@@ -133,7 +144,86 @@ def _extensions():
     else:
         _say(f"not building the CUDA emulation extension ({emu_reason})")
     _write_build_info(True, cuda, archs, reason, emu, emu_reason)
-    return exts, {"build_ext": BuildExtension.with_options(use_ninja=_have_ninja())}
+    return exts, {"build_ext": _with_build_cache(
+        BuildExtension.with_options(use_ninja=_have_ninja()))}
+
+
+def _cache_dir():
+    setting = os.environ.get(BUILD_CACHE_ENV, "")
+    if setting == "0":
+        return None
+    return setting or os.path.join(os.path.expanduser("~"), ".cache", "contrastive_kernels",
+                                   "build")
+
+
+def _tool_version(command):
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unavailable"
+
+
+def _build_key(ext) -> str:
+    """Hash of everything that decides an extension's binary (see the module doc)."""
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+    h = hashlib.sha256()
+    for part in (ext.name, ext.sources, ext.include_dirs, ext.extra_compile_args,
+                 ext.extra_link_args, ext.define_macros, ext.libraries, ext.library_dirs,
+                 torch.__version__, torch.version.git_version, sys.version, platform.platform(),
+                 os.environ.get("TORCH_CUDA_ARCH_LIST", ""), os.environ.get("CXX", ""),
+                 _tool_version([os.environ.get("CXX", "c++"), "--version"]),
+                 _tool_version([os.path.join(CUDA_HOME or "", "bin", "nvcc"), "--version"])):
+        h.update(repr(part).encode() + b"\0")
+    for root, dirs, files in os.walk(os.path.join(HERE, "csrc")):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, HERE).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:20]
+
+
+def _with_build_cache(base):
+    """``base`` (torch's BuildExtension) reusing cached builds of unchanged extensions."""
+
+    class CachedBuildExtension(base):
+        def build_extension(self, ext):
+            cache = _cache_dir()
+            if cache is None:
+                return super().build_extension(ext)
+            target = self.get_ext_fullpath(ext.name)
+            entry = os.path.join(cache, f"{ext.name}-{_build_key(ext)}",
+                                 os.path.basename(target))
+            # (not gated on --force: torch sets it whenever ninja builds)
+            if os.path.isfile(entry):
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                shutil.copy2(entry, target)
+                _say(f"{ext.name}: inputs unchanged, reused the build in {entry}")
+                return None
+            result = super().build_extension(ext)
+            _store(target, entry)
+            return result
+
+    return CachedBuildExtension
+
+
+def _store(built, entry):
+    """Put a fresh build in the cache (atomically) and drop the oldest of its kind."""
+    folder = os.path.dirname(entry)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copy2(built, entry + ".tmp")
+        os.replace(entry + ".tmp", entry)
+        prefix = os.path.basename(folder).rsplit("-", 1)[0] + "-"
+        parent = os.path.dirname(folder)
+        kinds = sorted((os.path.join(parent, d) for d in os.listdir(parent)
+                        if d.startswith(prefix)), key=os.path.getmtime, reverse=True)
+        for stale in kinds[BUILD_CACHE_KEEP:]:
+            shutil.rmtree(stale, ignore_errors=True)
+    except OSError as exc:  # a read-only or full cache never fails the build
+        _say(f"build cache not written ({exc})")
 
 
 def _have_ninja():

@@ -19,6 +19,15 @@ _LONG_FIRST = ("test_cuda_emu_tsan.py", "test_cuda_emu_asan.py", "test_cuda_emul
                "test_cuda_traffic.py")
 
 
+def pytest_configure(config):
+    # pytest-xdist (3.x) reorders --dist loadfile's files by test count, largest first,
+    # unless told not to: the 2-test sanitizer files then started last and ran alone at the
+    # end (the ThreadSanitizer run, ~6 minutes, with the other worker idle). Keep the order
+    # below instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(_LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept

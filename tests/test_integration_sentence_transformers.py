@@ -41,10 +41,15 @@ def _loss_and_grads(loss, embeddings):
 def test_every_configuration_matches_sentence_transformers(backend):
     """Every direction set × partition mode × hardness mode × 0/1/3 hard-negative columns
     × cosine/dot, in fp64 (to 1e-10) and fp32 (the tolerance table, against
-    sentence-transformers in fp64 on the same values): the parity matrix."""
+    sentence-transformers in fp64 on the same values): the parity matrix. The interpreted
+    Triton engine runs it in fp32 only: the adapter makes the same engine calls in either
+    dtype, fp64 exactness is checked on the other backends and Triton's fp64 kernels in the
+    per-loss harness, and fp64 here doubled CI's longest Python test (224 s)."""
+    dtypes = (torch.float64, torch.float32)
+    if backend == "triton" and not torch.cuda.is_available():
+        dtypes = (torch.float32,)
     checked = 0
-    for (dirs, mode, hardness, h, sim), dtype in itertools.product(
-            CONFIGS, (torch.float64, torch.float32)):
+    for (dirs, mode, hardness, h, sim), dtype in itertools.product(CONFIGS, dtypes):
         kw = dict(scale=11.0, similarity_fct=getattr(util, sim), directions=dirs,
                   partition_mode=mode, hardness_mode=hardness, hardness_strength=0.35)
         with warnings.catch_warnings():
@@ -63,7 +68,7 @@ def test_every_configuration_matches_sentence_transformers(backend):
             assert a.dtype == dtype
             assert_close(a, b, dtype, f"{what}: grad of column {i}")
         checked += 1
-    assert checked == 2 * len(CONFIGS) == 2 * 2 * 4 * 3 * (5 + 2)
+    assert checked == len(dtypes) * len(CONFIGS) and len(CONFIGS) == 2 * 4 * 3 * (5 + 2)
 
 
 @pytest.fixture(scope="module")
