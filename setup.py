@@ -174,7 +174,8 @@ def _build_key(ext) -> str:
                  os.environ.get("TORCH_CUDA_ARCH_LIST", ""), os.environ.get("CXX", ""),
                  _tool_version([os.environ.get("CXX", "c++"), "--version"]),
                  _tool_version([os.path.join(CUDA_HOME or "", "bin", "nvcc"), "--version"])):
-        h.update(repr(part).encode() + b"\0")
+        # The checkout's own path is not an input: another clone of the same commit hits.
+        h.update(repr(part).replace(HERE, "<checkout>").encode() + b"\0")
     for root, dirs, files in os.walk(os.path.join(HERE, "csrc")):
         dirs.sort()
         for name in sorted(files):
