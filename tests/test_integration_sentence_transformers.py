@@ -14,7 +14,7 @@ from contrastive_kernels.integrations import sentence_transformers as ours  # no
 from contrastive_kernels.losses.multiple_negatives_ranking import HARDNESS_MODES  # noqa: E402
 from contrastive_kernels.testing import (LargestTensor, assert_close, random_sentences,  # noqa: E402
                                          tiny_sentence_transformer)
-from harness import KERNEL_BACKENDS, generator  # noqa: E402
+from harness import DEVICE, KERNEL_BACKENDS, generator  # noqa: E402
 
 ALL = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 DIRECTION_SETS = {"joint": [("query_to_doc",), ("query_to_doc", "doc_to_query"),
@@ -46,7 +46,7 @@ def test_every_configuration_matches_sentence_transformers(backend):
     dtype, fp64 exactness is checked on the other backends and Triton's fp64 kernels in the
     per-loss harness, and fp64 here doubled CI's longest Python test (224 s)."""
     dtypes = (torch.float64, torch.float32)
-    if backend == "triton" and not torch.cuda.is_available():
+    if backend == "triton" and DEVICE.type == "cpu":
         dtypes = (torch.float32,)
     checked = 0
     for (dirs, mode, hardness, h, sim), dtype in itertools.product(CONFIGS, dtypes):

@@ -460,8 +460,8 @@ _EXTRA_LSE_TILES = {
 _CAPPED_TILES = {(90, "bwd", "fp32", 16, 16, 16)}
 
 
-def _with_extras(cfg: TileConfig, n_extra: int, device, dtype, pass_: str
-                 ) -> tuple[TileConfig, bool]:
+def _launch_tiles(cfg: TileConfig, n_extra: int, device, dtype, pass_: str
+                  ) -> tuple[TileConfig, bool]:
     """(tiles, cap_registers) of a launch of ``pass_`` ("fwd" or "bwd") computing n_extra
     (≥ 0) extra log-sum-exps: the table's tiles, capped for _CAPPED_TILES, changed for
     extra statistics by _EXTRA_LSE_TILES."""
@@ -509,8 +509,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
     m = k.shape[0]
     acc, acc_tl = acc_dtype(q.dtype), tl_acc(q.dtype)
     n_x = 0 if xmul is None else xmul.shape[0]
-    xcfg = _with_extras(_tiles_for(q, k)[0], n_x, q.device, q.dtype, "fwd")
-    cfg = xcfg[0]
+    cfg, cap = _launch_tiles(_tiles_for(q, k)[0], n_x, q.device, q.dtype, "fwd")
     n_rb, n_cb = triton.cdiv(n, cfg.block_m), triton.cdiv(m, cfg.block_n)
     splits, per_split = split_grid(n_rb, n_cb, cfg, q.device)
     # Persistent row programs (CLIP): the column partials are [programs, M], so their
@@ -531,7 +530,7 @@ def forward(q, k, rq, rk, scale, row_key, col_key, extra, mask_diag: bool, need_
             n, m, d, q.stride(0), k.stride(0), per_split, int(mask_diag), splits * n,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, NEED_COL=need_col, N_XLSE=n_x, ACC=acc_tl,
-            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(*xcfg))
+            UPCAST=upcast(q.dtype), PREC=precision(q.dtype), **launch_options(cfg, cap))
     lse, pos = _merge(part_m, part_l, part_pos, extra, n, acc_tl)
     xlse = torch.stack([_merge(part_xm[t], part_xl[t], None, None, n, acc_tl)[0]
                         for t in range(n_x)]) if n_x else lse.new_empty((0, n))
@@ -562,8 +561,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
     nb = b.shape[0]
     acc = acc_dtype(a.dtype)
     n_x = 0 if xmul is None else xmul.shape[0]
-    xcfg = _with_extras(_tiles_for(a, b)[1], n_x, a.device, a.dtype, "bwd")
-    cfg = xcfg[0]
+    cfg, cap = _launch_tiles(_tiles_for(a, b)[1], n_x, a.device, a.dtype, "bwd")
     n_ab, n_bb = triton.cdiv(na, cfg.block_m), triton.cdiv(nb, cfg.block_n)
     splits, per_split = split_grid(n_ab, n_bb, cfg, a.device)
     # Several splits of one row: atomics, or (deterministic) one slice per split summed in
@@ -590,7 +588,7 @@ def _launch_grad(a, b, ra, rb, scale, row_key, col_key, lse, g_lse, g_pos, clse,
             BLOCK_A=cfg.block_m, BLOCK_B=cfg.block_n, BLOCK_K=cfg.block_k,
             ONE_CHUNK=cfg.one_chunk, TRANSPOSED=transposed, HAS_COL=has_col, N_XLSE=n_x,
             NEED_DA=need_da, NEED_DB=need_db, ACC=tl_acc(a.dtype), UPCAST=upcast(a.dtype),
-            PREC=precision(a.dtype), **launch_options(*xcfg))
+            PREC=precision(a.dtype), **launch_options(cfg, cap))
     return da, dscale
 
 
